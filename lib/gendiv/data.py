@@ -213,8 +213,12 @@ def world_split(world: World, cfg: Config, split: str, role: str, n: int) -> lis
         domains, genre = tuple(world.lex.domains), "news"
     else:
         raise ValueError(f"Unknown split {split!r}; choose from {SPLITS}.")
-    return [world.make_example(rng, d, genre, f"{split}-{role}-{i}", split)
-            for i, d in enumerate(iter_domains(domains, rng, n))]
+    out = []
+    for i in range(n):
+        if i % len(domains) == 0:
+            block = iter_domains(domains, rng, len(domains))
+        out.append(world.make_example(rng, block[i % len(domains)], genre, f"{split}-{role}-{i}", split))
+    return out
 
 
 def pretraining_corpus(world: World, cfg: Config) -> list[str]:

@@ -577,8 +577,16 @@ def pretraining_document(ex: Example, with_summary: bool) -> str:
 
 
 def iter_domains(names: Iterable[str], rng: random.Random, n: int) -> list[str]:
-    """``n`` domain names drawn uniformly from ``names`` (balanced round-robin, shuffled)."""
+    """``n`` domain names, balanced: each block of len(names) is a fresh shuffle of ``names``.
+
+    The i-th name depends only on the rng stream before it, never on ``n``, so the first k
+    examples of a split are the same whatever its size (test sets are prefixes, as the paper's
+    "first 500").
+    """
     names = list(names)
-    out = [names[i % len(names)] for i in range(n)]
-    rng.shuffle(out)
-    return out
+    out: list[str] = []
+    while len(out) < n:
+        block = names[:]
+        rng.shuffle(block)
+        out += block
+    return out[:n]

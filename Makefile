@@ -1,0 +1,41 @@
+# gendiv: `make book` (main job) and `make test`. Both set up .venv on a fresh machine.
+PYTHON ?= python3
+PROFILE ?= tiny
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The CPU wheel of torch is pinned and installed first, so nothing pulls a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: venv book notebooks html test lint sync clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## book: execute every notebook on PROFILE (default tiny) and build the HTML book
+book: notebooks html
+
+notebooks: venv
+	$(BIN)/gendiv run --profile $(PROFILE)
+
+html: venv
+	$(BIN)/gendiv book
+
+## test: the test suite (unit tests, notebooks on the smoke profile, the strict book build)
+test: venv
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check lib tests
+
+## sync: regenerate each notebook's .ipynb from its percent-format .py (the .py is the source)
+sync: venv
+	$(BIN)/jupytext --sync notebooks/[0-9]*.py
+
+clean:
+	rm -rf book/_build book/notebooks

@@ -1,0 +1,136 @@
+"""The ``gendiv`` command: execute the notebooks with papermill, then build the HTML book.
+
+    gendiv run --profile tiny [--stages 01 02] [--force]   executed notebooks -> book/notebooks/
+    gendiv book                                            strict Jupyter Book 1.x build -> book/_build/html
+    gendiv profiles                                        list the shipped profiles
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gendiv import runs
+from gendiv.config import ConfigError, available_profiles, load_profile
+
+
+class RunFailed(RuntimeError):
+    """A notebook failed; the message names the notebook, the cell and the error."""
+
+
+def notebooks_dir(root: Path | None = None) -> Path:
+    return (root or runs.project_root()) / "notebooks"
+
+
+def list_notebooks(root: Path | None = None) -> list[Path]:
+    """The ordered notebooks: notebooks/NN_name.ipynb."""
+    return sorted(p for p in notebooks_dir(root).glob("[0-9][0-9]_*.ipynb"))
+
+
+def select_notebooks(stages: list[str] | None, root: Path | None = None) -> list[Path]:
+    """Notebooks matching ``stages`` (a number like ``01`` or ``1``, or a name like ``data_splits``)."""
+    notebooks = list_notebooks(root)
+    if not stages:
+        return notebooks
+    chosen = []
+    for stage in stages:
+        key = stage.zfill(2) if stage.isdigit() else stage
+        hits = [nb for nb in notebooks if nb.stem[:2] == key or nb.stem == key or nb.stem[3:] == key]
+        if not hits:
+            names = ", ".join(nb.stem for nb in notebooks)
+            raise SystemExit(f"gendiv run: unknown stage {stage!r}. Stages: {names} "
+                             "(give the number, e.g. 01, or the name).")
+        chosen += [h for h in hits if h not in chosen]
+    return sorted(chosen)
+
+
+def execute_notebook(nb: Path, out_dir: Path, profile: str, force: bool, log_output: bool = False,
+                     run_dir: str = "") -> float:
+    """Execute one notebook with papermill into ``out_dir``; return its wall time in seconds.
+
+    ``run_dir`` (empty: runs/<profile>) is passed to the notebook's parameters cell.
+    """
+    import papermill as pm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parameters = {"profile": profile, "force": force, "run_dir": run_dir}
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters=parameters,
+                            kernel_name="python3", cwd=str(nb.parent), progress_bar=False,
+                            log_output=log_output)
+    except pm.PapermillExecutionError as err:
+        raise RunFailed(f"Notebook {nb.stem} failed in cell {err.exec_count} (cell index {err.cell_index}): "
+                        f"{err.ename}: {err.evalue}\nThe partly executed notebook is {out_dir / nb.name}.") from None
+    return time.perf_counter() - start
+
+
+def run(profile: str, stages: list[str] | None = None, force: bool = False, log_output: bool = False,
+        root: Path | None = None, run_dir: str = "") -> dict[str, float]:
+    """Execute the selected notebooks in order on ``profile``; stop at the first failure."""
+    load_profile(profile)  # fail fast on a bad profile name
+    root = root or runs.project_root()
+    out_dir = root / "book" / "notebooks"
+    times = {}
+    selected = select_notebooks(stages, root)
+    for i, nb in enumerate(selected, 1):
+        print(f"[{i}/{len(selected)}] {nb.stem} (profile {profile}) ...", flush=True)
+        times[nb.stem] = execute_notebook(nb, out_dir, profile, force, log_output, run_dir)
+        print(f"[{i}/{len(selected)}] {nb.stem} done in {times[nb.stem]:.1f}s", flush=True)
+    return times
+
+
+def build_book(root: Path | None = None, strict: bool = True) -> Path:
+    """Build the HTML book from the executed notebooks (Jupyter Book 1.x, no execution)."""
+    root = root or runs.project_root()
+    book = root / "book"
+    missing = [nb.name for nb in list_notebooks(root) if not (book / "notebooks" / nb.name).exists()]
+    if missing:
+        raise RunFailed(f"Not yet executed: {', '.join(missing)}. Run `gendiv run --profile tiny` "
+                        "(or `make book`) first; the book only renders executed notebooks.")
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe) if exe.exists() else (shutil.which("jupyter-book") or "jupyter-book"), "build", str(book)]
+    if strict:
+        cmd += ["-W", "-n", "--keep-going"]
+    print("$", " ".join(cmd), flush=True)
+    result = subprocess.run(cmd, cwd=root)
+    if result.returncode != 0:
+        raise RunFailed(f"The book build failed (exit {result.returncode}); see the warnings above.")
+    index = book / "_build" / "html" / "index.html"
+    print(f"Book: {index}")
+    return index
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gendiv", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="execute the notebooks with papermill into book/notebooks/")
+    p_run.add_argument("--profile", default="tiny", help="profile name or YAML path (default: tiny)")
+    p_run.add_argument("--stages", nargs="*", help="notebooks to run, e.g. 01 02 (default: all)")
+    p_run.add_argument("--force", action="store_true", help="redo stages whose artifacts exist")
+    p_run.add_argument("--log-output", action="store_true", help="stream notebook output to the terminal")
+    p_book = sub.add_parser("book", help="build the HTML book from the executed notebooks")
+    p_book.add_argument("--no-strict", action="store_true", help="do not turn warnings into errors")
+    sub.add_parser("profiles", help="list the shipped profiles")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            times = run(args.profile, args.stages, args.force, args.log_output)
+            print(f"All {len(times)} notebook(s) done in {sum(times.values()):.1f}s.")
+        elif args.command == "book":
+            build_book(strict=not args.no_strict)
+        else:
+            print("\n".join(available_profiles()))
+    except (RunFailed, ConfigError) as err:
+        print(f"gendiv {args.command}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

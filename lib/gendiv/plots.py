@@ -1,0 +1,73 @@
+"""Figures: one seaborn theme; each function takes a tidy DataFrame, returns the figure, and saves
+the PNG and the CSV behind it under runs/<profile>/figures/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from gendiv import runs
+from gendiv.config import Config
+
+SPLIT_ORDER = ["id", "ood_near", "ood_far"]
+SPLIT_LABELS = {"id": "ID", "ood_near": "OOD-near", "ood_far": "OOD-far"}
+
+
+def set_theme() -> None:
+    """The book's one theme."""
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 130, "savefig.bbox": "tight"})
+
+
+def save(fig: plt.Figure, frame: pd.DataFrame, name: str, cfg: Config) -> Path:
+    """Save ``fig`` as figures/<name>.png and ``frame`` as figures/<name>.csv."""
+    out = runs.figures_dir(cfg)
+    runs.write_csv(out / f"{name}.csv", frame)
+    with runs.atomic_path(out / f"{name}.png") as tmp:
+        fig.savefig(tmp, format="png")
+    return out / f"{name}.png"
+
+
+def grouped_bars(frame: pd.DataFrame, x: str, y: str, hue: str, *, name: str, cfg: Config,
+                 xlabel: str, ylabel: str, title: str, ylim: tuple[float, float] | None = None,
+                 order: list[str] | None = None, hue_order: list[str] | None = None) -> plt.Figure:
+    """Bars of ``y`` by ``x`` and ``hue`` (one value per bar), with the value printed on top."""
+    set_theme()
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    sns.barplot(frame, x=x, y=y, hue=hue, order=order, hue_order=hue_order, ax=ax, errorbar=None)
+    for container in ax.containers:
+        ax.bar_label(container, fmt="%.2f", fontsize=8, padding=2)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.legend(title=hue.replace("_", " "), fontsize=8, title_fontsize=9, loc="lower right")
+    fig.tight_layout()
+    save(fig, frame, name, cfg)
+    return fig
+
+
+def judge_checks_figure(frame: pd.DataFrame, cfg: Config) -> plt.Figure:
+    """Reference-preferred rate per corruption variant and split (results/judge_checks.csv)."""
+    frame = frame.assign(split=frame["split"].map(SPLIT_LABELS).fillna(frame["split"]))
+    return grouped_bars(frame, "variant", "reference_preferred_rate", "split", name="judge_checks",
+                        cfg=cfg, xlabel="corrupted variant of the reference",
+                        ylabel="reference preferred (share of posts)",
+                        title="The gold judge prefers references over corrupted versions",
+                        ylim=(0, 1.08))
+
+
+def shift_figure(frame: pd.DataFrame, cfg: Config) -> plt.Figure:
+    """Shift measures of each test split against the ID training data (results/splits.csv)."""
+    measures = ["vocab_overlap_with_id", "type_overlap_with_id", "predicate_overlap_with_id",
+                "embedding_distance_from_id"]
+    tests = frame[frame["role"] == "test"]
+    long = tests.melt(id_vars=["split"], value_vars=[m for m in measures if m in tests], var_name="measure",
+                      value_name="value").dropna()
+    long["split"] = long["split"].map(SPLIT_LABELS).fillna(long["split"])
+    long["measure"] = long["measure"].str.replace("_", " ")
+    return grouped_bars(long, "measure", "value", "split", name="split_shift", cfg=cfg,
+                        xlabel="", ylabel="value (share, or cosine distance)",
+                        title="How far each test split is from the ID training data", ylim=(0, 1.1))

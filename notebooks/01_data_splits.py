@@ -1,0 +1,164 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 1. Data splits: in distribution and out of distribution
+#
+# *Reproduces the set-up of Kirk et al. (2024), Sec. 3 ("Tasks and datasets"): summarisation
+# data for supervised fine-tuning (SFT), reward modelling and RL, and test sets in distribution
+# (ID) and out of distribution (OOD).*
+#
+# The paper trains on Reddit TL;DR and tests on TL;DR (ID) and CNN/DailyMail (OOD). This book's
+# default profile builds the same structure in the **miniature world** (see
+# [the miniature world](../world.md)): forum posts from training domains (ID), forum posts from
+# held-out domains (OOD-near), and news reports (OOD-far), each with latent facts, a human-like
+# reference TL;DR, and an exact gold judge that stands in for the paper's GPT-4.
+#
+# This chapter builds the splits, shows examples, puts the judge to work on one post, checks that
+# the judge prefers references to corrupted versions of them, and measures how far each OOD split
+# is from ID.
+
+# %%
+# Colab only: fetch the repository and install gendiv (does nothing elsewhere).
+import sys
+
+if "google.colab" in sys.modules:
+    import os
+    import subprocess
+
+    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git && "
+                   "pip install -q -e gendiv", shell=True, check=True)
+    os.chdir("gendiv/notebooks")
+
+# %% tags=["parameters"]
+profile = "tiny"
+run_dir = ""
+seed = None
+force = False
+
+# %%
+import pandas as pd
+from IPython.display import Markdown, display
+
+from gendiv import data, plots, runs
+from gendiv.config import load_profile
+
+cfg = load_profile(profile, seed=seed, run_dir=run_dir or None)
+runs.seed_everything(cfg.seed)
+runs.print_config(cfg)
+
+# %% [markdown]
+# ## Build the splits
+#
+# One call builds every split, the pre-training corpus, and the two results tables of this
+# chapter. It is cached: rerunning with the same configuration reuses the files.
+
+# %%
+paths = data.build_splits(cfg, force=force)
+splits = pd.read_csv(paths["splits"])
+world = data.make_world(cfg) if cfg.data.source == "world" else None
+
+# %% [markdown]
+# ## Sizes
+#
+# The ID split has every role of the pipeline: demonstrations for SFT, prompts whose sampled
+# summaries the labeller compares (reward-model data), prompts for PPO, and a test set. The OOD
+# splits are test sets only, as in the paper.
+
+# %%
+display(splits[["split", "role", "genre", "n"]])
+
+# %% [markdown]
+# ## One example from each test split
+#
+# Each prompt is in the paper's template (`SUBREDDIT/TITLE/POST ... TL;DR:` for forum posts,
+# `ARTICLE ... TL;DR:` for news). World examples also list their latent facts: the salient ones
+# (problem, cause, and the poster's ask, or the authority's response in news) are what a good
+# summary should say; minor facts and distractors are not.
+
+# %%
+for split in data.SPLITS:
+    records = data.load_split(cfg, split, "test")
+    if not records:
+        continue
+    record = records[0]
+    display(Markdown(f"### {plots.SPLIT_LABELS[split]} ({record['genre']})"))
+    print(record["prompt"])
+    print("\nReference:", record["reference"])
+    if record.get("facts"):
+        display(pd.DataFrame(record["facts"]))
+
+# %% [markdown]
+# ## The judge at work on one post
+#
+# The gold utility of a summary (defined on [the miniature world](../world.md) page) rewards
+# the salient facts it states, and penalises facts the post does not contain (hallucinations),
+# distractors, excess length, repetition and word salad. Here it scores the reference of the
+# first ID test post and five corrupted versions of it.
+
+# %%
+if world is not None:
+    examples = data.load_examples(cfg, "id", "test")
+    demo = data.judge_demo(world, examples[0], examples[1], cfg.seed)
+    with pd.option_context("display.max_colwidth", 120):
+        display(demo)
+
+# %% [markdown]
+# ## Does the judge prefer references to corrupted versions?
+#
+# On every test post of every split, the judge compares the reference with each corrupted
+# version (ties count one half). A sound judge prefers the reference nearly always.
+
+# %%
+if world is not None:
+    checks = pd.read_csv(paths["judge_checks"])
+    display(checks.pivot(index="variant", columns="split", values="reference_preferred_rate")
+            [list(data.SPLITS)].round(3))
+    plots.judge_checks_figure(checks, cfg)
+    worst = checks.loc[checks["reference_preferred_rate"].idxmin()]
+    display(Markdown(
+        f"Across {len(checks)} split-variant pairs the judge preferred the reference on at least "
+        f"**{worst.reference_preferred_rate:.1%}** of posts (lowest: `{worst.variant}` on "
+        f"`{worst.split}`, n = {worst.n})."))
+
+# %% [markdown]
+# ## How far is each OOD split from ID?
+#
+# Four measures against the ID training prompts: the share of running words and of word types
+# already seen in ID, the share of gold facts whose predicate occurs in ID posts (world only),
+# and the cosine distance between mean all-MiniLM-L6-v2 embeddings. The paper's claim C2 is about
+# how RLHF's advantage changes as this distance grows.
+
+# %%
+tests = splits[splits["role"] == "test"].set_index("split")
+measures = [c for c in data.SPLITS_COLUMNS[4:] if tests[c].notna().any()]
+display(tests[measures].round(3))
+plots.shift_figure(splits, cfg)
+order = tests["embedding_distance_from_id"].sort_values().index.tolist()
+display(Markdown(
+    "By embedding distance from the ID training prompts the splits order as "
+    + " < ".join(f"{plots.SPLIT_LABELS.get(s, s)} ({tests.loc[s, 'embedding_distance_from_id']:.3f})"
+                 for s in order) + "."))
+
+# %% [markdown]
+# ## What this chapter produced
+#
+# `results/splits.csv` and `results/judge_checks.csv` in the run folder, the data files of every
+# split under `data/`, and the pre-training corpus that the next chapter trains the base model on.
+
+# %%
+print("\n".join(f"{name}: {path}" for name, path in sorted(paths.items())))

@@ -1,0 +1,74 @@
+import dataclasses
+
+import pytest
+
+from gendiv.config import ConfigError, available_profiles, load_profile
+
+
+def test_shipped_profiles_load():
+    assert {"smoke", "tiny"} <= set(available_profiles())
+    for name in available_profiles():
+        cfg = load_profile(name)
+        assert cfg.profile == name
+
+
+def test_overrides_top_level_and_dotted():
+    cfg = load_profile("smoke", seed=7, **{"data.n_test": 5, "world.labeller_temperature": 1})
+    assert cfg.seed == 7 and cfg.data.n_test == 5
+    assert cfg.world.labeller_temperature == 1.0 and isinstance(cfg.world.labeller_temperature, float)
+    assert load_profile("smoke", seed=None).seed == load_profile("smoke").seed  # None keeps the profile's
+
+
+def test_config_is_frozen():
+    cfg = load_profile("smoke")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 3
+
+
+def test_mistyped_profile_name_suggests_the_right_one():
+    with pytest.raises(ConfigError, match=r"Unknown profile 'tinny'.*Did you mean 'tiny'"):
+        load_profile("tinny")
+
+
+def test_unknown_key_is_named_with_a_hint(tmp_path):
+    with pytest.raises(ConfigError, match=r"Unknown key 'n_tset' in data.*Did you mean 'n_test'"):
+        load_profile("smoke", **{"data.n_tset": 3})
+    path = tmp_path / "mine.yaml"
+    path.write_text("sede: 3\n")
+    with pytest.raises(ConfigError, match=r"Unknown key 'sede' in profile 'mine'.*Did you mean 'seed'"):
+        load_profile(path)
+
+
+def test_wrong_type_names_key_and_value():
+    with pytest.raises(ConfigError, match=r"data.n_test must be of type int, got '10'"):
+        load_profile("smoke", **{"data.n_test": "10"})
+    with pytest.raises(ConfigError, match=r"seed must be of type int, got True"):
+        load_profile("smoke", seed=True)
+    with pytest.raises(ConfigError, match=r"world.heldout_domains must be a list"):
+        load_profile("smoke", **{"world.heldout_domains": "travel"})
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"data.n_test": 0}, r"data.n_test must be at least 1, got 0"),
+    ({"data.pretrain_summary_share": 1.5}, r"pretrain_summary_share must lie in \[0, 1\]"),
+    ({"world.heldout_domains": ["atlantis"]}, r"unknown domain\(s\) \['atlantis'\]"),
+    ({"world.heldout_domains": []}, r"heldout_domains is empty"),
+    ({"world.labeller_temperature": 0.0}, r"labeller_temperature must be > 0"),
+    ({"data.source": "reddit"}, r"data.source must be 'world' or 'tldr'"),
+])
+def test_impossible_values(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_profile("smoke", **override)
+
+
+def test_missing_profile_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_profile("no/such/profile.yaml")
+
+
+def test_section_hash_ignores_unrelated_sections():
+    a = load_profile("smoke")
+    b = load_profile("smoke", embedding_model="elsewhere")
+    c = load_profile("smoke", **{"data.n_test": 3})
+    assert a.section_hash("world", "data") == b.section_hash("world", "data")
+    assert a.section_hash("world", "data") != c.section_hash("world", "data")

@@ -1,0 +1,78 @@
+"""Notebooks: paired with their .py, committed clean, and executed end to end on the smoke profile;
+then the strict book build over the executed notebooks."""
+
+import json
+import shutil
+
+import jupytext
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+from gendiv import cli, data
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def _cells(nb):
+    return [(c.cell_type, c.source.strip(), c.metadata.get("tags", [])) for c in nb.cells]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_paired_clean_and_python3(path):
+    raw = json.loads(path.read_text())
+    for cell in raw["cells"]:
+        if cell["cell_type"] == "code":
+            assert not cell.get("outputs") and not cell.get("execution_count"), \
+                f"{path.name} carries outputs: run `jupyter nbconvert --clear-output` or `make sync`"
+    assert raw["metadata"]["kernelspec"]["name"] == "python3"
+    paired = path.with_suffix(".py")
+    assert paired.exists(), f"{path.name} has no paired {paired.name}"
+    assert _cells(jupytext.read(path)) == _cells(jupytext.read(paired)), \
+        f"{path.name} and {paired.name} have drifted: run `make sync`"
+    tagged = [c for c in raw["cells"] if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    assert "profile = " in "".join(tagged[0]["source"])
+
+
+def test_every_notebook_is_in_the_book():
+    toc = (ROOT / "book" / "_toc.yml").read_text()
+    for nb in NOTEBOOKS:
+        assert f"notebooks/{nb.stem}" in toc
+
+
+def test_cli_errors_are_clear(capsys):
+    assert cli.main(["run", "--profile", "tinny"]) == 1
+    assert "Unknown profile 'tinny'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="unknown stage '99'"):
+        cli.select_notebooks(["99"], ROOT)
+    assert [p.stem for p in cli.select_notebooks(["1"], ROOT)] == ["01_data_splits"]
+    assert [p.stem for p in cli.select_notebooks(["data_splits"], ROOT)] == ["01_data_splits"]
+
+
+def test_book_refuses_to_build_before_the_notebooks_ran(tmp_path):
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    shutil.copytree(ROOT / "book", tmp_path / "book", ignore=shutil.ignore_patterns("_build", "notebooks"))
+    with pytest.raises(cli.RunFailed, match="Not yet executed: 01_data_splits.ipynb"):
+        cli.build_book(tmp_path)
+
+
+@pytest.mark.slow
+def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    shutil.copytree(ROOT / "book", tmp_path / "book", ignore=shutil.ignore_patterns("_build", "notebooks"))
+    run_dir = tmp_path / "runs" / "smoke"
+    times = cli.run("smoke", root=tmp_path, run_dir=str(run_dir))
+    assert set(times) == {nb.stem for nb in NOTEBOOKS}
+
+    results = run_dir / "results"
+    assert list(pd.read_csv(results / "splits.csv").columns) == data.SPLITS_COLUMNS
+    assert list(pd.read_csv(results / "judge_checks.csv").columns) == data.JUDGE_CHECK_COLUMNS
+    executed = json.loads((tmp_path / "book" / "notebooks" / "01_data_splits.ipynb").read_text())
+    text = json.dumps(executed)
+    assert "judge preferred the reference on at least" in text
+    assert "image/png" in text
+
+    index = cli.build_book(tmp_path)
+    assert index.exists()
+    assert (tmp_path / "book" / "_build" / "html" / "notebooks" / "01_data_splits.html").exists()
