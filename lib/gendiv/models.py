@@ -128,7 +128,14 @@ def smollm2_path() -> Path:
     gguf = smollm2_gguf()
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    dequantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # transformers marks GGUF-loaded models as quantized and refuses to save them; the weights are
+    # already dequantised to fp32, so copy them into a plain model of the same config.
+    config = dequantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(dequantised.state_dict())
     model.save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))
     if out.exists():  # another process finished first
@@ -270,3 +277,57 @@ def pretrain(model, train_rows: torch.Tensor, val_rows: torch.Tensor, *, epochs:
         log.append(row)
         bar.set_postfix(loss=f"{loss.item():.3f}")
     return pd.DataFrame(log)
+
+
+# ------------------------------------------------------------------ the stage
+def build_base(cfg, force: bool = False) -> dict[str, Path]:
+    """Stage ``base`` (notebook 02): for the tiny model, train a tokenizer and pre-train a small
+    Llama on the world's corpus (loss curve and held-out perplexity logged); for SmolLM2 or a hub
+    model, record where the checkpoint lives."""
+    from gendiv import runs
+    from gendiv.sft import save_pretrained_atomic
+
+    def body(root: Path) -> dict[str, Path]:
+        m = cfg.model
+        if m.base != TINY:
+            path = resolve_base(m.base)
+            return {"base_ref": runs.write_json(root / "models" / "base.json", {"path": str(path)})}
+        corpus = [r["text"] for r in runs.read_jsonl(runs.artifact(cfg, "data", "pretrain_corpus"))]
+        torch.manual_seed(cfg.seed)
+        tok = train_tokenizer(corpus, m.vocab_size)
+        model = tiny_llama(tok, m.hidden_size, m.n_layers, m.n_heads, m.intermediate_size, m.max_length)
+        model.to(pick_device(m.device))
+        rows = pack(tok, corpus, cfg.pretrain.seq_len)
+        n_val = max(1, int(cfg.pretrain.val_share * len(rows)))
+        p = cfg.pretrain
+        log = pretrain(model, rows[n_val:], rows[:n_val], epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
+                       warmup_steps=p.warmup_steps, seed=cfg.seed)
+        out = save_pretrained_atomic(model, tok, root / "models" / "base")
+        return {"base_model": out, "pretrain_log": runs.write_csv(root / "logs" / "pretrain.csv", log)}
+
+    return runs.run_stage(cfg, "base", ("world", "data", "model", "pretrain"), body, force=force)
+
+
+def base_path(cfg) -> Path:
+    """Where the base model of a finished ``base`` stage lives."""
+    import json
+
+    from gendiv import runs
+
+    manifest = runs.require_stage(cfg, "base")
+    if "base_model" in manifest.artifacts:
+        return runs.run_dir(cfg) / manifest.artifacts["base_model"]
+    return Path(json.loads(runs.artifact(cfg, "base", "base_ref").read_text())["path"])
+
+
+def load_policy(cfg, path: Path | str) -> tuple[torch.nn.Module, object, ParameterCount]:
+    """A causal LM and tokenizer from ``path``, made trainable per the config (freezing or LoRA)."""
+    model = load_causal_lm(path, pick_device(cfg.model.device))
+    tok = load_tokenizer(path)
+    model.config.pad_token_id = tok.pad_token_id
+    if cfg.model.adapter == "lora":
+        model = add_lora(model, cfg.model.lora_r, cfg.model.lora_alpha)
+        counts = count_parameters(model)
+    else:
+        counts = freeze_bottom(model, cfg.model.freeze_fraction)
+    return model, tok, counts

@@ -71,3 +71,56 @@ def shift_figure(frame: pd.DataFrame, cfg: Config) -> plt.Figure:
     return grouped_bars(long, "measure", "value", "split", name="split_shift", cfg=cfg,
                         xlabel="", ylabel="value (share, or cosine distance)",
                         title="How far each test split is from the ID training data", ylim=(0, 1.1))
+
+
+def curves(frame: pd.DataFrame, x: str, y: str, *, name: str, cfg: Config, xlabel: str, ylabel: str,
+           title: str, hue: str | None = None, logy: bool = False) -> plt.Figure:
+    """Training curves: ``y`` against ``x`` (one line per ``hue``), NaN rows dropped."""
+    set_theme()
+    frame = frame.dropna(subset=[x, y])
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    sns.lineplot(frame, x=x, y=y, hue=hue, ax=ax, marker="o" if len(frame) < 40 else None)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if logy:
+        ax.set_yscale("log")
+    fig.tight_layout()
+    save(fig, frame, name, cfg)
+    return fig
+
+
+def bars_with_intervals(frame: pd.DataFrame, x: str, y: str, hue: str, *, name: str, cfg: Config,
+                        xlabel: str, ylabel: str, title: str, low: str = "ci_low", high: str = "ci_high",
+                        order: list[str] | None = None, hue_order: list[str] | None = None,
+                        chance: float | None = None) -> plt.Figure:
+    """Bars of ``y`` by ``x`` and ``hue`` with their (precomputed) confidence intervals."""
+    set_theme()
+    order = order or list(dict.fromkeys(frame[x]))
+    hue_order = hue_order or list(dict.fromkeys(frame[hue]))
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    width = 0.8 / len(hue_order)
+    palette = sns.color_palette(n_colors=len(hue_order))
+    for j, h in enumerate(hue_order):
+        sub = frame[frame[hue] == h].set_index(x).reindex(order)
+        pos = [i - 0.4 + width * (j + 0.5) for i in range(len(order))]
+        err = [(sub[y] - sub[low]).clip(lower=0).fillna(0), (sub[high] - sub[y]).clip(lower=0).fillna(0)]
+        ax.bar(pos, sub[y], width=width * 0.95, color=palette[j], label=str(h), yerr=err, capsize=3)
+    ax.set_xticks(range(len(order)), [SPLIT_LABELS.get(o, o) for o in order])
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    save(fig, frame, name, cfg)
+    return fig
+
+
+def scatter(frame: pd.DataFrame, x: str, y: str, hue: str, *, name: str, cfg: Config, xlabel: str,
+            ylabel: str, title: str) -> plt.Figure:
+    """A scatter of ``y`` against ``x`` coloured by ``hue``."""
+    set_theme()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    sns.scatterplot(frame, x=x, y=y, hue=hue, ax=ax, s=14, alpha=0.6)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    fig.tight_layout()
+    save(fig, frame, name, cfg)
+    return fig

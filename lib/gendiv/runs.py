@@ -32,7 +32,8 @@ import yaml
 
 from gendiv.config import Config, describe
 
-STAGE_NOTEBOOKS = {"data": "01_data_splits"}
+STAGE_NOTEBOOKS = {"data": "01_data_splits", "base": "02_sft", "sft": "02_sft", "sft_eval": "02_sft",
+                   "comparisons": "03_reward_model", "reward": "03_reward_model"}
 """Which notebook runs each stage (for error messages that say what to run)."""
 
 VERSIONED_PACKAGES = ("gendiv", "torch", "transformers", "trl", "peft", "accelerate", "datasets",

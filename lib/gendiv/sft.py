@@ -78,3 +78,96 @@ def save_pretrained_atomic(model, tokenizer, out_dir: Path) -> Path:
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return out_dir
+
+
+# ------------------------------------------------------------------ stages
+SFT_SECTIONS = ("world", "data", "model", "pretrain", "sft")
+GOLD_UTILITY_COLUMNS = ["method", "split", "mean_utility", "ci_low", "ci_high", "n"]
+
+
+def build_sft(cfg, force: bool = False) -> dict[str, Path]:
+    """Stage ``sft`` (notebook 02): fine-tune the base model on the ID demonstrations; LoRA
+    adapters are merged so every later stage loads an ordinary transformers checkpoint."""
+    from gendiv import data, runs
+    from gendiv.models import base_path, load_policy
+
+    def body(root: Path) -> dict[str, Path]:
+        model, tok, counts = load_policy(cfg, base_path(cfg))
+        print(f"SFT trains {counts}")
+        train = data.load_split(cfg, "id", "sft_train")
+        val = data.load_split(cfg, "id", "sft_val")
+        s = cfg.sft
+        log = train_sft(model, tok, train, val, root / "models" / "sft", epochs=s.epochs, lr=s.lr,
+                        batch_size=s.batch_size, scheduler=s.scheduler, max_length=cfg.model.max_length,
+                        max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.seed)
+        if cfg.model.adapter == "lora":  # merge the adapters: later stages load a plain checkpoint
+            save_pretrained_atomic(model.merge_and_unload(), tok, root / "models" / "sft")
+        return {"sft_model": root / "models" / "sft", "sft_log": runs.write_csv(root / "logs" / "sft.csv", log),
+                "trainable": runs.write_json(root / "logs" / "sft_parameters.json",
+                                             {"trainable": counts.trainable, "total": counts.total})}
+
+    return runs.run_stage(cfg, "sft", SFT_SECTIONS, body, force=force)
+
+
+def sft_path(cfg) -> Path:
+    from gendiv import runs
+
+    return runs.artifact(cfg, "sft", "sft_model")
+
+
+def sample_policy(cfg, path: Path, records: list[dict], seed: int, desc: str, n_samples: int = 1):
+    """Samples of the policy at ``path`` on ``records`` with the profile's sampling settings."""
+    from gendiv.models import load_causal_lm, load_tokenizer, pick_device
+    from gendiv.sampling import generate
+
+    s = cfg.sampling
+    model = load_causal_lm(path, pick_device(cfg.model.device))
+    tok = load_tokenizer(path)
+    return generate(model, tok, [r["prompt"] for r in records], n_samples=n_samples,
+                    max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                    batch_size=s.batch_size, max_prompt_tokens=cfg.model.max_length - s.max_new_tokens,
+                    seed=seed, desc=desc)
+
+
+def evaluate_sft(cfg, force: bool = False) -> dict[str, Path]:
+    """Stage ``sft_eval`` (notebook 02): one sample from the base and the SFT model on the first
+    ``sampling.n_eval_inputs`` test inputs of every split, with its gold utility (world only);
+    ``results/gold_utility.csv`` holds the means with bootstrap intervals."""
+    from gendiv import data, runs, stats
+    from gendiv.models import base_path
+
+    def body(root: Path) -> dict[str, Path]:
+        world = data.make_world(cfg) if cfg.data.source == "world" else None
+        paths, rows = {}, []
+        for method, path in (("base", base_path(cfg)), ("sft", sft_path(cfg))):
+            for split in data.SPLITS:
+                records = data.load_split(cfg, split, "test")[: cfg.sampling.n_eval_inputs]
+                if not records:
+                    continue
+                texts = sample_policy(cfg, path, records, cfg.seed, f"{method} on {split}").first()
+                out = []
+                for rec, text in zip(records, texts):
+                    row = {"uid": rec["uid"], "prompt": rec["prompt"], "reference": rec["reference"], "output": text}
+                    if world is not None:
+                        ex = data.Example.from_dict(rec)
+                        row["utility"] = world.utility(text, ex).total
+                        row["reference_utility"] = world.utility(rec["reference"], ex).total
+                    out.append(row)
+                paths[f"{method}_{split}"] = runs.write_jsonl(root / "samples" / f"{method}_{split}.jsonl", out)
+                if world is not None:
+                    mean, lo, hi = stats.bootstrap_ci([r["utility"] for r in out], seed=cfg.seed)
+                    rows.append({"method": method, "split": split, "mean_utility": mean, "ci_low": lo,
+                                 "ci_high": hi, "n": len(out)})
+        if world is not None:
+            for split in data.SPLITS:
+                refs = [r["reference_utility"] for r in runs.read_jsonl(paths[f"sft_{split}"])]
+                mean, lo, hi = stats.bootstrap_ci(refs, seed=cfg.seed)
+                rows.append({"method": "reference", "split": split, "mean_utility": mean, "ci_low": lo,
+                             "ci_high": hi, "n": len(refs)})
+        import pandas as pd
+
+        paths["gold_utility"] = runs.write_csv(runs.results_dir(cfg) / "gold_utility.csv",
+                                               pd.DataFrame(rows, columns=GOLD_UTILITY_COLUMNS))
+        return paths
+
+    return runs.run_stage(cfg, "sft_eval", SFT_SECTIONS + ("sampling",), body, force=force)

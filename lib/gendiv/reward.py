@@ -1,0 +1,268 @@
+"""Reward model: comparisons, training with TRL's RewardTrainer, normalisation, scoring, accuracy.
+
+Paper (Sec. 4 and its code): the RM is initialised from the SFT model with a scalar head read at
+the last token, trained for one epoch (lr 1e-5) with the Bradley-Terry loss
+-log sigmoid(r(x, y_chosen) - r(x, y_rejected)); afterwards its scores are normalised by the mean
+and standard deviation of its outputs on about 500 held-out items, and PPO, Best-of-N and the
+proxy scores all use the normalised RM.
+
+Comparisons in the miniature world are gathered as the real pipeline gathers them: two SFT samples
+per ID prompt (one at T=1, one at a lower temperature, for varied pairs), labelled by the world's
+noisy simulated labeller. For the paper's data they are the hub's human comparisons.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from gendiv import data, runs, stats
+from gendiv.config import Config
+from gendiv.models import load_tokenizer, pick_device, use_bf16
+from gendiv.sampling import generate
+from gendiv.sft import left_truncate, save_pretrained_atomic
+
+RM_ACCURACY_COLUMNS = ["split", "accuracy", "ci_low", "ci_high", "n"]
+
+
+class RewardModel:
+    """A sequence-classification RM with its normalisation: ``score`` returns (raw - mean) / std."""
+
+    def __init__(self, model, tokenizer, mean: float = 0.0, std: float = 1.0, max_length: int = 512):
+        if std <= 0:
+            raise ValueError(f"RM normalisation std must be > 0, got {std}.")
+        self.model, self.tokenizer, self.mean, self.std, self.max_length = model, tokenizer, mean, std, max_length
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | None = None, max_length: int = 512) -> "RewardModel":
+        from transformers import AutoModelForSequenceClassification
+
+        path = Path(path)
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
+        model.to(device or pick_device()).eval()
+        norm = json.loads((path / "normalisation.json").read_text()) if (path / "normalisation.json").exists() \
+            else {"mean": 0.0, "std": 1.0}
+        return cls(model, load_tokenizer(path), norm["mean"], norm["std"], max_length)
+
+    def texts(self, prompts: list[str], completions: list[str]) -> list[str]:
+        """prompt + space + completion + EOS: the form RewardTrainer trained on."""
+        eos = self.tokenizer.eos_token
+        return [p + " " + c.strip() + eos for p, c in zip(prompts, completions)]
+
+    @torch.no_grad()
+    def raw_scores(self, prompts: list[str], completions: list[str], batch_size: int = 32,
+                   padding_side: str = "left") -> np.ndarray:
+        """Unnormalised scores, read at the last real token whichever side is padded (the
+        model's pad_token_id must differ from EOS, which our tokenizers guarantee)."""
+        tok, model = self.tokenizer, self.model
+        if model.config.pad_token_id is None or model.config.pad_token_id == tok.eos_token_id:
+            raise ValueError("The RM needs a pad token distinct from EOS to find the last real token; "
+                             f"pad_token_id={model.config.pad_token_id}, eos_token_id={tok.eos_token_id}.")
+        tok.padding_side, tok.truncation_side = padding_side, "left"
+        device = next(model.parameters()).device
+        texts = self.texts(prompts, completions)
+        out = []
+        for i in range(0, len(texts), batch_size):
+            enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
+                      max_length=self.max_length, add_special_tokens=False).to(device)
+            out.append(model(**enc).logits[:, 0].float().cpu())
+        tok.padding_side = "left"
+        return torch.cat(out).numpy() if out else np.zeros(0)
+
+    def score(self, prompts: list[str], completions: list[str], batch_size: int = 32) -> np.ndarray:
+        """Normalised scores (paper: PPO, BoN and proxy scores all use these)."""
+        return (self.raw_scores(prompts, completions, batch_size) - self.mean) / self.std
+
+
+def normalisation(raw: np.ndarray) -> dict[str, float]:
+    """Mean and standard deviation of raw RM scores (the paper's normalisation)."""
+    if len(raw) < 2:
+        raise ValueError(f"RM normalisation needs at least 2 scores, got {len(raw)}.")
+    std = float(np.std(raw))
+    return {"mean": float(np.mean(raw)), "std": std if std > 1e-8 else 1.0, "n": int(len(raw))}
+
+
+def train_reward_model(sft_path: Path, comparisons: list[dict], out_dir: Path, *, epochs: float, lr: float,
+                       batch_size: int, max_length: int, seed: int, freeze_fraction: float = 0.0,
+                       adapter: str = "none", lora_r: int = 16, lora_alpha: int = 32,
+                       device: torch.device | None = None) -> pd.DataFrame:
+    """Train an RM from the SFT checkpoint on (prompt, chosen, rejected) with TRL's RewardTrainer;
+    save it to ``out_dir``; return the log history."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    from gendiv.models import add_lora, freeze_bottom
+
+    device = device or pick_device()
+    tok = load_tokenizer(sft_path)
+    model = AutoModelForSequenceClassification.from_pretrained(str(sft_path), num_labels=1)
+    model.config.pad_token_id = tok.pad_token_id
+    if adapter == "lora":
+        model = add_lora(model, lora_r, lora_alpha, task_type="SEQ_CLS")
+    else:
+        freeze_bottom(model, freeze_fraction)
+        for p in model.score.parameters():
+            p.requires_grad = True
+    model.to(device)
+    prompts = left_truncate(tok, [c["prompt"] for c in comparisons], max_length - 64)
+    dataset = Dataset.from_dict({"prompt": prompts,
+                                 "chosen": [" " + c["chosen"].strip() for c in comparisons],
+                                 "rejected": [" " + c["rejected"].strip() for c in comparisons]})
+    with tempfile.TemporaryDirectory() as scratch:
+        args = RewardConfig(output_dir=scratch, num_train_epochs=epochs, learning_rate=lr,
+                            per_device_train_batch_size=batch_size, max_length=max_length,
+                            bf16=use_bf16(device), fp16=False, use_cpu=device.type == "cpu",
+                            logging_steps=5, save_strategy="no", report_to="none", seed=seed,
+                            data_seed=seed, lr_scheduler_type="linear", warmup_steps=0,
+                            dataloader_num_workers=0)
+        tok.padding_side = "right"
+        trainer = RewardTrainer(model=model, args=args, processing_class=tok, train_dataset=dataset)
+        trainer.train()
+        log = pd.DataFrame(trainer.state.log_history)
+    trained = trainer.model
+    if adapter == "lora":
+        trained = trained.merge_and_unload()
+    save_pretrained_atomic(trained, tok, out_dir)
+    return log
+
+
+def rm_accuracy(rm: RewardModel, pairs: list[dict], seed: int) -> dict:
+    """Share of pairs where the RM prefers the summary that the reference preference prefers
+    (``preferred`` = 0 for a, 1 for b; ties in the reference are left out), with a bootstrap CI."""
+    kept = [p for p in pairs if p["preferred"] in (0, 1)]
+    if not kept:
+        return {"accuracy": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
+    prompts = [p["prompt"] for p in kept]
+    sa = rm.raw_scores(prompts, [p["a"] for p in kept])
+    sb = rm.raw_scores(prompts, [p["b"] for p in kept])
+    correct = [float((b > a) == bool(p["preferred"])) if a != b else 0.5 for a, b, p in zip(sa, sb, kept)]
+    acc, lo, hi = stats.bootstrap_ci(correct, seed=seed)
+    return {"accuracy": acc, "ci_low": lo, "ci_high": hi, "n": len(kept)}
+
+
+# ------------------------------------------------------------------ stages
+def _sample_pairs(cfg: Config, model, tok, records: list[dict], seed: int, desc: str) -> list[tuple[str, str]]:
+    s = cfg.sampling
+    kwargs = dict(max_new_tokens=s.max_new_tokens, top_k=s.top_k, top_p=s.top_p, batch_size=s.batch_size,
+                  max_prompt_tokens=cfg.model.max_length - s.max_new_tokens)
+    prompts = [r["prompt"] for r in records]
+    first = generate(model, tok, prompts, temperature=s.temperature, seed=seed, desc=desc + " (T=1)", **kwargs)
+    second = generate(model, tok, prompts, temperature=cfg.reward.second_temperature, seed=seed + 1,
+                      desc=f"{desc} (T={cfg.reward.second_temperature})", **kwargs)
+    return list(zip(first.first(), second.first()))
+
+
+def _judged_pairs(world, records: list[dict], pairs: list[tuple[str, str]], rng: random.Random,
+                  label: bool) -> list[dict]:
+    """Pairs with gold utilities, the judge's preference and (``label``) the labeller's choice."""
+    rows = []
+    for rec, (a, b) in zip(records, pairs):
+        ex = data.Example.from_dict(rec)
+        ua, ub = world.utility(a, ex).total, world.utility(b, ex).total
+        judge = world.judge(a, b, ex)
+        row = {"uid": rec["uid"], "split": rec["split"], "prompt": rec["prompt"], "a": a, "b": b,
+               "utility_a": ua, "utility_b": ub, "preferred": {1.0: 0, 0.0: 1}.get(judge, -1)}
+        if label:
+            row["label"] = 1 - world.label(a, b, ex, rng)  # 0: labeller prefers a, 1: prefers b
+            row["chosen"], row["rejected"] = (a, b) if row["label"] == 0 else (b, a)
+        rows.append(row)
+    return rows
+
+
+def build_comparisons(cfg: Config, force: bool = False) -> dict[str, Path]:
+    """Stage ``comparisons`` (notebook 03): pairs of SFT samples on the ID comparison prompts,
+    labelled by the simulated labeller (or the hub's human comparisons for data.source 'tldr');
+    plus unlabelled judged pairs on OOD test prompts for measuring RM accuracy out of distribution."""
+    from gendiv.models import load_causal_lm
+    from gendiv.sft import sft_path
+
+    def body(root: Path) -> dict[str, Path]:
+        records = data.load_split(cfg, "id", "comparisons")
+        n_held = max(1, int(round(cfg.reward.heldout_share * len(records))))
+        paths: dict[str, Path] = {}
+        if cfg.data.source != "world":
+            rows = [{**r, "a": r["chosen"], "b": r["rejected"], "preferred": 0, "label": 0} for r in records]
+            paths["comparisons_train"] = runs.write_jsonl(root / "data" / "comparisons_train.jsonl", rows[:-n_held])
+            paths["comparisons_heldout"] = runs.write_jsonl(root / "data" / "comparisons_heldout.jsonl",
+                                                            rows[-n_held:])
+            return paths
+        world = data.make_world(cfg)
+        device = pick_device(cfg.model.device)
+        model, tok = load_causal_lm(sft_path(cfg), device), load_tokenizer(sft_path(cfg))
+        pairs = _sample_pairs(cfg, model, tok, records, cfg.seed, "comparison pairs")
+        rows = _judged_pairs(world, records, pairs, random.Random(f"{cfg.seed}/labeller"), label=True)
+        paths["comparisons_train"] = runs.write_jsonl(root / "data" / "comparisons_train.jsonl", rows[:-n_held])
+        paths["comparisons_heldout"] = runs.write_jsonl(root / "data" / "comparisons_heldout.jsonl", rows[-n_held:])
+        for split in data.SPLITS[1:]:
+            recs = data.load_split(cfg, split, "test")[: cfg.reward.n_eval_ood]
+            ood_pairs = _sample_pairs(cfg, model, tok, recs, cfg.seed + 7, f"{split} pairs")
+            paths[f"pairs_{split}"] = runs.write_jsonl(root / "data" / f"rm_eval_pairs_{split}.jsonl",
+                                                       _judged_pairs(world, recs, ood_pairs, None, label=False))
+        return paths
+
+    return runs.run_stage(cfg, "comparisons", ("world", "data", "model", "pretrain", "sft", "reward", "sampling"),
+                          body, force=force)
+
+
+def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
+    """Stage ``reward`` (notebook 03): train the RM, normalise it, measure its accuracy ID and OOD
+    against the judge (``results/rm_accuracy.csv``) and score held-out samples for the
+    RM-vs-gold scatter."""
+    from gendiv.sft import sft_path
+
+    def body(root: Path) -> dict[str, Path]:
+        train = runs.read_jsonl(runs.artifact(cfg, "comparisons", "comparisons_train"))
+        heldout = runs.read_jsonl(runs.artifact(cfg, "comparisons", "comparisons_heldout"))
+        out = root / "models" / "rm"
+        device = pick_device(cfg.model.device)
+        log = train_reward_model(sft_path(cfg), train, out, epochs=cfg.reward.epochs, lr=cfg.reward.lr,
+                                 batch_size=cfg.reward.batch_size, max_length=cfg.model.max_length,
+                                 seed=cfg.seed, freeze_fraction=cfg.model.freeze_fraction,
+                                 adapter=cfg.model.adapter, lora_r=cfg.model.lora_r,
+                                 lora_alpha=cfg.model.lora_alpha, device=device)
+        rm = RewardModel.load(out, device, cfg.model.max_length)
+        norm_prompts = [r["prompt"] for r in heldout for _ in (0, 1)][: cfg.reward.n_normalisation]
+        norm_texts = [t for r in heldout for t in (r["a"], r["b"])][: cfg.reward.n_normalisation]
+        norm = normalisation(rm.raw_scores(norm_prompts, norm_texts))
+        runs.write_json(out / "normalisation.json", norm)
+        rm.mean, rm.std = norm["mean"], norm["std"]
+        rows = [{"split": "id", **rm_accuracy(rm, heldout, cfg.seed)}]
+        scatter = []
+        for split in data.SPLITS[1:]:
+            try:
+                pairs = runs.read_jsonl(runs.artifact(cfg, "comparisons", f"pairs_{split}"))
+            except KeyError:  # hub data: no judge out of distribution
+                rows.append({"split": split, "accuracy": float("nan"), "ci_low": float("nan"),
+                             "ci_high": float("nan"), "n": 0})
+                continue
+            rows.append({"split": split, **rm_accuracy(rm, pairs, cfg.seed)})
+            scatter += [(split, p) for p in pairs]
+        scatter = [("id", p) for p in heldout] + scatter
+        if all("utility_a" in p for _, p in scatter):
+            prompts = [p["prompt"] for _, p in scatter]
+            scores = rm.score(prompts, [p["a"] for _, p in scatter])
+            frame = pd.DataFrame({"split": [s for s, _ in scatter], "rm_score": scores,
+                                  "gold_utility": [p["utility_a"] for _, p in scatter]})
+        else:
+            frame = pd.DataFrame(columns=["split", "rm_score", "gold_utility"])
+        return {"rm": out,
+                "rm_log": runs.write_csv(root / "logs" / "reward.csv", log),
+                "rm_accuracy": runs.write_csv(runs.results_dir(cfg) / "rm_accuracy.csv",
+                                              pd.DataFrame(rows, columns=RM_ACCURACY_COLUMNS)),
+                "rm_vs_gold": runs.write_csv(root / "logs" / "rm_vs_gold.csv", frame)}
+
+    return runs.run_stage(cfg, "reward", ("world", "data", "model", "pretrain", "sft", "reward", "sampling"),
+                          body, force=force)
+
+
+def load_reward_model(cfg: Config) -> RewardModel:
+    """The trained, normalised RM of a finished ``reward`` stage."""
+    return RewardModel.load(runs.artifact(cfg, "reward", "rm"), pick_device(cfg.model.device), cfg.model.max_length)
+

@@ -1,0 +1,151 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 2. The base model and supervised fine-tuning
+#
+# *Reproduces the first stage of RLHF in Kirk et al. (2024), Sec. 4 ("Models and training"):
+# supervised fine-tuning (SFT) of a pretrained language model on human demonstrations.*
+#
+# The paper fine-tunes LLaMA-7B on Reddit TL;DR for one epoch (learning rate 3e-5, cosine
+# schedule), with the loss on the summary tokens only and prompts truncated on the left. There is
+# no pretrained model of the miniature world's language, so for the `tiny` profile this chapter
+# first trains a byte-level BPE tokenizer and **pre-trains a small Llama** on the world's corpus
+# (all domains, both genres, few summaries), the stand-in for a pretrained LLM. Then it
+# fine-tunes that base model on the ID demonstrations with TRL's `SFTTrainer`, samples from both
+# models on every test split, and scores the samples with the gold judge's utility.
+
+# %% tags=["remove-cell"]
+# Colab only: fetch the repository and install gendiv (does nothing elsewhere).
+import sys
+
+if "google.colab" in sys.modules:
+    import os
+    import subprocess
+
+    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git && "
+                   "pip install -q -e gendiv", shell=True, check=True)
+    os.chdir("gendiv/notebooks")
+
+# %% tags=["parameters"]
+profile = "tiny"
+run_dir = ""
+seed = None
+force = False
+
+# %%
+import json
+
+import pandas as pd
+from IPython.display import Markdown, display
+
+from gendiv import data, models, plots, runs, sft
+from gendiv.config import load_profile
+
+cfg = load_profile(profile, seed=seed, run_dir=run_dir or None)
+runs.seed_everything(cfg.seed)
+runs.print_config(cfg)
+
+# %% [markdown]
+# ## The base model
+#
+# For `model.base: tiny`, a tokenizer and a small Llama are trained here on the pre-training
+# corpus of chapter 1; for `smollm2` or a hub model this step only records where the checkpoint is.
+
+# %%
+base_paths = models.build_base(cfg, force=force)
+base = models.load_causal_lm(models.base_path(cfg), models.pick_device(cfg.model.device))
+print(f"Base model: {type(base).__name__}, {models.count_parameters(base).total:,} parameters")
+del base
+
+# %%
+if "pretrain_log" in base_paths:
+    pretrain_log = pd.read_csv(base_paths["pretrain_log"])
+    plots.curves(pretrain_log, "tokens", "train_loss", name="pretrain_loss", cfg=cfg,
+                 xlabel="training tokens", ylabel="next-token loss (nats)",
+                 title="Pre-training the base model on the world's corpus")
+    final = pretrain_log.dropna(subset=["val_perplexity"]).iloc[-1]
+    display(Markdown(f"After {int(final.tokens):,} tokens ({final.seconds:.0f} s) the held-out perplexity "
+                     f"is **{final.val_perplexity:.2f}** (a uniform guess over the vocabulary would score "
+                     f"{cfg.model.vocab_size:,})."))
+
+# %% [markdown]
+# ## Supervised fine-tuning
+#
+# TRL's `SFTTrainer` on the ID demonstrations: prompt-completion data, loss on the completion
+# only, the completion being a space, the reference and EOS. With `model.freeze_fraction` the
+# bottom blocks, the embeddings and the LM head are frozen (the paper freezes 80%); with
+# `model.adapter: lora`, peft adapters are trained and merged afterwards.
+
+# %%
+sft_paths = sft.build_sft(cfg, force=force)
+counts = json.loads(sft_paths["trainable"].read_text())
+print(f"SFT trained {counts['trainable']:,} of {counts['total']:,} parameters "
+      f"({counts['trainable'] / counts['total']:.1%}).")
+
+# %%
+sft_log = pd.read_csv(sft_paths["sft_log"])
+curve = pd.concat([sft_log.dropna(subset=["loss"]).assign(kind="train")[["step", "loss", "kind"]],
+                   sft_log.dropna(subset=["eval_loss"]).rename(columns={"eval_loss": "loss"})
+                   .assign(kind="validation")[["step", "loss", "kind"]]])
+plots.curves(curve, "step", "loss", hue="kind", name="sft_loss", cfg=cfg, xlabel="optimiser step",
+             ylabel="completion loss (nats/token)", title="SFT on the ID demonstrations")
+
+# %% [markdown]
+# ## Base and SFT samples, judged
+#
+# One sample per input (temperature 1, as the paper samples) on the first
+# `sampling.n_eval_inputs` test inputs of each split, each scored by the gold utility.
+
+# %%
+eval_paths = sft.evaluate_sft(cfg, force=force)
+gold = pd.read_csv(eval_paths["gold_utility"])
+if len(gold):
+    display(gold.pivot(index="method", columns="split", values="mean_utility")[list(data.SPLITS)].round(3))
+    plots.bars_with_intervals(gold, "split", "mean_utility", "method", name="sft_gold_utility", cfg=cfg,
+                              xlabel="test split", ylabel="mean gold utility (95% CI)",
+                              title="Gold utility of base, SFT and reference summaries",
+                              order=list(data.SPLITS), hue_order=["base", "sft", "reference"])
+else:
+    display(Markdown("No gold judge exists for this profile's data, so gold utility is not computed."))
+
+# %%
+for split in data.SPLITS:
+    rows = runs.read_jsonl(eval_paths[f"sft_{split}"])[:3]
+    base_rows = runs.read_jsonl(eval_paths[f"base_{split}"])[:3]
+    table = pd.DataFrame({"reference": [r["reference"] for r in rows],
+                          "base sample": [r["output"] for r in base_rows],
+                          "SFT sample": [r["output"] for r in rows]})
+    if "utility" in rows[0]:
+        table["utility (ref / base / SFT)"] = [f"{r['reference_utility']:.2f} / {b['utility']:.2f} / {r['utility']:.2f}"
+                                               for r, b in zip(rows, base_rows)]
+    display(Markdown(f"### {plots.SPLIT_LABELS[split]}"))
+    with pd.option_context("display.max_colwidth", 200):
+        display(table)
+
+# %% [markdown]
+# ## What this chapter showed
+
+# %%
+if len(gold):
+    wide = gold.pivot(index="split", columns="method", values="mean_utility").reindex(list(data.SPLITS))
+    better = [s for s in data.SPLITS if wide.loc[s, "sft"] > wide.loc[s, "base"]]
+    lines = [f"- {plots.SPLIT_LABELS[s]}: SFT {wide.loc[s, 'sft']:.3f} vs base {wide.loc[s, 'base']:.3f} "
+             f"(references {wide.loc[s, 'reference']:.3f})" for s in data.SPLITS]
+    verdict = ("beats the base model on every split" if len(better) == len(data.SPLITS) else
+               f"beats the base model on {len(better)} of {len(data.SPLITS)} splits")
+    display(Markdown(f"By mean gold utility, SFT {verdict}:\n\n" + "\n".join(lines)))

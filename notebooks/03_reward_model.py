@@ -1,0 +1,154 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 3. The reward model
+#
+# *Reproduces the second stage of RLHF in Kirk et al. (2024), Sec. 4: a reward model (RM)
+# trained on pairwise preferences, and its accuracy in and out of distribution.*
+#
+# The paper initialises the RM from the SFT model, adds a scalar head read at the last token,
+# trains it for one epoch on human comparisons with the Bradley-Terry loss, and then normalises
+# its scores by their mean and standard deviation on about 500 held-out items; PPO, Best-of-N
+# and the proxy scores all use the normalised RM. Here the comparisons are gathered as the real
+# pipeline gathers them: two SFT samples per ID prompt, labelled by the miniature world's noisy
+# simulated labeller. The RM is trained with TRL's `RewardTrainer` and judged against the
+# world's exact judge on held-out ID pairs and on pairs from both OOD splits.
+
+# %% tags=["remove-cell"]
+# Colab only: fetch the repository and install gendiv (does nothing elsewhere).
+import sys
+
+if "google.colab" in sys.modules:
+    import os
+    import subprocess
+
+    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git && "
+                   "pip install -q -e gendiv", shell=True, check=True)
+    os.chdir("gendiv/notebooks")
+
+# %% tags=["parameters"]
+profile = "tiny"
+run_dir = ""
+seed = None
+force = False
+
+# %%
+import json
+
+import numpy as np
+import pandas as pd
+from IPython.display import Markdown, display
+
+from gendiv import data, plots, reward, runs
+from gendiv.config import load_profile
+
+cfg = load_profile(profile, seed=seed, run_dir=run_dir or None)
+runs.seed_everything(cfg.seed)
+runs.print_config(cfg)
+
+# %% [markdown]
+# ## Comparison data
+#
+# For each ID comparison prompt the SFT model writes two summaries, one at temperature 1 and one
+# at `reward.second_temperature`; the simulated labeller prefers one with probability
+# sigmoid((u_A - u_B) / tau). A share of prompts (`reward.heldout_share`) is held out for
+# measuring the RM. How often does the labeller agree with the exact judge?
+
+# %%
+comparison_paths = reward.build_comparisons(cfg, force=force)
+train = pd.DataFrame(runs.read_jsonl(comparison_paths["comparisons_train"]))
+heldout = pd.DataFrame(runs.read_jsonl(comparison_paths["comparisons_heldout"]))
+everything = pd.concat([train.assign(part="train"), heldout.assign(part="held out")])
+if "utility_a" in everything:
+    decided = everything[everything["preferred"] >= 0]
+    agreement = float((decided["label"] == decided["preferred"]).mean())
+    summary = pd.DataFrame({
+        "pairs": everything.groupby("part").size(),
+        "judge ties": everything.groupby("part")["preferred"].apply(lambda p: float((p < 0).mean())),
+        "mean utility, sample at T=1": everything.groupby("part")["utility_a"].mean(),
+        "mean utility, second sample": everything.groupby("part")["utility_b"].mean(),
+    })
+    display(summary.round(3))
+    display(Markdown(f"Where the judge is not tied, the labeller agrees with it on **{agreement:.1%}** of "
+                     f"{len(decided):,} pairs (tau = {cfg.world.labeller_temperature}); "
+                     f"{float((everything['preferred'] < 0).mean()):.1%} of pairs are ties for the judge "
+                     "(two equally good or equally bad summaries)."))
+else:
+    display(Markdown(f"{len(train):,} training and {len(heldout):,} held-out human comparisons from the hub."))
+
+# %% [markdown]
+# ## Training the reward model
+
+# %%
+reward_paths = reward.build_reward(cfg, force=force)
+rm_log = pd.read_csv(reward_paths["rm_log"])
+long = rm_log.melt(id_vars=["step"], value_vars=[c for c in ("loss", "accuracy") if c in rm_log],
+                   var_name="measure", value_name="value").dropna()
+plots.curves(long, "step", "value", hue="measure", name="rm_training", cfg=cfg, xlabel="optimiser step",
+             ylabel="Bradley-Terry loss / batch accuracy", title="Reward-model training (TRL RewardTrainer)")
+normalisation = json.loads((reward_paths["rm"] / "normalisation.json").read_text())
+print(f"Normalisation on {normalisation['n']} held-out summaries: mean {normalisation['mean']:.4f}, "
+      f"std {normalisation['std']:.4f}")
+
+# %% [markdown]
+# ## Reward-model accuracy in and out of distribution
+#
+# Accuracy is the share of pairs on which the RM prefers the summary the exact judge prefers
+# (judge ties left out), with 95% bootstrap intervals over pairs. The paper reports RM accuracy
+# against human labels; our judge is the noise-free version of the labeller.
+
+# %%
+accuracy = pd.read_csv(reward_paths["rm_accuracy"])
+display(accuracy.round(3))
+plots.bars_with_intervals(accuracy.assign(model="reward model"), "split", "accuracy", "model",
+                          name="rm_accuracy", cfg=cfg, xlabel="split of the pairs",
+                          ylabel="agreement with the judge (95% CI)", title="Reward-model accuracy",
+                          order=list(accuracy["split"]), chance=0.5)
+
+# %% [markdown]
+# ## Normalised RM score against gold utility
+#
+# Each point is one SFT summary. A good proxy orders summaries as the gold utility does; where
+# the two part ways, PPO can exploit the RM (over-optimisation, which chapter 6 measures).
+
+# %%
+rm_vs_gold = pd.read_csv(reward_paths["rm_vs_gold"])
+if len(rm_vs_gold):
+    plots.scatter(rm_vs_gold.assign(split=rm_vs_gold["split"].map(plots.SPLIT_LABELS)), "gold_utility",
+                  "rm_score", "split", name="rm_vs_gold", cfg=cfg, xlabel="gold utility",
+                  ylabel="normalised RM score", title="The RM as a proxy for the gold utility")
+    spearman = rm_vs_gold.groupby("split").apply(
+        lambda g: g["rm_score"].rank().corr(g["gold_utility"].rank()), include_groups=False)
+    display(Markdown("Spearman rank correlation between RM score and gold utility: " + ", ".join(
+        f"{plots.SPLIT_LABELS[s]} {spearman[s]:.2f}" for s in data.SPLITS if s in spearman) + "."))
+
+# %% [markdown]
+# ## What this chapter showed
+
+# %%
+rows = accuracy.set_index("split")
+lines = []
+for split, row in rows.iterrows():
+    if np.isnan(row["accuracy"]):
+        lines.append(f"- {plots.SPLIT_LABELS[split]}: not measurable (no judge for this data)")
+        continue
+    side = ("above chance" if row["ci_low"] > 0.5 else
+            "below chance" if row["ci_high"] < 0.5 else "not distinguishable from chance")
+    lines.append(f"- {plots.SPLIT_LABELS[split]}: {row['accuracy']:.1%} "
+                 f"(95% CI {row['ci_low']:.1%} to {row['ci_high']:.1%}, n = {int(row['n'])}), {side}")
+display(Markdown("Reward-model accuracy against the judge:\n\n" + "\n".join(lines)))
