@@ -77,7 +77,7 @@ def curves(frame: pd.DataFrame, x: str, y: str, *, name: str, cfg: Config, xlabe
            title: str, hue: str | None = None, logy: bool = False) -> plt.Figure:
     """Training curves: ``y`` against ``x`` (one line per ``hue``), NaN rows dropped."""
     set_theme()
-    frame = frame.dropna(subset=[x, y])
+    frame = frame.dropna(subset=[x, y]).reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     sns.lineplot(frame, x=x, y=y, hue=hue, ax=ax, marker="o" if len(frame) < 40 else None)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)

@@ -336,11 +336,20 @@ class World:
             phrases = neutral or phrases
         return rng.choice(phrases)
 
-    def _fill(self, rng: random.Random, template: str, fact: Fact, genre: str) -> str:
-        pred = self._predicate(rng, fact.predicate, genre)
+    def _fill(self, rng: random.Random, template: str, fact: Fact, genre: str,
+              wording: dict | None = None, reuse: float = 0.0) -> str:
+        """Render ``fact`` into ``template``. ``wording`` remembers each fact's phrases as first
+        written; with probability ``reuse`` they are written the same way again (people's TL;DRs
+        mostly reuse the post's words), else a synonym is drawn afresh."""
+        if wording is not None and fact in wording and rng.random() < reuse:
+            ent, pred = wording[fact]
+        else:
+            ent = "" if fact.role == "ask" else self._entity(rng, fact.entity, genre)
+            pred = self._predicate(rng, fact.predicate, genre)
+            if wording is not None and fact not in wording:
+                wording[fact] = (ent, pred)
         if fact.role == "ask":
             return template.replace("{A}", pred)
-        ent = self._entity(rng, fact.entity, genre)
         if template.startswith("{E}"):
             ent = _cap(ent)
         return template.replace("{E}", ent).replace("{P}", pred)
@@ -363,9 +372,9 @@ class World:
             facts.append(Fact(rng.choice(list(self.lex.authorities)), rng.choice(list(self.lex.responses)),
                               "response"))
         used_e = {e_problem, e_cause}
-        for attr in rng.sample(attrs, rng.randint(1, 3)):
+        for attr in rng.sample(attrs, rng.randint(1, 2)):
             facts.append(Fact(rng.choice(sorted(used_e) if rng.random() < 0.7 else ents), attr, "minor"))
-        for eid, pid in rng.sample(self.lex.asides[genre], rng.randint(1, 3)):
+        for eid, pid in rng.sample(self.lex.asides[genre], rng.randint(1, 2)):
             facts.append(Fact(eid, pid, "distractor"))
         return facts
 
@@ -383,13 +392,14 @@ class World:
             order = [("problem", by_role["problem"])] + middle + [("ask", by_role["ask"])]
             if rng.random() < 0.3:  # sometimes the problem comes after some context
                 order[0], order[1] = order[1], order[0]
-            sentences = [self._fill(rng, rng.choice(table[role]), f, genre) for role, f in order]
-            opener, closer = rng.choice(FORUM_OPENERS), rng.choice(FORUM_CLOSERS)
+            wording: dict = {}
+            sentences = [self._fill(rng, rng.choice(table[role]), f, genre, wording) for role, f in order]
+            opener = rng.choice(FORUM_OPENERS) if rng.random() < 0.6 else ""
+            closer = rng.choice(FORUM_CLOSERS)
             body = " ".join(s for s in [opener] + sentences + [closer] if s)
+            problem, ask = wording[by_role["problem"]], wording[by_role["ask"]]
             title_t = rng.choice(FORUM_TITLES)
-            title = _cap(title_t.replace("{E}", self._entity(rng, by_role["problem"].entity, genre))
-                         .replace("{P}", self._predicate(rng, by_role["problem"].predicate, genre))
-                         .replace("{A}", self._predicate(rng, by_role["ask"].predicate, genre)))
+            title = _cap(title_t.replace("{E}", problem[0]).replace("{P}", problem[1]).replace("{A}", ask[1]))
             subreddit = self.lex.domains[domain].subreddit
         else:
             table = NEWS_SENTENCES
@@ -397,21 +407,24 @@ class World:
             rng.shuffle(middle)
             order = [("problem", by_role["problem"]), ("cause", by_role["cause"])] + middle
             order.insert(rng.randint(2, len(order)), ("response", by_role["response"]))
-            sentences = [self._fill(rng, rng.choice(table[role]), f, genre) for role, f in order]
+            wording = {}
+            sentences = [self._fill(rng, rng.choice(table[role]), f, genre, wording) for role, f in order]
             if rng.random() < 0.6:
                 sentences.insert(rng.randint(1, len(sentences)), rng.choice(NEWS_QUOTES))
             lead = f"{rng.choice(CITIES)} ({rng.choice(OUTLETS)}) -- "
             body = lead + " ".join(sentences)
-            title = " ".join(_cap(w) for w in (
-                self._entity(rng, by_role["problem"].entity, genre) + " " +
-                self._predicate(rng, by_role["problem"].predicate, genre)).split())
+            title = " ".join(_cap(w) for w in " ".join(wording[by_role["problem"]]).split())
             subreddit = ""
         ex = Example(uid, split, genre, domain, subreddit, title, body, "", facts)
-        ex.reference = self.reference(rng, ex)
+        ex.reference = self.reference(rng, ex, wording)
         return ex
 
-    def reference(self, rng: random.Random, ex: Example) -> str:
-        """A human-like reference summary: usually the salient facts, imperfect like people's."""
+    REUSE_WORDING = 0.75
+    """Probability that a reference states a fact in the post's own words (else a synonym)."""
+
+    def reference(self, rng: random.Random, ex: Example, wording: dict | None = None) -> str:
+        """A human-like reference summary: usually the salient facts, mostly in the post's words
+        (``wording``), imperfect like people's."""
         roles = {f.role: f for f in ex.facts}
         third = "ask" if ex.genre == "forum" else "response"
         p_keep = {"problem": 0.93, "cause": 0.72, third: 0.78}
@@ -428,7 +441,7 @@ class World:
             t = rng.choice(SUMMARY_FACT[f.role])
             if f.role == "cause" and parts == []:
                 t = "{E} {P}."
-            parts.append(_cap(self._fill(rng, t, f, ex.genre)))
+            parts.append(_cap(self._fill(rng, t, f, ex.genre, wording, self.REUSE_WORDING)))
         if ex.genre == "forum" and rng.random() < 0.15:
             parts.append(rng.choice(SUMMARY_TAILS))
         text = " ".join(parts)
