@@ -54,11 +54,8 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from gendiv import data, models, plots, runs, sft
-from gendiv.config import load_profile
 
-cfg = load_profile(profile, seed=seed, run_dir=run_dir or None)
-runs.seed_everything(cfg.seed)
-runs.print_config(cfg)
+cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 
 # %% [markdown]
 # ## The base model

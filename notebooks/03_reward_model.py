@@ -55,11 +55,8 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from gendiv import data, plots, reward, runs
-from gendiv.config import load_profile
 
-cfg = load_profile(profile, seed=seed, run_dir=run_dir or None)
-runs.seed_everything(cfg.seed)
-runs.print_config(cfg)
+cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 
 # %% [markdown]
 # ## Comparison data

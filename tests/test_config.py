@@ -1,7 +1,6 @@
 import dataclasses
 
 import pytest
-
 from gendiv.config import ConfigError, available_profiles, load_profile
 
 

@@ -2,7 +2,6 @@ import os
 
 import pandas as pd
 import pytest
-
 from conftest import FIXTURES
 from gendiv import data
 from gendiv.config import load_profile

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-
 from gendiv import models, reward, sampling, sft
 
 CORPUS = [f"SUBREDDIT: r/test\nTITLE: post {i}\nPOST: My landlord raised the rent and my roommate "
@@ -33,7 +32,7 @@ def test_tokenizer_has_distinct_special_tokens_and_round_trips(tok, tmp_path):
 
 
 def test_tiny_model_round_trips_through_save_and_load(tok, tiny, tmp_path):
-    sft.save_pretrained_atomic(tiny, tok, tmp_path / "m")
+    models.save_pretrained_atomic(tiny, tok, tmp_path / "m")
     loaded = models.load_causal_lm(tmp_path / "m", torch.device("cpu"))
     x = torch.tensor([tok("My landlord raised the rent")["input_ids"]])
     torch.testing.assert_close(loaded(x).logits, tiny(x).logits)
@@ -90,7 +89,7 @@ def _rm(tok, tmp_path):
 
     torch.manual_seed(0)
     base = models.tiny_llama(tok, hidden_size=32, n_layers=2, n_heads=2, intermediate_size=64, max_length=128)
-    sft.save_pretrained_atomic(base, tok, tmp_path / "base")
+    models.save_pretrained_atomic(base, tok, tmp_path / "base")
     model = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "base"), num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
     return reward.RewardModel(model.eval(), tok, max_length=128)

@@ -7,7 +7,6 @@ import shutil
 import jupytext
 import pandas as pd
 import pytest
-
 from conftest import ROOT
 from gendiv import cli, data
 

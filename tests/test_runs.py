@@ -1,17 +1,15 @@
 import json
 
 import pytest
-
 from gendiv import runs
 from gendiv.config import load_profile
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.txt"
-    with pytest.raises(RuntimeError):
-        with runs.atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError), runs.atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []
     runs.write_text(target, "whole")

@@ -4,7 +4,6 @@ import importlib.util
 
 import pytest
 import torch
-
 from gendiv import models
 from gendiv.sampling import generate
 

@@ -1,7 +1,6 @@
 import random
 
 import pytest
-
 from gendiv.world import CORRUPTIONS, NARRATOR, Example, Fact, Lexicon, World, lexicon, words
 
 HELDOUT = ("gardening", "travel", "techsupport", "mechanic")

@@ -10,16 +10,20 @@ default is to train every parameter; see the book's deviations page.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
+import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
+
+from gendiv import runs
 
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
 SMOLLM2 = "smollm2"
@@ -139,8 +143,6 @@ def smollm2_path() -> Path:
     model.save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))
     if out.exists():  # another process finished first
-        import shutil
-
         shutil.rmtree(tmp)
     else:
         tmp.replace(out)
@@ -150,6 +152,20 @@ def smollm2_path() -> Path:
 def resolve_base(name: str) -> Path | str:
     """Where a base model named in the config lives: 'smollm2' -> the cached conversion, else as given."""
     return smollm2_path() if name == SMOLLM2 else name
+
+
+def save_pretrained_atomic(model, tokenizer, out_dir: Path) -> Path:
+    """save_pretrained into a sibling folder, then swap it in: no half-written checkpoint."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir
 
 
 # ------------------------------------------------------------------ trainable parameters
@@ -284,9 +300,6 @@ def build_base(cfg, force: bool = False) -> dict[str, Path]:
     """Stage ``base`` (notebook 02): for the tiny model, train a tokenizer and pre-train a small
     Llama on the world's corpus (loss curve and held-out perplexity logged); for SmolLM2 or a hub
     model, record where the checkpoint lives."""
-    from gendiv import runs
-    from gendiv.sft import save_pretrained_atomic
-
     def body(root: Path) -> dict[str, Path]:
         m = cfg.model
         if m.base != TINY:
@@ -310,10 +323,6 @@ def build_base(cfg, force: bool = False) -> dict[str, Path]:
 
 def base_path(cfg) -> Path:
     """Where the base model of a finished ``base`` stage lives."""
-    import json
-
-    from gendiv import runs
-
     manifest = runs.require_stage(cfg, "base")
     if "base_model" in manifest.artifacts:
         return runs.run_dir(cfg) / manifest.artifacts["base_model"]

@@ -24,9 +24,9 @@ import torch
 
 from gendiv import data, runs, stats
 from gendiv.config import Config
-from gendiv.models import load_tokenizer, pick_device, use_bf16
+from gendiv.models import load_causal_lm, load_tokenizer, pick_device, save_pretrained_atomic, use_bf16
 from gendiv.sampling import generate
-from gendiv.sft import left_truncate, save_pretrained_atomic
+from gendiv.sft import left_truncate, sft_path
 
 RM_ACCURACY_COLUMNS = ["split", "accuracy", "ci_low", "ci_high", "n"]
 
@@ -40,7 +40,7 @@ class RewardModel:
         self.model, self.tokenizer, self.mean, self.std, self.max_length = model, tokenizer, mean, std, max_length
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device | None = None, max_length: int = 512) -> "RewardModel":
+    def load(cls, path: str | Path, device: torch.device | None = None, max_length: int = 512) -> RewardModel:
         from transformers import AutoModelForSequenceClassification
 
         path = Path(path)
@@ -85,7 +85,7 @@ def normalisation(raw: np.ndarray) -> dict[str, float]:
     if len(raw) < 2:
         raise ValueError(f"RM normalisation needs at least 2 scores, got {len(raw)}.")
     std = float(np.std(raw))
-    return {"mean": float(np.mean(raw)), "std": std if std > 1e-8 else 1.0, "n": int(len(raw))}
+    return {"mean": float(np.mean(raw)), "std": std if std > 1e-8 else 1.0, "n": len(raw)}
 
 
 def train_reward_model(sft_path: Path, comparisons: list[dict], out_dir: Path, *, epochs: float, lr: float,
@@ -180,9 +180,6 @@ def build_comparisons(cfg: Config, force: bool = False) -> dict[str, Path]:
     """Stage ``comparisons`` (notebook 03): pairs of SFT samples on the ID comparison prompts,
     labelled by the simulated labeller (or the hub's human comparisons for data.source 'tldr');
     plus unlabelled judged pairs on OOD test prompts for measuring RM accuracy out of distribution."""
-    from gendiv.models import load_causal_lm
-    from gendiv.sft import sft_path
-
     def body(root: Path) -> dict[str, Path]:
         records = data.load_split(cfg, "id", "comparisons")
         n_held = max(1, int(round(cfg.reward.heldout_share * len(records))))
@@ -215,8 +212,6 @@ def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
     """Stage ``reward`` (notebook 03): train the RM, normalise it, measure its accuracy ID and OOD
     against the judge (``results/rm_accuracy.csv``) and score held-out samples for the
     RM-vs-gold scatter."""
-    from gendiv.sft import sft_path
-
     def body(root: Path) -> dict[str, Path]:
         train = runs.read_jsonl(runs.artifact(cfg, "comparisons", "comparisons_train"))
         heldout = runs.read_jsonl(runs.artifact(cfg, "comparisons", "comparisons_heldout"))

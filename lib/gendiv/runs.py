@@ -24,11 +24,10 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-import yaml
+from typing import Any
 
 from gendiv.config import Config, describe
 
@@ -245,3 +244,14 @@ def print_config(cfg: Config) -> None:
     print(describe(cfg))
     print(environment_report(cfg))
     sys.stdout.flush()
+
+
+def start(profile: str, seed: int | None = None, run_dir: str = "") -> Config:
+    """What every notebook does after its parameters cell: resolve the typed config, seed
+    everything from it, and print the config, device and package versions."""
+    from gendiv.config import load_profile
+
+    cfg = load_profile(profile, seed=seed, run_dir=run_dir or None)
+    seed_everything(cfg.seed)
+    print_config(cfg)
+    return cfg

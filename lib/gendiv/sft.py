@@ -7,13 +7,22 @@ and the end of the post survive, as in the paper's code.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from gendiv.models import use_bf16
+from gendiv import data, runs, stats
+from gendiv.models import (
+    base_path,
+    load_causal_lm,
+    load_policy,
+    load_tokenizer,
+    pick_device,
+    save_pretrained_atomic,
+    use_bf16,
+)
+from gendiv.sampling import generate
 
 
 def left_truncate(tokenizer, prompts: list[str], max_tokens: int) -> list[str]:
@@ -66,20 +75,6 @@ def train_sft(model, tokenizer, train_records: list[dict], val_records: list[dic
     return log
 
 
-def save_pretrained_atomic(model, tokenizer, out_dir: Path) -> Path:
-    """save_pretrained into a sibling folder, then swap it in: no half-written checkpoint."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    return out_dir
-
-
 # ------------------------------------------------------------------ stages
 SFT_SECTIONS = ("world", "data", "model", "pretrain", "sft")
 GOLD_UTILITY_COLUMNS = ["method", "split", "mean_utility", "ci_low", "ci_high", "n"]
@@ -88,9 +83,6 @@ GOLD_UTILITY_COLUMNS = ["method", "split", "mean_utility", "ci_low", "ci_high", 
 def build_sft(cfg, force: bool = False) -> dict[str, Path]:
     """Stage ``sft`` (notebook 02): fine-tune the base model on the ID demonstrations; LoRA
     adapters are merged so every later stage loads an ordinary transformers checkpoint."""
-    from gendiv import data, runs
-    from gendiv.models import base_path, load_policy
-
     def body(root: Path) -> dict[str, Path]:
         model, tok, counts = load_policy(cfg, base_path(cfg))
         print(f"SFT trains {counts}")
@@ -110,16 +102,11 @@ def build_sft(cfg, force: bool = False) -> dict[str, Path]:
 
 
 def sft_path(cfg) -> Path:
-    from gendiv import runs
-
     return runs.artifact(cfg, "sft", "sft_model")
 
 
 def sample_policy(cfg, path: Path, records: list[dict], seed: int, desc: str, n_samples: int = 1):
     """Samples of the policy at ``path`` on ``records`` with the profile's sampling settings."""
-    from gendiv.models import load_causal_lm, load_tokenizer, pick_device
-    from gendiv.sampling import generate
-
     s = cfg.sampling
     model = load_causal_lm(path, pick_device(cfg.model.device))
     tok = load_tokenizer(path)
@@ -133,9 +120,6 @@ def evaluate_sft(cfg, force: bool = False) -> dict[str, Path]:
     """Stage ``sft_eval`` (notebook 02): one sample from the base and the SFT model on the first
     ``sampling.n_eval_inputs`` test inputs of every split, with its gold utility (world only);
     ``results/gold_utility.csv`` holds the means with bootstrap intervals."""
-    from gendiv import data, runs, stats
-    from gendiv.models import base_path
-
     def body(root: Path) -> dict[str, Path]:
         world = data.make_world(cfg) if cfg.data.source == "world" else None
         paths, rows = {}, []
@@ -164,8 +148,6 @@ def evaluate_sft(cfg, force: bool = False) -> dict[str, Path]:
                 mean, lo, hi = stats.bootstrap_ci(refs, seed=cfg.seed)
                 rows.append({"method": "reference", "split": split, "mean_utility": mean, "ci_low": lo,
                              "ci_high": hi, "n": len(refs)})
-        import pandas as pd
-
         paths["gold_utility"] = runs.write_csv(runs.results_dir(cfg) / "gold_utility.csv",
                                                pd.DataFrame(rows, columns=GOLD_UTILITY_COLUMNS))
         return paths

@@ -9,7 +9,8 @@ def bootstrap_ci(values, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
                  statistic=np.mean) -> tuple[float, float, float]:
     """(estimate, low, high): ``statistic`` of ``values`` with a percentile bootstrap interval
     over the items (resampled with replacement). NaNs are dropped; an empty input gives NaNs."""
-    x = np.asarray([v for v in values if v == v], dtype=float)
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
     if len(x) == 0:
         return float("nan"), float("nan"), float("nan")
     rng = np.random.default_rng(seed)

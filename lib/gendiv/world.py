@@ -30,9 +30,9 @@ import functools
 import math
 import random
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Iterable, Sequence
 
 import yaml
 
@@ -82,9 +82,9 @@ class Lexicon:
         self.predicate_phrases: dict[str, list[str]] = {}
         self.predicate_kind: dict[str, str] = {}
         for name, spec in forum.items():
-            ns = lambda d: {f"{name}/{k}": list(v) for k, v in d.items()}  # noqa: E731
-            dom = Domain(name, spec["subreddit"], ns(spec["entities"]), ns(spec["events"]),
-                         ns(spec["attributes"]), ns(spec["asks"]))
+            tables = {kind: {f"{name}/{k}": list(v) for k, v in spec[kind].items()}
+                      for kind in ("entities", "events", "attributes", "asks")}
+            dom = Domain(name, spec["subreddit"], **tables)
             self.domains[name] = dom
             self.entity_phrases.update(dom.entities)
             for kind in ("events", "attributes", "asks"):
@@ -266,7 +266,7 @@ class Example:
                 "facts": [{"entity": f.entity, "predicate": f.predicate, "role": f.role} for f in self.facts]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Example":
+    def from_dict(cls, d: dict) -> Example:
         facts = [Fact(**f) for f in d.get("facts", [])]
         return cls(d["uid"], d["split"], d["genre"], d["domain"], d["subreddit"], d["title"],
                    d["body"], d["reference"], facts)

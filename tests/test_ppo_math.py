@@ -1,0 +1,118 @@
+"""PPO formulas against hand-worked numbers and invariants."""
+
+import pytest
+import torch
+
+from gendiv import ppo
+
+
+def test_response_mask_stops_after_the_first_eos():
+    ids = torch.tensor([[5, 6, 2, 7, 2], [5, 6, 7, 8, 9], [2, 0, 0, 0, 0]])
+    mask = ppo.response_mask(ids, eos_token_id=2, pad_token_id=0)
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+
+
+def test_kl_estimators():
+    logp = torch.log(torch.tensor([[0.5, 0.2, 0.9]]))
+    assert torch.all(ppo.kl_estimate(logp, logp, "log_ratio") == 0)
+    assert torch.all(ppo.kl_estimate(logp, logp, "squared") == 0)
+    ref = torch.log(torch.tensor([[0.25, 0.4, 0.9]]))
+    sq = ppo.kl_estimate(logp, ref, "squared")
+    assert torch.all(sq >= 0)
+    assert sq[0, 0].item() == pytest.approx(0.5 * torch.log(torch.tensor(2.0)).item() ** 2)
+    lr = ppo.kl_estimate(logp, ref, "log_ratio")
+    assert lr[0, 1].item() < 0  # a single token's log ratio can be negative
+    with pytest.raises(ValueError, match="Unknown KL estimator"):
+        ppo.kl_estimate(logp, ref, "k9")
+
+
+def test_log_ratio_is_non_negative_in_expectation():
+    torch.manual_seed(0)
+    p = torch.softmax(torch.randn(50), 0)
+    q = torch.softmax(torch.randn(50), 0)
+    samples = torch.multinomial(p, 200_000, replacement=True)
+    est = ppo.kl_estimate(torch.log(p[samples]), torch.log(q[samples]), "log_ratio").mean().item()
+    exact = (p * (p.log() - q.log())).sum().item()
+    assert est >= 0 and est == pytest.approx(exact, rel=0.05)
+
+
+def test_token_rewards_put_the_score_on_the_last_response_token():
+    logp = torch.zeros(2, 4)
+    ref = torch.tensor([[0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1, 1, 0], [1, 1, 1, 1]])
+    rewards, kl = ppo.token_rewards(torch.tensor([2.0, -1.0]), logp, ref, mask, kl_coef=0.1)
+    assert rewards[0].tolist() == pytest.approx([0.0, -0.05, 2.0, 0.0])  # 0.5 * 1^2 * 0.1
+    assert rewards[1].tolist() == pytest.approx([0.0, 0.0, 0.0, -1.0])
+    assert kl[0, 3] == 0
+
+
+def test_gae_against_hand_worked_numbers():
+    rewards = torch.tensor([[0.0, 0.0, 1.0]])
+    values = torch.tensor([[0.5, 0.2, 0.4]])
+    mask = torch.ones(1, 3)
+    adv, ret = ppo.gae(rewards, values, mask, gamma=1.0, lam=0.95)
+    # delta = [0 + 0.2 - 0.5, 0 + 0.4 - 0.2, 1 - 0.4] = [-0.3, 0.2, 0.6]
+    # A2 = 0.6; A1 = 0.2 + 0.95 * 0.6 = 0.77; A0 = -0.3 + 0.95 * 0.77 = 0.4315
+    assert adv[0].tolist() == pytest.approx([0.4315, 0.77, 0.6])
+    assert ret[0].tolist() == pytest.approx([0.9315, 0.97, 1.0])
+    # lambda = 1, gamma = 1: returns are the sum of future rewards
+    _, ret1 = ppo.gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    assert ret1[0].tolist() == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_gae_ignores_tokens_after_the_response():
+    rewards = torch.tensor([[0.0, 1.0, 9.0]])
+    values = torch.tensor([[0.5, 0.2, 7.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    adv, ret = ppo.gae(rewards, values, mask, gamma=1.0, lam=0.95)
+    assert adv[0, 2] == 0 and ret[0, 2] == 0
+    assert adv[0, 1].item() == pytest.approx(1.0 - 0.2)  # V after the last token is 0
+
+
+def test_whitening():
+    torch.manual_seed(0)
+    x = torch.randn(4, 6) * 3 + 2
+    mask = torch.ones(4, 6)
+    mask[0, 4:] = 0
+    w = ppo.whiten(x, mask)
+    assert ppo.masked_mean(w, mask).item() == pytest.approx(0.0, abs=1e-6)
+    assert ppo.masked_mean(w ** 2, mask).item() == pytest.approx(1.0, abs=1e-4)
+    assert torch.all(w[mask == 0] == 0)
+
+
+def test_clipped_objective_has_no_gradient_outside_the_clip_range():
+    old = torch.zeros(1, 2)
+    mask = torch.ones(1, 2)
+    adv = torch.tensor([[1.0, -1.0]])
+    # ratio e^0.5 > 1.2 with A > 0, and e^-0.5 < 0.8 with A < 0: both clipped, no gradient.
+    new = torch.tensor([[0.5, -0.5]], requires_grad=True)
+    loss, info = ppo.policy_loss(new, old, adv, mask, clip=0.2)
+    loss.backward()
+    assert torch.all(new.grad == 0) and info["clip_fraction"] == 1.0
+    # inside the range the gradient is -A * ratio / n
+    inside = torch.tensor([[0.1, -0.1]], requires_grad=True)
+    loss, info = ppo.policy_loss(inside, old, adv, mask, clip=0.2)
+    loss.backward()
+    expected = torch.tensor([[-1.0 * torch.exp(torch.tensor(0.1)) / 2, 1.0 * torch.exp(torch.tensor(-0.1)) / 2]])
+    torch.testing.assert_close(inside.grad, expected)
+    assert info["clip_fraction"] == 0.0 and info["approx_kl"] > 0
+
+
+def test_value_loss_clips_large_updates():
+    old = torch.tensor([[0.0]])
+    ret = torch.tensor([[1.0]])
+    mask = torch.ones(1, 1)
+    far = torch.tensor([[0.9]], requires_grad=True)
+    loss, info = ppo.value_loss(far, old, ret, mask, clip=0.2)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.5 * 0.8 ** 2)  # the clipped value 0.2 is further from R
+    assert far.grad.item() == 0 and info["value_clip_fraction"] == 1.0
+
+
+def test_explained_variance_and_adaptive_kl():
+    r = torch.tensor([[1.0, 2.0, 3.0]])
+    mask = torch.ones(1, 3)
+    assert ppo.explained_variance(r, r, mask) == pytest.approx(1.0)
+    assert ppo.explained_variance(torch.zeros(1, 3), r, mask) == pytest.approx(0.0)
+    ctl = ppo.AdaptiveKLController(0.1, target=6.0, horizon=10000)
+    assert ctl.update(12.0, 100) > 0.1 and ppo.AdaptiveKLController(0.1, 6.0, 10000).update(1.0, 100) < 0.1
