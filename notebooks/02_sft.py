@@ -99,8 +99,8 @@ sft_log = pd.read_csv(sft_paths["sft_log"])
 train_curve = sft_log.dropna(subset=["loss"]).assign(kind="train")[["step", "loss", "kind"]]
 val_curve = sft_log.dropna(subset=["eval_loss"])[["step", "eval_loss"]].rename(columns={"eval_loss": "loss"})
 curve = pd.concat([train_curve, val_curve.assign(kind="validation")], ignore_index=True)
-plots.curves(curve, "step", "loss", hue="kind", name="sft_loss", cfg=cfg, xlabel="optimiser step",
-             ylabel="completion loss (nats/token)", title="SFT on the ID demonstrations")
+_ = plots.curves(curve, "step", "loss", hue="kind", name="sft_loss", cfg=cfg, xlabel="optimiser step",
+                 ylabel="completion loss (nats/token)", title="SFT on the ID demonstrations")
 
 # %% [markdown]
 # ## Base and SFT samples, judged

@@ -112,10 +112,10 @@ print(f"Normalisation on {normalisation['n']} held-out summaries: mean {normalis
 # %%
 accuracy = pd.read_csv(reward_paths["rm_accuracy"])
 display(accuracy.round(3))
-plots.bars_with_intervals(accuracy.assign(model="reward model"), "split", "accuracy", "model",
-                          name="rm_accuracy", cfg=cfg, xlabel="split of the pairs",
-                          ylabel="agreement with the judge (95% CI)", title="Reward-model accuracy",
-                          order=list(accuracy["split"]), chance=0.5)
+_ = plots.bars_with_intervals(accuracy.assign(model="reward model"), "split", "accuracy", "model",
+                              name="rm_accuracy", cfg=cfg, xlabel="split of the pairs",
+                              ylabel="agreement with the judge (95% CI)", title="Reward-model accuracy",
+                              order=list(accuracy["split"]), chance=0.5)
 
 # %% [markdown]
 # ## Normalised RM score against gold utility

@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 import random
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from transformers.utils import logging as transformers_logging
 
 from gendiv import data, runs, stats
 from gendiv.config import Config
@@ -102,7 +104,13 @@ def train_reward_model(sft_path: Path, comparisons: list[dict], out_dir: Path, *
 
     device = device or pick_device()
     tok = load_tokenizer(sft_path)
-    model = AutoModelForSequenceClassification.from_pretrained(str(sft_path), num_labels=1)
+    # The new score head is reported as "missing" from the SFT checkpoint: expected, so not shown.
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(sft_path), num_labels=1)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
     model.config.pad_token_id = tok.pad_token_id
     if adapter == "lora":
         model = add_lora(model, lora_r, lora_alpha, task_type="SEQ_CLS")
@@ -115,7 +123,8 @@ def train_reward_model(sft_path: Path, comparisons: list[dict], out_dir: Path, *
     dataset = Dataset.from_dict({"prompt": prompts,
                                  "chosen": [" " + c["chosen"].strip() for c in comparisons],
                                  "rejected": [" " + c["rejected"].strip() for c in comparisons]})
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers' own deprecation notices
         args = RewardConfig(output_dir=scratch, num_train_epochs=epochs, learning_rate=lr,
                             per_device_train_batch_size=batch_size, max_length=max_length,
                             bf16=use_bf16(device), fp16=False, use_cpu=device.type == "cpu",

@@ -8,6 +8,7 @@ and the end of the post survive, as in the paper's code.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -48,13 +49,15 @@ def make_trainer(model, tokenizer, train_records: list[dict], val_records: list[
     from trl import SFTConfig, SFTTrainer
 
     device = next(model.parameters()).device
-    args = SFTConfig(output_dir=output_dir, num_train_epochs=epochs, learning_rate=lr,
-                     lr_scheduler_type=scheduler, warmup_steps=0, per_device_train_batch_size=batch_size,
-                     per_device_eval_batch_size=batch_size, max_length=max_length,
-                     completion_only_loss=True, bf16=use_bf16(device), fp16=False,
-                     use_cpu=device.type == "cpu", logging_steps=5, save_strategy="no",
-                     eval_strategy="epoch" if val_records else "no", report_to="none", seed=seed,
-                     data_seed=seed, disable_tqdm=False, dataloader_num_workers=0)
+    with warnings.catch_warnings():  # transformers' own deprecation notices, not ours to fix
+        warnings.simplefilter("ignore", FutureWarning)
+        args = SFTConfig(output_dir=output_dir, num_train_epochs=epochs, learning_rate=lr,
+                         lr_scheduler_type=scheduler, warmup_steps=0, per_device_train_batch_size=batch_size,
+                         per_device_eval_batch_size=batch_size, max_length=max_length,
+                         completion_only_loss=True, bf16=use_bf16(device), fp16=False,
+                         use_cpu=device.type == "cpu", logging_steps=5, save_strategy="no",
+                         eval_strategy="epoch" if val_records else "no", report_to="none", seed=seed,
+                         data_seed=seed, disable_tqdm=False, dataloader_num_workers=0)
     max_prompt = max_length - max_new_tokens
     tokenizer.padding_side = "right"
     return SFTTrainer(model=model, args=args, processing_class=tokenizer,
