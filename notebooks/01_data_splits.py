@@ -88,11 +88,8 @@ display(splits[["split", "role", "genre", "n"]])
 # summary should say; minor facts and distractors are not.
 
 # %%
-for split in data.SPLITS:
-    records = data.load_split(cfg, split, "test")
-    if not records:
-        continue
-    record = records[0]
+for split in data.available_splits(cfg):
+    record = data.load_split(cfg, split, "test")[0]
     quoted = "\n".join("> " + line for line in record["prompt"].splitlines())
     display(Markdown(f"### {plots.SPLIT_LABELS[split]} ({record['genre']})\n\n**Prompt**\n\n{quoted}\n\n"
                      f"**Reference:** {record['reference']}"))

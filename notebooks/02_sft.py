@@ -110,18 +110,19 @@ _ = plots.curves(curve, "step", "loss", hue="kind", name="sft_loss", cfg=cfg, xl
 
 # %%
 eval_paths = sft.evaluate_sft(cfg, force=force)
+splits = data.available_splits(cfg)
 gold = pd.read_csv(eval_paths["gold_utility"])
 if len(gold):
-    display(gold.pivot(index="method", columns="split", values="mean_utility")[list(data.SPLITS)].round(3))
+    display(gold.pivot(index="method", columns="split", values="mean_utility")[splits].round(3))
     plots.bars_with_intervals(gold, "split", "mean_utility", "method", name="sft_gold_utility", cfg=cfg,
                               xlabel="test split", ylabel="mean gold utility (95% CI)",
                               title="Gold utility of base, SFT and reference summaries",
-                              order=list(data.SPLITS), hue_order=["base", "sft", "reference"])
+                              order=splits, hue_order=["base", "sft", "reference"])
 else:
     display(Markdown("No gold judge exists for this profile's data, so gold utility is not computed."))
 
 # %%
-for split in data.SPLITS:
+for split in splits:
     rows = runs.read_jsonl(eval_paths[f"sft_{split}"])[:3]
     base_rows = runs.read_jsonl(eval_paths[f"base_{split}"])[:3]
     table = pd.DataFrame({"reference": [r["reference"] for r in rows],
@@ -139,10 +140,10 @@ for split in data.SPLITS:
 
 # %%
 if len(gold):
-    wide = gold.pivot(index="split", columns="method", values="mean_utility").reindex(list(data.SPLITS))
-    better = [s for s in data.SPLITS if wide.loc[s, "sft"] > wide.loc[s, "base"]]
+    wide = gold.pivot(index="split", columns="method", values="mean_utility").reindex(splits)
+    better = [s for s in splits if wide.loc[s, "sft"] > wide.loc[s, "base"]]
     lines = [f"- {plots.SPLIT_LABELS[s]}: SFT {wide.loc[s, 'sft']:.3f} vs base {wide.loc[s, 'base']:.3f} "
-             f"(references {wide.loc[s, 'reference']:.3f})" for s in data.SPLITS]
-    verdict = ("beats the base model on every split" if len(better) == len(data.SPLITS) else
-               f"beats the base model on {len(better)} of {len(data.SPLITS)} splits")
+             f"(references {wide.loc[s, 'reference']:.3f})" for s in splits]
+    verdict = ("beats the base model on every split" if len(better) == len(splits) else
+               f"beats the base model on {len(better)} of {len(splits)} splits")
     display(Markdown(f"By mean gold utility, SFT {verdict}:\n\n" + "\n".join(lines)))

@@ -109,6 +109,7 @@ def test_hub_source_builds_the_same_split_structure(tmp_path):
     splits = pd.read_csv(paths["splits"])
     assert list(splits.columns) == data.SPLITS_COLUMNS
     assert "judge_checks" not in paths  # the hub data has no exact judge
+    assert data.available_splits(cfg) == ["id", "ood_far"]  # TL;DR has no OOD-near split
 
 
 def test_world_stage_writes_the_results_contract(smoke_cfg):
@@ -126,3 +127,4 @@ def test_world_stage_writes_the_results_contract(smoke_cfg):
     assert tests.loc["ood_far", "vocab_overlap_with_id"] < tests.loc["id", "vocab_overlap_with_id"]
     assert (checks["reference_preferred_rate"] >= 0.9).all()  # smoke sizes: 24 posts
     assert os.path.exists(paths["pretrain_corpus"])
+    assert data.available_splits(smoke_cfg) == list(data.SPLITS)

@@ -370,6 +370,13 @@ def build_splits(cfg: Config, force: bool = False) -> dict[str, Path]:
     return runs.run_stage(cfg, "data", ("world", "data"), body, force=force)
 
 
+def available_splits(cfg: Config, role: str = "test") -> list[str]:
+    """The splits (in the order of SPLITS) that the built data has for ``role``: all three for the
+    world, no OOD-near for the paper's TL;DR data."""
+    artifacts = runs.require_stage(cfg, "data").artifacts
+    return [s for s in SPLITS if f"{s}_{role}" in artifacts]
+
+
 def load_split(cfg: Config, split: str, role: str = "test") -> list[dict]:
     """Records of a built split (raises StageMissingError if notebook 01 has not run)."""
     return runs.read_jsonl(runs.artifact(cfg, "data", f"{split}_{role}"))

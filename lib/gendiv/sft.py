@@ -108,12 +108,10 @@ def sft_path(cfg) -> Path:
     return runs.artifact(cfg, "sft", "sft_model")
 
 
-def sample_policy(cfg, path: Path, records: list[dict], seed: int, desc: str, n_samples: int = 1):
-    """Samples of the policy at ``path`` on ``records`` with the profile's sampling settings."""
+def sample_policy(cfg, model, tokenizer, records: list[dict], seed: int, desc: str, n_samples: int = 1):
+    """Samples of ``model`` on ``records`` with the profile's sampling settings."""
     s = cfg.sampling
-    model = load_causal_lm(path, pick_device(cfg.model.device))
-    tok = load_tokenizer(path)
-    return generate(model, tok, [r["prompt"] for r in records], n_samples=n_samples,
+    return generate(model, tokenizer, [r["prompt"] for r in records], n_samples=n_samples,
                     max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                     batch_size=s.batch_size, max_prompt_tokens=cfg.model.max_length - s.max_new_tokens,
                     seed=seed, desc=desc)
@@ -125,32 +123,30 @@ def evaluate_sft(cfg, force: bool = False) -> dict[str, Path]:
     ``results/gold_utility.csv`` holds the means with bootstrap intervals."""
     def body(root: Path) -> dict[str, Path]:
         world = data.make_world(cfg) if cfg.data.source == "world" else None
+        tests = {s: data.load_split(cfg, s, "test")[: cfg.sampling.n_eval_inputs] for s in data.available_splits(cfg)}
+        examples = {s: [data.Example.from_dict(r) for r in recs] for s, recs in tests.items()} if world else {}
         paths, rows = {}, []
+
+        def add_row(method: str, split: str, utilities: list[float]) -> None:
+            mean, lo, hi = stats.bootstrap_ci(utilities, seed=cfg.seed)
+            rows.append({"method": method, "split": split, "mean_utility": mean, "ci_low": lo, "ci_high": hi,
+                         "n": len(utilities)})
+
         for method, path in (("base", base_path(cfg)), ("sft", sft_path(cfg))):
-            for split in data.SPLITS:
-                records = data.load_split(cfg, split, "test")[: cfg.sampling.n_eval_inputs]
-                if not records:
-                    continue
-                texts = sample_policy(cfg, path, records, cfg.seed, f"{method} on {split}").first()
-                out = []
-                for rec, text in zip(records, texts):
-                    row = {"uid": rec["uid"], "prompt": rec["prompt"], "reference": rec["reference"], "output": text}
-                    if world is not None:
-                        ex = data.Example.from_dict(rec)
-                        row["utility"] = world.utility(text, ex).total
-                        row["reference_utility"] = world.utility(rec["reference"], ex).total
-                    out.append(row)
-                paths[f"{method}_{split}"] = runs.write_jsonl(root / "samples" / f"{method}_{split}.jsonl", out)
+            model, tok = load_causal_lm(path, pick_device(cfg.model.device)), load_tokenizer(path)
+            for split, records in tests.items():
+                texts = sample_policy(cfg, model, tok, records, cfg.seed, f"{method} on {split}").first()
+                out = [{"uid": r["uid"], "prompt": r["prompt"], "reference": r["reference"], "output": t}
+                       for r, t in zip(records, texts)]
                 if world is not None:
-                    mean, lo, hi = stats.bootstrap_ci([r["utility"] for r in out], seed=cfg.seed)
-                    rows.append({"method": method, "split": split, "mean_utility": mean, "ci_low": lo,
-                                 "ci_high": hi, "n": len(out)})
+                    for row, ex in zip(out, examples[split]):
+                        row["utility"] = world.utility(row["output"], ex).total
+                        row["reference_utility"] = world.utility(row["reference"], ex).total
+                    add_row(method, split, [r["utility"] for r in out])
+                paths[f"{method}_{split}"] = runs.write_jsonl(root / "samples" / f"{method}_{split}.jsonl", out)
         if world is not None:
-            for split in data.SPLITS:
-                refs = [r["reference_utility"] for r in runs.read_jsonl(paths[f"sft_{split}"])]
-                mean, lo, hi = stats.bootstrap_ci(refs, seed=cfg.seed)
-                rows.append({"method": "reference", "split": split, "mean_utility": mean, "ci_low": lo,
-                             "ci_high": hi, "n": len(refs)})
+            for split, exs in examples.items():
+                add_row("reference", split, [world.utility(ex.reference, ex).total for ex in exs])
         paths["gold_utility"] = runs.write_csv(runs.results_dir(cfg) / "gold_utility.csv",
                                                pd.DataFrame(rows, columns=GOLD_UTILITY_COLUMNS))
         return paths
