@@ -67,7 +67,9 @@ def format_prompt(ex: Example) -> str:
 
 
 def sft_target(summary: str, eos_token: str) -> str:
-    """The SFT target: a space, the summary, then EOS (paper's code)."""
+    """A completion as SFT trains on it and the RM is trained and scored on it: a space, the
+    summary, then EOS (paper's code). TRL appends EOS only when it is missing, so this form passes
+    through its trainers unchanged."""
     return " " + summary.strip() + eos_token
 
 

@@ -55,7 +55,7 @@ class RewardModel:
     def texts(self, prompts: list[str], completions: list[str]) -> list[str]:
         """prompt + space + completion + EOS: the form RewardTrainer trained on."""
         eos = self.tokenizer.eos_token
-        return [p + " " + c.strip() + eos for p, c in zip(prompts, completions)]
+        return [p + data.sft_target(c, eos) for p, c in zip(prompts, completions)]
 
     @torch.no_grad()
     def raw_scores(self, prompts: list[str], completions: list[str], batch_size: int = 32,
@@ -121,8 +121,8 @@ def train_reward_model(sft_path: Path, comparisons: list[dict], out_dir: Path, *
     model.to(device)
     prompts = left_truncate(tok, [c["prompt"] for c in comparisons], max_length - 64)
     dataset = Dataset.from_dict({"prompt": prompts,
-                                 "chosen": [" " + c["chosen"].strip() for c in comparisons],
-                                 "rejected": [" " + c["rejected"].strip() for c in comparisons]})
+                                 "chosen": [data.sft_target(c["chosen"], tok.eos_token) for c in comparisons],
+                                 "rejected": [data.sft_target(c["rejected"], tok.eos_token) for c in comparisons]})
     with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers' own deprecation notices
         args = RewardConfig(output_dir=scratch, num_train_epochs=epochs, learning_rate=lr,

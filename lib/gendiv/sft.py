@@ -39,7 +39,9 @@ def sft_dataset(tokenizer, records: list[dict], max_prompt_tokens: int):
     from datasets import Dataset
 
     prompts = left_truncate(tokenizer, [r["prompt"] for r in records], max_prompt_tokens)
-    return Dataset.from_dict({"prompt": prompts, "completion": [" " + r["reference"].strip() for r in records]})
+    eos = tokenizer.eos_token
+    return Dataset.from_dict({"prompt": prompts,
+                              "completion": [data.sft_target(r["reference"], eos) for r in records]})
 
 
 def make_trainer(model, tokenizer, train_records: list[dict], val_records: list[dict], *, epochs: float,
