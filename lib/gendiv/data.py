@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from gendiv import runs
 from gendiv.config import Config
-from gendiv.world import CORRUPTIONS, Example, World, iter_domains, pretraining_document, words
+from gendiv.world import CORRUPTIONS, Example, World, words
 
 SPLITS = ("id", "ood_near", "ood_far")
 ID_ROLES = ("sft_train", "sft_val", "comparisons", "rl", "test")
@@ -215,12 +215,22 @@ def world_split(world: World, cfg: Config, split: str, role: str, n: int) -> lis
         domains, genre = tuple(world.lex.domains), "news"
     else:
         raise ValueError(f"Unknown split {split!r}; choose from {SPLITS}.")
+    # Each block of len(domains) examples covers every domain once, in a fresh order. Example i depends
+    # only on the rng stream before it, never on n, so test sets are prefixes (the paper's "first 500").
     out = []
     for i in range(n):
         if i % len(domains) == 0:
-            block = iter_domains(domains, rng, len(domains))
+            block = list(domains)
+            rng.shuffle(block)
         out.append(world.make_example(rng, block[i % len(domains)], genre, f"{split}-{role}-{i}", split))
     return out
+
+
+def pretraining_document(ex: Example, with_summary: bool) -> str:
+    """A pre-training document: the example in its prompt format, ending in its TL;DR if asked
+    (the EOS between documents is added when the corpus is packed)."""
+    text = format_prompt(ex)
+    return text + sft_target(ex.reference, "") if with_summary else text.rsplit("\n", 1)[0]
 
 
 def pretraining_corpus(world: World, cfg: Config) -> list[str]:

@@ -30,7 +30,7 @@ import functools
 import math
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -579,27 +579,3 @@ class World:
 
 
 CORRUPTIONS = ("truncated", "other_post", "empty", "shuffled", "hallucinated")
-
-
-def pretraining_document(ex: Example, with_summary: bool) -> str:
-    """A pre-training document: the example in its prompt format, with its TL;DR if asked."""
-    from gendiv.data import format_prompt  # local import: data depends on world
-
-    text = format_prompt(ex)
-    return text + " " + ex.reference if with_summary else text.rsplit("\n", 1)[0]
-
-
-def iter_domains(names: Iterable[str], rng: random.Random, n: int) -> list[str]:
-    """``n`` domain names, balanced: each block of len(names) is a fresh shuffle of ``names``.
-
-    The i-th name depends only on the rng stream before it, never on ``n``, so the first k
-    examples of a split are the same whatever its size (test sets are prefixes, as the paper's
-    "first 500").
-    """
-    names = list(names)
-    out: list[str] = []
-    while len(out) < n:
-        block = names[:]
-        rng.shuffle(block)
-        out += block
-    return out[:n]
