@@ -49,6 +49,16 @@ def test_cli_errors_are_clear(capsys):
     assert [p.stem for p in cli.select_notebooks(["data_splits"], ROOT)] == ["01_data_splits"]
 
 
+def test_a_profile_file_reaches_the_notebooks_as_an_absolute_path(tmp_path, monkeypatch):
+    profile = tmp_path / "mine.yaml"
+    profile.write_text("seed: 3\n")
+    seen = []
+    monkeypatch.setattr(cli, "execute_notebook", lambda nb, out, prof, *a: seen.append(prof) or 0.0)
+    monkeypatch.chdir(tmp_path)
+    cli.run("mine.yaml", stages=["01"], root=ROOT)
+    assert seen == [str(profile)]
+
+
 def test_book_refuses_to_build_before_the_notebooks_ran(tmp_path):
     shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
     shutil.copytree(ROOT / "book", tmp_path / "book", ignore=shutil.ignore_patterns("_build", "notebooks"))

@@ -71,8 +71,13 @@ def execute_notebook(nb: Path, out_dir: Path, profile: str, force: bool, log_out
 
 def run(profile: str, stages: list[str] | None = None, force: bool = False, log_output: bool = False,
         root: Path | None = None, run_dir: str = "") -> dict[str, float]:
-    """Execute the selected notebooks in order on ``profile``; stop at the first failure."""
-    load_profile(profile)  # fail fast on a bad profile name
+    """Execute the selected notebooks in order on ``profile``; stop at the first failure.
+
+    A profile given as a YAML path is made absolute: the notebooks run from notebooks/.
+    """
+    load_profile(profile)  # fail fast on a bad profile name or file
+    if profile.endswith((".yaml", ".yml")):
+        profile = str(Path(profile).resolve())
     root = root or runs.project_root()
     out_dir = root / "book" / "notebooks"
     times = {}
