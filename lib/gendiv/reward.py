@@ -27,8 +27,7 @@ from transformers.utils import logging as transformers_logging
 from gendiv import data, runs, stats
 from gendiv.config import Config
 from gendiv.models import load_causal_lm, load_tokenizer, pick_device, save_pretrained_atomic, use_bf16
-from gendiv.sampling import generate
-from gendiv.sft import left_truncate, sft_path
+from gendiv.sft import left_truncate, sample_policy, sft_path
 
 RM_ACCURACY_COLUMNS = ["split", "accuracy", "ci_low", "ci_high", "n"]
 
@@ -158,13 +157,10 @@ def rm_accuracy(rm: RewardModel, pairs: list[dict], seed: int) -> dict:
 
 # ------------------------------------------------------------------ stages
 def _sample_pairs(cfg: Config, model, tok, records: list[dict], seed: int, desc: str) -> list[tuple[str, str]]:
-    s = cfg.sampling
-    kwargs = dict(max_new_tokens=s.max_new_tokens, top_k=s.top_k, top_p=s.top_p, batch_size=s.batch_size,
-                  max_prompt_tokens=cfg.model.max_length - s.max_new_tokens)
-    prompts = [r["prompt"] for r in records]
-    first = generate(model, tok, prompts, temperature=s.temperature, seed=seed, desc=desc + " (T=1)", **kwargs)
-    second = generate(model, tok, prompts, temperature=cfg.reward.second_temperature, seed=seed + 1,
-                      desc=f"{desc} (T={cfg.reward.second_temperature})", **kwargs)
+    """Two samples per record: one at sampling.temperature (paper: 1), one at reward.second_temperature."""
+    t2 = cfg.reward.second_temperature
+    first = sample_policy(cfg, model, tok, records, seed, f"{desc} (T={cfg.sampling.temperature})")
+    second = sample_policy(cfg, model, tok, records, seed + 1, f"{desc} (T={t2})", temperature=t2)
     return list(zip(first.first(), second.first()))
 
 

@@ -110,11 +110,14 @@ def sft_path(cfg) -> Path:
     return runs.artifact(cfg, "sft", "sft_model")
 
 
-def sample_policy(cfg, model, tokenizer, records: list[dict], seed: int, desc: str, n_samples: int = 1):
-    """Samples of ``model`` on ``records`` with the profile's sampling settings."""
+def sample_policy(cfg, model, tokenizer, records: list[dict], seed: int, desc: str, n_samples: int = 1,
+                  temperature: float | None = None):
+    """Samples of ``model`` on ``records`` with the profile's sampling settings (``temperature``
+    overrides sampling.temperature)."""
     s = cfg.sampling
+    temperature = s.temperature if temperature is None else temperature
     return generate(model, tokenizer, [r["prompt"] for r in records], n_samples=n_samples,
-                    max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                    max_new_tokens=s.max_new_tokens, temperature=temperature, top_k=s.top_k, top_p=s.top_p,
                     batch_size=s.batch_size, max_prompt_tokens=cfg.model.max_length - s.max_new_tokens,
                     seed=seed, desc=desc)
 
