@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The CPU wheel of torch is pinned and installed first, so nothing pulls a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv book notebooks html test lint sync clean
+.PHONY: venv book notebooks html test lint sync clean peer-ppo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,17 @@ lint: venv
 ## sync: regenerate each notebook's .ipynb from its percent-format .py (the .py is the source)
 sync: venv
 	$(BIN)/jupytext --sync notebooks/[0-9]*.py
+
+## peer-ppo: our PPO beside TRL 1.12's (the last TRL with PPO), in its own venv; needs notebooks 02-03 run
+PEER_VENV := .venv-trl112
+$(PEER_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install -q --disable-pip-version-check "$(TORCH)"
+	$(PEER_VENV)/bin/python -m pip install -q --disable-pip-version-check -e . "trl==1.12.0"
+	touch $@
+
+peer-ppo: $(PEER_VENV)/.installed
+	$(PEER_VENV)/bin/python tests/benchmarks/ppo_vs_trl.py --profile $(PROFILE) $(if $(RUN_DIR),--run-dir $(RUN_DIR))
 
 clean:
 	rm -rf book/_build book/notebooks

@@ -46,7 +46,8 @@ force = False
 
 # %%
 import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import HTML, Markdown, display
+from myst_nb import glue
 
 from gendiv import claims, data, plots, runs, sweep
 
@@ -100,6 +101,8 @@ card = pd.read_csv(claims.build_claims(cfg)["claims"])
 display(card[["claim", "statement", "verdict"]])
 for row in card.itertuples():
     display(Markdown(f"**{row.claim}: {row.verdict}.** {row.statement}\n\nEvidence: {row.evidence}"))
+# For the book's scorecard and intro pages (pasted there with myst-nb's glue).
+glue("scorecard", HTML(claims.scorecard_html(card)), display=False)
 
 # %% [markdown]
 # ## Where the time went
@@ -112,3 +115,5 @@ display(times)
 per_notebook = times.groupby("notebook")["wall_time_s"].sum().round(1)
 display(per_notebook.to_frame("wall time (s)"))
 display(Markdown(f"All stages together: {times['wall_time_s'].sum() / 60:.1f} minutes on {times['device'].iloc[0]}."))
+glue("run_info", HTML(runs.run_info_html(cfg)), display=False)
+glue("stage_times", HTML(per_notebook.to_frame("wall time (s)").to_html()), display=False)

@@ -131,6 +131,20 @@ def test_normalisation(tok, tmp_path):
         reward.normalisation(np.array([1.0]))
 
 
+def test_folded_normalisation_gives_the_normalised_score(tok, tmp_path):
+    rm = _rm(tok, tmp_path)
+    prompts, outs = [CORPUS[0]] * 3, ["a", "landlord", "rent now"]
+    rm.mean, rm.std = 0.0, 1.0
+    raw = rm.raw_scores(prompts, outs)
+    mean, std = 0.3, 2.5
+    reward.fold_normalisation(rm.model, mean, std)
+    np.testing.assert_allclose(rm.raw_scores(prompts, outs), (raw - mean) / std, atol=1e-5)
+    with pytest.raises(ValueError, match="std must be > 0"):
+        reward.fold_normalisation(rm.model, 0.0, 0.0)
+    with pytest.raises(ValueError, match="one-label"):
+        reward.fold_normalisation(torch.nn.Module(), 0.0, 1.0)
+
+
 def test_rm_accuracy_counts_agreement_and_skips_ties(tok, tmp_path):
     rm = _rm(tok, tmp_path)
     pairs = [{"prompt": CORPUS[0], "a": "x", "b": "landlord raised rent", "preferred": p} for p in (0, 1, -1)]

@@ -107,3 +107,12 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
     index = cli.build_book(tmp_path)
     assert index.exists()
     assert (tmp_path / "book" / "_build" / "html" / "notebooks" / "01_data_splits.html").exists()
+    # The scorecard and intro pages paste notebook 8's generated verdicts and run description.
+    html = tmp_path / "book" / "_build" / "html"
+    scorecard = (html / "scorecard.html").read_text()
+    for row in verdicts.itertuples():
+        assert f"{row.claim} is {row.verdict}" in scorecard
+    intro = (html / "intro.html").read_text()
+    assert "produced by the <b>smoke</b> profile" in intro
+    assert "colab.research.google.com/github/gendiv/gendiv/blob/main/notebooks/01_data_splits.ipynb" in \
+        (html / "notebooks" / "01_data_splits.html").read_text()

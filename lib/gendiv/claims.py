@@ -163,3 +163,25 @@ def build_claims(cfg: Config, force: bool = False) -> dict[str, Path]:
     from gendiv.config import SECTIONS
 
     return runs.run_stage(cfg, "claims", tuple(SECTIONS), body, force=True)
+
+
+VERDICT_COLOURS = {"supported": "#1a7f37", "not supported": "#cf222e", "inconclusive": "#9a6700"}
+
+
+def scorecard_html(card: pd.DataFrame) -> str:
+    """The scorecard as HTML for the book's scorecard page: a summary table, then one paragraph
+    per claim stating its verdict and the evidence, all generated from ``card``."""
+    from html import escape
+
+    counts = card["verdict"].value_counts()
+    summary = ", ".join(f"{counts[v]} {v}" for v in VERDICT_COLOURS if v in counts)
+    rows = "".join(
+        f"<tr><td><b>{escape(r.claim)}</b></td><td>{escape(r.statement)}</td>"
+        f"<td style='color:{VERDICT_COLOURS.get(r.verdict, 'inherit')}'><b>{escape(r.verdict)}</b></td></tr>"
+        for r in card.itertuples())
+    paragraphs = "".join(
+        f"<p><b>{escape(r.claim)} is {escape(r.verdict)}</b> in this run. {escape(r.statement)}<br>"
+        f"<small>Evidence: {escape(r.evidence)}</small></p>" for r in card.itertuples())
+    return (f"<p>Of the paper's {len(card)} claims, this run finds: {escape(summary)}.</p>"
+            "<table class='table'><thead><tr><th>claim</th><th>statement</th><th>verdict</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>{paragraphs}")

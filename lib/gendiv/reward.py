@@ -89,6 +89,26 @@ def normalisation(raw: np.ndarray) -> dict[str, float]:
     return {"mean": float(np.mean(raw)), "std": std if std > 1e-8 else 1.0, "n": len(raw)}
 
 
+def fold_normalisation(model, mean: float, std: float):
+    """Fold the normalisation into a sequence-classification RM's one-label ``score`` head, in
+    place: the head becomes a biased linear layer that outputs (raw - mean) / std. For trainers
+    that call ``model.score`` themselves (TRL 1.12's PPOTrainer reads ``model.score`` on the last
+    hidden state), so they see the same normalised RM as gendiv's PPO. Returns ``model``."""
+    if std <= 0:
+        raise ValueError(f"RM normalisation std must be > 0, got {std}.")
+    head = getattr(model, "score", None)
+    if not isinstance(head, torch.nn.Linear) or head.out_features != 1:
+        raise ValueError(f"fold_normalisation needs a model with a one-label nn.Linear `score` head, "
+                         f"got {type(head).__name__} on {type(model).__name__}.")
+    folded = torch.nn.Linear(head.in_features, 1, bias=True, device=head.weight.device, dtype=head.weight.dtype)
+    with torch.no_grad():
+        folded.weight.copy_(head.weight / std)
+        bias = head.bias if head.bias is not None else torch.zeros(1, device=head.weight.device)
+        folded.bias.copy_((bias - mean) / std)
+    model.score = folded
+    return model
+
+
 def train_reward_model(sft_path: Path, comparisons: list[dict], out_dir: Path, *, epochs: float, lr: float,
                        batch_size: int, max_length: int, seed: int, freeze_fraction: float = 0.0,
                        adapter: str = "none", lora_r: int = 16, lora_alpha: int = 32,

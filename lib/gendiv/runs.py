@@ -163,6 +163,18 @@ def environment_report(cfg: Config) -> str:
             f"run folder: {run_dir(cfg)}\nversions: {versions}")
 
 
+def run_info_html(cfg: Config) -> str:
+    """Which profile, seed, device and package versions produced this copy of the book, and the
+    total wall time of its stages (from the manifests): the intro page shows it."""
+    from html import escape
+
+    times = stage_times(cfg)
+    total = f"{times['wall_time_s'].sum() / 60:.1f} minutes of stage wall time" if len(times) else "no finished stage"
+    versions = ", ".join(f"{k} {v}" for k, v in package_versions().items())
+    return (f"<p>This copy was produced by the <b>{escape(cfg.profile)}</b> profile, seed {cfg.seed}, on "
+            f"{escape(device_name())} ({escape(total)}).<br><small>Versions: {escape(versions)}</small></p>")
+
+
 @dataclass(frozen=True)
 class Manifest:
     stage: str
