@@ -67,7 +67,9 @@ display(frame.pivot_table(index="kl_coef", columns=["measure", "split"], values=
 # %%
 wide = frame[frame["split"].isin(splits)].pivot_table(index=["kl_coef", "split"], columns="measure",
                                                         values="value").reset_index()
-performance = "win_rate_vs_reference" if "win_rate_vs_reference" in wide else "proxy_reward"
+# The judge's gold utility (continuous) where the world has one; C6 uses it too (win rates against
+# the reference sit at the floor for small policies). Otherwise the proxy RM score.
+performance = "gold_utility" if "gold_utility" in wide else "proxy_reward"
 diversity_measures = [m for m in ("per_input_ead", "per_input_sbert", "per_input_nli", "per_input_oracle") if m in wide]
 long = wide.melt(id_vars=["kl_coef", "split", performance], value_vars=diversity_measures,
                  var_name="metric", value_name="per_input_diversity")

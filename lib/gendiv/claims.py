@@ -9,7 +9,9 @@ supported when any contradicts it, and inconclusive otherwise.
 
 C1-C3 use the head-to-head verdicts against SFT where the paper's wording allows (a small policy
 rarely beats a reference, and win rates pinned near zero cannot show a difference); the win
-rates against the reference and the generalisation gaps are reported beside them.
+rates against the reference and the generalisation gaps are reported beside them. For the same
+reason C6 measures performance by the judge's gold utility of each output (paired over inputs),
+not by the win rate against the reference.
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ def scorecard(cfg: Config) -> pd.DataFrame:
     lo_k, hi_k = min(cfg.ppo.kl_grid), max(cfg.ppo.kl_grid)
     ev, res = [], []
     for split in splits:
-        for measure, label in (("win_rate_vs_reference", "performance"), ("per_input_ead", "per-input EAD"),
+        for measure, label in (("gold_utility", "performance (gold utility)"), ("per_input_ead", "per-input EAD"),
                                ("per_input_sbert", "per-input Sentence-BERT")):
             v = per_input[(per_input["split"] == split) & (per_input["measure"] == measure)]
             wide = v.pivot_table(index="uid", columns="kl_coef", values="value")

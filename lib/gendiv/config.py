@@ -112,6 +112,9 @@ class SFTConfig:
     lr: float = 3e-5
     batch_size: int = 16
     scheduler: str = "cosine"
+    group_by_length: bool = True
+    """Batches of examples of similar length (less padding: about 10% faster on a CPU, same data
+    and epochs); the paper does not say. False: plain random batches."""
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def sft_dataset(tokenizer, records: list[dict], max_prompt_tokens: int):
 
 def make_trainer(model, tokenizer, train_records: list[dict], val_records: list[dict], *, epochs: float,
                  lr: float, batch_size: int, scheduler: str, max_length: int, max_new_tokens: int,
-                 seed: int, output_dir: str):
+                 seed: int, output_dir: str, group_by_length: bool = False):
     """A configured TRL SFTTrainer (completion-only loss, bf16 only on a GPU that has it)."""
     from trl import SFTConfig, SFTTrainer
 
@@ -51,7 +51,8 @@ def make_trainer(model, tokenizer, train_records: list[dict], val_records: list[
                          completion_only_loss=True, bf16=use_bf16(device), fp16=False,
                          use_cpu=device.type == "cpu", logging_steps=5, save_strategy="no",
                          eval_strategy="epoch" if val_records else "no", report_to="none", seed=seed,
-                         data_seed=seed, disable_tqdm=False, dataloader_num_workers=0)
+                         data_seed=seed, disable_tqdm=False, dataloader_num_workers=0,
+                         train_sampling_strategy="group_by_length" if group_by_length else "random")
     max_prompt = max_length - max_new_tokens
     tokenizer.padding_side = "right"
     return SFTTrainer(model=model, args=args, processing_class=tokenizer,
@@ -87,7 +88,8 @@ def build_sft(cfg, force: bool = False) -> dict[str, Path]:
         s = cfg.sft
         log = train_sft(model, tok, train, val, root / "models" / "sft", epochs=s.epochs, lr=s.lr,
                         batch_size=s.batch_size, scheduler=s.scheduler, max_length=cfg.model.max_length,
-                        max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.seed)
+                        max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.seed,
+                        group_by_length=s.group_by_length)
         if cfg.model.adapter == "lora":  # merge the adapters: later stages load a plain checkpoint
             save_pretrained_atomic(model.merge_and_unload(), tok, root / "models" / "sft")
         return {"sft_model": root / "models" / "sft", "sft_log": runs.write_csv(root / "logs" / "sft.csv", log),

@@ -26,9 +26,9 @@ lambda, and a learning rate decayed linearly to zero. What differs by design:
   The RM normalisation is folded into the RM's head for TRL (:func:`gendiv.reward.fold_normalisation`).
 * Log-probs of the sampled tokens: TRL takes them from the logits ``generate`` returned; ours runs
   one more forward pass with the padding-aware positions the updates use.
-* Optimiser: ours Adam (eps 1e-5) with the rate decayed per gradient step; TRL AdamW (eps 1e-8,
-  no weight decay) decayed per rollout step. Prompt order: both shuffle the same prompts with
-  their own generators.
+* Optimiser: both Adam with eps 1e-5 (TRL: AdamW, weight decay 0, eps set to ours; its default
+  1e-8 with ``--trl-adam-eps 1e-8``); ours decays the rate per gradient step, TRL per rollout
+  step. Prompt order: both shuffle the same prompts with their own generators.
 
 Throughput is measured the same way for both: rollout = response tokens (up to and including
 EOS) per second of ``generate``; update = ppo_epochs x real tokens (prompt and response) per
@@ -78,7 +78,7 @@ def run_ours(cfg, prompts: list[str], steps: int) -> pd.DataFrame:
                          "update_tokens_per_s": log["update_tokens_per_s"], "step_s": log["wall_s"]})
 
 
-def run_trl(cfg, prompts: list[str], steps: int) -> pd.DataFrame:
+def run_trl(cfg, prompts: list[str], steps: int, adam_eps: float = 1e-5) -> pd.DataFrame:
     """TRL 1.12's PPOTrainer on the same models and prompts, timed by wrapping its generation
     and training forward passes (module-level functions of its trainer)."""
     from datasets import Dataset
@@ -111,6 +111,7 @@ def run_trl(cfg, prompts: list[str], steps: int) -> pd.DataFrame:
         num_mini_batches=p.rollout_batch_size // p.minibatch_size,
         local_rollout_forward_batch_size=p.rollout_batch_size,
         total_episodes=steps * p.rollout_batch_size, num_ppo_epochs=p.ppo_epochs, learning_rate=p.lr,
+        adam_epsilon=adam_eps, weight_decay=0.0,
         kl_coef=p.kl_coef, kl_estimator="k1", cliprange=p.clip, cliprange_value=p.value_clip, vf_coef=p.vf_coef,
         gamma=p.gamma, lam=p.lam, whiten_rewards=False, temperature=1.0, response_length=s.max_new_tokens,
         stop_token="eos", missing_eos_penalty=p.missing_eos_penalty, per_device_eval_batch_size=1)
@@ -205,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="tiny")
     parser.add_argument("--run-dir", default="", help="the run folder (default runs/<profile>)")
     parser.add_argument("--steps", type=int, default=0, help="rollout steps of each trainer (default: the profile's)")
+    parser.add_argument("--trl-adam-eps", type=float, default=1e-5,
+                        help="Adam epsilon of TRL's optimiser (default 1e-5, as ours; TRL's own default is 1e-8)")
     args = parser.parse_args(argv)
 
     import trl
@@ -222,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     runs.seed_everything(cfg.seed)
     ours = run_ours(cfg, prompts, steps)
     runs.seed_everything(cfg.seed)
-    theirs = run_trl(cfg, prompts, steps)
+    theirs = run_trl(cfg, prompts, steps, args.trl_adam_eps)
     steps_frame = pd.concat([ours, theirs], ignore_index=True)[COLUMNS]
     out = runs.run_dir(cfg) / "peer"
     runs.write_csv(out / "ppo_vs_trl_steps.csv", steps_frame)
