@@ -138,5 +138,7 @@ def test_local_judge_backend_runs_with_smollm2():
     from gendiv.models import smollm2_path
 
     judge = judges.LLMJudge(judges.LocalChatModel(smollm2_path(), max_new_tokens=6))
-    verdict = judge.compare(RECORD, "Landlord raised the rent.", "I like turtles.")
-    assert verdict in (0.0, 0.5, 1.0)
+    pairs = [("Landlord raised the rent.", "I like turtles."), ("", "My landlord raised my rent."),
+             ("Rent went up; should I move?", "Rent went up; should I move?")]
+    verdicts = [judge.compare(RECORD, a, b) for a, b in pairs]  # plumbing, not quality
+    assert all(v in (0.0, 0.5, 1.0) for v in verdicts)
