@@ -36,6 +36,14 @@ def sft_dataset(tokenizer, records: list[dict], max_prompt_tokens: int):
                               "completion": [data.sft_target(r["reference"], eos) for r in records]})
 
 
+def _length_grouping(config_cls, on: bool) -> dict:
+    """The trainer argument for length-grouped batches: transformers 5 names it
+    ``train_sampling_strategy``, transformers 4 ``group_by_length``."""
+    if "train_sampling_strategy" in config_cls.__dataclass_fields__:
+        return {"train_sampling_strategy": "group_by_length" if on else "random"}
+    return {"group_by_length": on}
+
+
 def make_trainer(model, tokenizer, train_records: list[dict], val_records: list[dict], *, epochs: float,
                  lr: float, batch_size: int, scheduler: str, max_length: int, max_new_tokens: int,
                  seed: int, output_dir: str, group_by_length: bool = False):
@@ -52,7 +60,7 @@ def make_trainer(model, tokenizer, train_records: list[dict], val_records: list[
                          use_cpu=device.type == "cpu", logging_steps=5, save_strategy="no",
                          eval_strategy="epoch" if val_records else "no", report_to="none", seed=seed,
                          data_seed=seed, disable_tqdm=False, dataloader_num_workers=0,
-                         train_sampling_strategy="group_by_length" if group_by_length else "random")
+                         **_length_grouping(SFTConfig, group_by_length))
     max_prompt = max_length - max_new_tokens
     tokenizer.padding_side = "right"
     return SFTTrainer(model=model, args=args, processing_class=tokenizer,
