@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from gendiv import data, runs, stats
 from gendiv.config import Config
 
 CLAIMS_COLUMNS = ["claim", "statement", "evidence", "verdict"]
+METHOD_NAMES = {"ppo": "PPO", "bon": "BoN"}
 STATEMENTS = {
     "C1": "RLHF (PPO) beats SFT in distribution and out of distribution, judged by the simulated human.",
     "C2": "RLHF's advantage over SFT grows as the distribution shift grows.",
@@ -37,13 +37,9 @@ STATEMENTS = {
 
 def test(low: float, high: float, sign: int) -> str:
     """'supports', 'contradicts' or 'inconclusive' for an interval and the claimed sign (+1 / -1)."""
-    if np.isnan(low) or np.isnan(high):
-        return "inconclusive"
-    if (sign > 0 and low > 0) or (sign < 0 and high < 0):
-        return "supports"
-    if (sign > 0 and high < 0) or (sign < 0 and low > 0):
-        return "contradicts"
-    return "inconclusive"
+    claimed, opposite = ("higher", "lower") if sign > 0 else ("lower", "higher")
+    side = stats.direction(low, high)
+    return "supports" if side == claimed else "contradicts" if side == opposite else "inconclusive"
 
 
 def combine(results: list[str], any_supports: bool = False) -> str:
@@ -73,16 +69,20 @@ def scorecard(cfg: Config) -> pd.DataFrame:
     winrates = pd.read_csv(runs.artifact(cfg, "evaluation", "winrates"))
     rows = []
 
-    # C1: head-to-head PPO vs SFT above one half on every split.
-    ev, res = [], []
-    for split in splits:
-        w = winrates[(winrates["method"] == "ppo") & (winrates["opponent"] == "sft") & (winrates["split"] == split)
+    def beats_sft(method: str, split: str, ev: list[str], res: list[str]) -> None:
+        """The head-to-head win rate of ``method`` against SFT (winrates.csv): above one half?"""
+        w = winrates[(winrates["method"] == method) & (winrates["opponent"] == "sft") & (winrates["split"] == split)
                      & (winrates["judge"] == judge)]
         if len(w):
             r = w.iloc[0]
             res.append(test(r["ci_low"] - 0.5, r["ci_high"] - 0.5, +1))
-            ev.append(f"{split} PPO vs SFT win rate {r['win_rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
-                      f"({res[-1]})")
+            ev.append(f"{split} {METHOD_NAMES[method]} vs SFT win rate {r['win_rate']:.3f} "
+                      f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] ({res[-1]})")
+
+    # C1: head-to-head PPO vs SFT above one half on every split.
+    ev, res = [], []
+    for split in splits:
+        beats_sft("ppo", split, ev, res)
     rows.append(("C1", "; ".join(ev) + f" (winrates.csv, judge {judge}; rule: interval above 0.5)", combine(res)))
 
     def head_to_head(method: str, split: str) -> pd.Series:
@@ -110,11 +110,9 @@ def scorecard(cfg: Config) -> pd.DataFrame:
     # on the same input), on every split.
     ev, res = [], []
     for split in splits:
+        beats_sft("bon", split, ev, res)
         bon, ppo = head_to_head("bon", split), head_to_head("ppo", split)
         common = bon.index.intersection(ppo.index)
-        _, lo, hi = stats.bootstrap_ci(bon.to_numpy(), seed=cfg.seed)
-        res.append(test(lo - 0.5, hi - 0.5, +1))
-        ev.append(f"{split} BoN vs SFT win rate {bon.mean():.3f} [{lo:.3f}, {hi:.3f}] ({res[-1]})")
         d, lo, hi = stats.paired_difference(bon[common].to_numpy(), ppo[common].to_numpy(), seed=cfg.seed)
         res.append(test(lo, hi, +1))
         ev.append(_fmt(f"{split} BoN minus PPO win rate against SFT", d, lo, hi, res[-1]))

@@ -97,12 +97,13 @@ class NLIScorer:
     the model's own ``id2label``."""
 
     def __init__(self, model_path: str, device=None, batch_size: int = 32):
-        import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from gendiv.models import pick_device
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForSequenceClassification.from_pretrained(model_path).eval()
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or pick_device()
         self.model.to(self.device)
         self.labels = label_scores(self.model.config.id2label)
         self.batch_size = batch_size

@@ -37,6 +37,11 @@ STAGE_NOTEBOOKS = {"data": "01_data_splits", "base": "02_sft", "sft": "02_sft", 
                    "diversity": "07_diversity", "kl_sweep": "08_kl_sweep", "claims": "08_kl_sweep"}
 """Which notebook runs each stage (for error messages that say what to run)."""
 
+
+def notebook_for(stage: str) -> str | None:
+    """The notebook that runs ``stage``: the sweep's PPO runs (``ppo_kl<beta>``) belong to 08."""
+    return STAGE_NOTEBOOKS.get(stage, "08_kl_sweep" if stage.startswith("ppo_kl") else None)
+
 VERSIONED_PACKAGES = ("gendiv", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
                       "sentence-transformers", "numpy", "pandas")
 
@@ -210,7 +215,7 @@ def require_stage(cfg: Config, stage: str) -> Manifest:
     m = load_manifest(cfg, stage)
     missing = [] if m is None else [rel for rel in m.artifacts.values() if not (run_dir(cfg) / rel).exists()]
     if m is None or missing:
-        nb = STAGE_NOTEBOOKS.get(stage, "08_kl_sweep" if stage.startswith("ppo_kl") else stage)
+        nb = notebook_for(stage) or stage
         what = f"its artifacts {missing} are missing" if m else f"{manifest_path(cfg, stage)} does not exist"
         raise StageMissingError(
             f"Stage {stage!r} has not been run for profile {cfg.profile!r} ({what}). "
@@ -282,7 +287,7 @@ def stage_times(cfg: Config):
     for path in sorted((run_dir(cfg) / "manifests").glob("*.json")):
         m = json.loads(path.read_text())
         stage = m["stage"]
-        rows.append({"notebook": STAGE_NOTEBOOKS.get(stage, "08_kl_sweep" if stage.startswith("ppo_kl") else "?"),
+        rows.append({"notebook": notebook_for(stage) or "?",
                      "stage": stage, "wall_time_s": m["wall_time_s"], "device": m["device"],
                      "finished_at": m["finished_at"]})
     return pd.DataFrame(rows, columns=["notebook", "stage", "wall_time_s", "device", "finished_at"]) \
