@@ -162,3 +162,43 @@ def test_generation_is_deterministic_and_ordered(tok, tiny):
     assert all(len(set(t)) == 1 for t in greedy.texts)
     single = sampling.generate(tiny, tok, prompts[1:], n_samples=1, max_new_tokens=5, temperature=0)
     assert single.texts[0][0] == greedy.texts[1][0]  # left padding does not change a greedy output
+
+
+@pytest.mark.parametrize("n_samples,batch_size", [(2, 6), (5, 2)])
+def test_shared_prefill_gives_the_samples_of_the_plain_path(tok, tiny, n_samples, batch_size):
+    """Prefilling a prompt once and repeating its cache changes no sample: greedy outputs and
+    seeded samples match the path that runs every row's prompt, also when a prompt's samples
+    span several batches (5 samples, batches of 2) and when prompts of different lengths share
+    one (2 samples, batches of 6: left padding)."""
+    prompts = ["SUBREDDIT: r/a\nTITLE: t\nPOST: p\nTL;DR:", CORPUS[2], CORPUS[5][:90]]
+    for temperature in (0.0, 1.0):
+        kw = dict(n_samples=n_samples, max_new_tokens=6, seed=3, batch_size=batch_size, temperature=temperature)
+        shared = sampling.generate(tiny, tok, prompts, share_prefill=True, **kw)
+        plain = sampling.generate(tiny, tok, prompts, share_prefill=False, **kw)
+        assert shared == plain
+
+
+def test_chunks_cover_every_sample_once():
+    for n, bs in [(1, 64), (16, 64), (48, 64), (5, 2), (7, 3)]:
+        seen = [(i, first + r) for idx, first, reps in sampling._chunks(list(range(5)), n, bs)
+                for i in idx for r in range(reps)]
+        assert sorted(seen) == [(i, k) for i in range(5) for k in range(n)]
+        assert all(len(idx) * reps <= bs for idx, _, reps in sampling._chunks(list(range(5)), n, bs))
+
+
+def test_shared_prefill_cache_gives_the_full_forward_logits(tok, tiny):
+    """The repeated cache plus the last prompt token gives each row the next-token logits of a
+    full forward pass over its left-padded prompt (positions counted from the first real token)."""
+    tok.padding_side = "left"
+    enc = tok(["SUBREDDIT: r/a\nTITLE: t\nPOST: p\nTL;DR:", CORPUS[2]], return_tensors="pt", padding=True,
+              add_special_tokens=False)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    assert (mask == 0).any()  # the short prompt is padded
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # what generate gives a left-padded row
+    with torch.no_grad():
+        full = tiny(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+        cache = sampling._shared_prefill(tiny, ids, mask, repeats=3)
+        rep_mask = mask.repeat_interleave(3, dim=0)
+        last = tiny(input_ids=ids[:, -1:].repeat_interleave(3, dim=0), attention_mask=rep_mask,
+                    position_ids=positions.repeat_interleave(3, dim=0)[:, -1:], past_key_values=cache).logits[:, -1]
+    torch.testing.assert_close(last, full.repeat_interleave(3, dim=0), atol=1e-5, rtol=1e-4)
