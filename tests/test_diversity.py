@@ -93,3 +93,19 @@ def test_oracle_on_known_fact_sets():
     assert diversity.jaccard_distance(a, b) == pytest.approx(1 - 1 / 3)
     assert diversity.jaccard_distance(c, c) == 0.0
     assert diversity.oracle_diversity([a, b, a]) == pytest.approx((2 / 3 + 0 + 2 / 3) / 3)
+
+
+def test_prepare_many_matches_one_list_at_a_time(smoke_cfg):
+    """Embedding many inputs' samples in one call gives each input the features (and so the
+    metrics) it gets alone."""
+    from gendiv.world import World
+
+    metrics = diversity.Metrics(smoke_cfg, World(seed=0))
+    groups = [["my rent went up.", "the landlord raised the rent."], ["a short one."],
+              ["my dog ate the homework.", "my dog ate it.", "the cat sat."]]
+    together = metrics.prepare_many(groups)
+    for g, feats in zip(groups, together):
+        alone = metrics.prepare(g)
+        np.testing.assert_allclose(feats["embeddings"], alone["embeddings"], atol=1e-5)
+        assert metrics.compute(feats) == pytest.approx(metrics.compute(alone), abs=1e-5, nan_ok=True)
+    assert [f["texts"] for f in together] == groups

@@ -195,15 +195,24 @@ class Metrics:
 
     def prepare(self, texts: list[str]) -> dict:
         """Per-text features: embeddings and fact sets."""
+        return self.prepare_many([texts])[0]
+
+    def prepare_many(self, groups: list[list[str]]) -> list[dict]:
+        """:meth:`prepare` for many lists of texts, with one embedding call for all of them
+        (one call per input costs the encoder's fixed overhead each time)."""
         t = time.perf_counter()
-        emb = embed(texts, self.cfg.diversity.sbert_model)
+        emb = embed([x for g in groups for x in g], self.cfg.diversity.sbert_model)
         self.seconds["sbert"] += time.perf_counter() - t
-        distances = None
-        if self.world is not None:
-            t = time.perf_counter()
-            distances = jaccard_matrix([self.world.fact_set(x) for x in texts])
-            self.seconds["oracle"] += time.perf_counter() - t
-        return {"texts": texts, "embeddings": emb, "jaccard": distances}
+        out, start = [], 0
+        for texts in groups:
+            distances = None
+            if self.world is not None:
+                t = time.perf_counter()
+                distances = jaccard_matrix([self.world.fact_set(x) for x in texts])
+                self.seconds["oracle"] += time.perf_counter() - t
+            out.append({"texts": texts, "embeddings": emb[start:start + len(texts)], "jaccard": distances})
+            start += len(texts)
+        return out
 
     def compute(self, features: dict, idx: np.ndarray | None = None) -> dict[str, float]:
         """Every available metric over the texts ``idx`` of ``features`` (default: all)."""
@@ -299,11 +308,9 @@ def build_diversity(cfg: Config, force: bool = False) -> dict[str, Path]:
         per_input: dict[tuple[str, str, str], np.ndarray] = {}
         for method, by_split in samples.items():
             for split, recs in by_split.items():
-                values = []
-                for r in recs:
-                    values.append(metrics.compute(metrics.prepare(r["outputs"])))
-                    per_input_rows += [{"method": method, "split": split, "uid": r["uid"], "metric": m, "value": v}
-                                       for m, v in values[-1].items()]
+                values = [metrics.compute(f) for f in metrics.prepare_many([r["outputs"] for r in recs])]
+                per_input_rows += [{"method": method, "split": split, "uid": r["uid"], "metric": m, "value": v}
+                                   for r, one in zip(recs, values) for m, v in one.items()]
                 for metric in values[0]:
                     arr = np.array([v[metric] for v in values])
                     per_input[method, split, metric] = arr
