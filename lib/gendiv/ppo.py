@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gendiv import runs
+from gendiv.sampling import position_ids
 
 KL_ESTIMATORS = ("log_ratio", "squared")
 
@@ -158,13 +159,6 @@ class AdaptiveKLController:
 
 
 # ------------------------------------------------------------------ the model
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only, as transformers' ``generate`` counts them for a
-    left-padded batch (so scoring a sequence sees the positions it was sampled with)."""
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.masked_fill(attention_mask == 0, 0)
-
-
 class PolicyWithValueHead(torch.nn.Module):
     """The policy LM with a scalar value head on its trunk's last hidden state.
 

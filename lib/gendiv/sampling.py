@@ -34,9 +34,11 @@ def _chunks(order: list[int], n_samples: int, batch_size: int) -> list[tuple[lis
     return [([i], k, min(batch_size, n_samples - k)) for i in order for k in range(0, n_samples, batch_size)]
 
 
-def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids of left-padded rows, as ``generate`` computes them."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, as transformers' ``generate`` counts them for a
+    left-padded batch (so a prefill, or scoring a sequence, sees the positions it is sampled with)."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.masked_fill(attention_mask == 0, 0)
 
 
 def _shared_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, repeats: int):
@@ -46,7 +48,7 @@ def _shared_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
     cache = DynamicCache()
     mask = attention_mask[:, :-1]
-    model(input_ids=input_ids[:, :-1], attention_mask=mask, position_ids=_positions(mask),
+    model(input_ids=input_ids[:, :-1], attention_mask=mask, position_ids=position_ids(mask),
           past_key_values=cache, use_cache=True)
     if repeats > 1:
         cache.batch_repeat_interleave(repeats)
