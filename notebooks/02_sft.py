@@ -136,6 +136,29 @@ for split in splits:
         display(table)
 
 # %% [markdown]
+# ## Does the model read the post?
+#
+# The gold utility rewards facts taken from the post, so a summariser must read it. This probe
+# measures whether it does: the negative log-likelihood (NLL, nats per token) of each reference
+# given its own prompt, and given the prompt of another test input of the same domain (same
+# subreddit and task, a different post). The **gain** (other minus own) is 0 for a model that
+# ignores the post and grows as the model copies from it. A rise in `nll_own` from the base to the
+# SFT model on a split is forgetting: fine-tuning made that split's references less likely.
+
+# %%
+if "context_reliance" in eval_paths:
+    reliance = pd.read_csv(eval_paths["context_reliance"])
+    display(reliance.round(3))
+    plots.bars_with_intervals(reliance, "split", "gain", "method", name="context_reliance", cfg=cfg,
+                              xlabel="test split", ylabel="NLL gain from the right post (nats/token)",
+                              title="How much each model reads the post", order=splits,
+                              hue_order=["base", "sft"])
+else:
+    print("This run's sft_eval stage finished before the probe existed; run this chapter with "
+          "force=True to compute it.")
+    reliance = None
+
+# %% [markdown]
 # ## What this chapter showed
 
 # %%
@@ -147,3 +170,11 @@ if len(gold):
     verdict = ("beats the base model on every split" if len(better) == len(splits) else
                f"beats the base model on {len(better)} of {len(splits)} splits")
     display(Markdown(f"By mean gold utility, SFT {verdict}:\n\n" + "\n".join(lines)))
+
+if reliance is not None:
+    r = reliance.set_index(["method", "split"])
+    lines = [f"- {plots.SPLIT_LABELS[s]}: reference NLL {r.loc[('base', s), 'nll_own']:.2f} (base) and "
+             f"{r.loc[('sft', s), 'nll_own']:.2f} (SFT) nats/token; gain from the right post "
+             f"{r.loc[('base', s), 'gain']:+.3f} (base) and {r.loc[('sft', s), 'gain']:+.3f} "
+             f"[{r.loc[('sft', s), 'ci_low']:+.3f}, {r.loc[('sft', s), 'ci_high']:+.3f}] (SFT)" for s in splits]
+    display(Markdown("How much each model reads the post:\n\n" + "\n".join(lines)))

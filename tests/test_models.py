@@ -202,3 +202,46 @@ def test_shared_prefill_cache_gives_the_full_forward_logits(tok, tiny):
         last = tiny(input_ids=ids[:, -1:].repeat_interleave(3, dim=0), attention_mask=rep_mask,
                     position_ids=positions.repeat_interleave(3, dim=0)[:, -1:], past_key_values=cache).logits[:, -1]
     torch.testing.assert_close(last, full.repeat_interleave(3, dim=0), atol=1e-5, rtol=1e-4)
+
+
+def test_completion_nll_matches_a_hand_computation_and_ignores_batching(tok, tiny):
+    from gendiv import data, evaluation
+
+    prompts = ["SUBREDDIT: r/test\nTITLE: post 1\nPOST: My landlord raised the rent.\nTL;DR:", "POST: hi\nTL;DR:"]
+    refs = ["landlord raised rent", "my roommate stopped paying their share and it is getting worse"]
+    tiny.eval()
+    expected = []
+    for p, c in zip(prompts, refs):  # one unpadded forward pass, log-softmax by hand
+        pid = tok(p, add_special_tokens=False)["input_ids"]
+        cid = tok(data.sft_target(c, tok.eos_token), add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([pid + cid])
+        with torch.no_grad():
+            logp = torch.log_softmax(tiny(ids).logits[0, :-1], -1)
+        tokens = ids[0, 1:]
+        expected.append(-logp[torch.arange(len(tokens)), tokens][len(pid) - 1:].mean().item())
+    batched = evaluation.completion_nll(tiny, tok, prompts, refs, max_prompt_tokens=200, batch_size=2)
+    alone = [evaluation.completion_nll(tiny, tok, [p], [c], max_prompt_tokens=200)[0] for p, c in zip(prompts, refs)]
+    np.testing.assert_allclose(batched, expected, rtol=1e-4)
+    np.testing.assert_allclose(alone, expected, rtol=1e-4)
+    with pytest.raises(ValueError, match="2 prompts and 1 completions"):
+        evaluation.completion_nll(tiny, tok, prompts, refs[:1], max_prompt_tokens=200)
+
+
+def test_context_probe_swaps_posts_within_a_domain_and_gains_nothing_from_identical_prompts(tok, tiny):
+    from gendiv import evaluation
+
+    records = [{"domain": d, "prompt": f"POST: {d} story {i}\nTL;DR:", "reference": f"{d} summary {i}"}
+               for i, d in enumerate(["a", "a", "a", "b", "b", "c"])]
+    swap = evaluation.other_input(records, seed=0)
+    for i, j in enumerate(swap):
+        assert j != i
+        if records[i]["domain"] != "c":  # c has one input: any other input stands in
+            assert records[j]["domain"] == records[i]["domain"]
+    assert swap == evaluation.other_input(records, seed=0)
+    with pytest.raises(ValueError, match="at least 2 inputs"):
+        evaluation.other_input(records[:1], seed=0)
+    same = [{**r, "prompt": "POST: one post for all\nTL;DR:"} for r in records]
+    row, = evaluation.context_reliance(tiny, tok, "m", {"id": same}, max_prompt_tokens=100, seed=0)
+    assert row["gain"] == pytest.approx(0.0, abs=1e-6) and row["n"] == len(same)
+    assert row["nll_own"] == pytest.approx(row["nll_other"], abs=1e-6)
+    assert list(row) == evaluation.CONTEXT_RELIANCE_COLUMNS

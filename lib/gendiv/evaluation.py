@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from gendiv import data, runs, stats
 from gendiv.config import Config
@@ -62,6 +63,78 @@ def sample_outputs(cfg: Config, model_path: Path, method: str, tests: dict[str, 
 
 def gold_utility_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=GOLD_UTILITY_COLUMNS)
+
+
+# ------------------------------------------------------------------ does the model read the post?
+CONTEXT_RELIANCE_COLUMNS = ["method", "split", "nll_own", "nll_other", "gain", "ci_low", "ci_high", "n"]
+
+
+@torch.no_grad()
+def completion_nll(model, tokenizer, prompts: list[str], completions: list[str], max_prompt_tokens: int,
+                   batch_size: int = 32) -> np.ndarray:
+    """Mean negative log-likelihood per token (nats) of each completion, written as SFT trains on
+    it (a space, the text, EOS), given its prompt cut to its last ``max_prompt_tokens`` tokens."""
+    from gendiv.ppo import gather_logprobs
+    from gendiv.sampling import position_ids
+
+    if len(prompts) != len(completions):
+        raise ValueError(f"completion_nll got {len(prompts)} prompts and {len(completions)} completions.")
+    eos, pad = tokenizer.eos_token, tokenizer.pad_token_id
+    pids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    cids = tokenizer([data.sft_target(c, eos) for c in completions], add_special_tokens=False)["input_ids"]
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(pids), batch_size):
+        rows = [(p[-max_prompt_tokens:] if max_prompt_tokens > 0 else [], c)
+                for p, c in zip(pids[i:i + batch_size], cids[i:i + batch_size])]
+        width = max(len(p) + len(c) for p, c in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        target = torch.zeros((len(rows), width), dtype=torch.bool)
+        for j, (p, c) in enumerate(rows):  # left padding, as the models sample
+            ids[j, width - len(p) - len(c):] = torch.tensor(p + c)
+            target[j, width - len(c):] = True
+        mask = (torch.arange(width) >= (width - torch.tensor([len(p) + len(c) for p, c in rows]))[:, None]).long()
+        ids, mask, target = ids.to(device), mask.to(device), target.to(device)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits.float()
+        logp = gather_logprobs(logits[:, :-1], ids[:, 1:])
+        tmask = target[:, 1:].float()
+        out.append((-(logp * tmask).sum(1) / tmask.sum(1)).cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def other_input(records: list[dict], seed: int) -> list[int]:
+    """For each record, the index of another record of the same ``domain`` (any other record
+    when it has none), drawn with ``seed``: the post changes, the subreddit and the task stay."""
+    if len(records) < 2:
+        raise ValueError(f"The context probe needs at least 2 inputs per split, got {len(records)}.")
+    rng = np.random.default_rng(seed)
+    by_domain: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_domain.setdefault(r.get("domain", ""), []).append(i)
+    out = []
+    for i, r in enumerate(records):
+        pool = [j for j in by_domain[r.get("domain", "")] if j != i] or [j for j in range(len(records)) if j != i]
+        out.append(int(pool[rng.integers(len(pool))]))
+    return out
+
+
+def context_reliance(model, tokenizer, method: str, tests: dict[str, list[dict]], max_prompt_tokens: int,
+                     seed: int) -> list[dict]:
+    """How much a model reads the post: the NLL of each reference given its own prompt and given
+    the prompt of another input of the same domain (:func:`other_input`). ``gain`` = other - own,
+    in nats per token, with a bootstrap interval over inputs: 0 for a model that ignores the
+    post, positive for one that copies from it. Rows of ``CONTEXT_RELIANCE_COLUMNS``."""
+    rows = []
+    for split, records in tests.items():
+        refs = [r["reference"] for r in records]
+        own = completion_nll(model, tokenizer, [r["prompt"] for r in records], refs, max_prompt_tokens)
+        swap = other_input(records, seed)
+        other = completion_nll(model, tokenizer, [records[j]["prompt"] for j in swap], refs, max_prompt_tokens)
+        gain, lo, hi = stats.bootstrap_ci(list(other - own), seed=seed)
+        rows.append({"method": method, "split": split, "nll_own": float(own.mean()),
+                     "nll_other": float(other.mean()), "gain": gain, "ci_low": lo, "ci_high": hi,
+                     "n": len(records)})
+    return rows
 
 
 # ------------------------------------------------------------------ Best-of-N (notebook 05)

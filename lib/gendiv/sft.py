@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from gendiv import data, runs
-from gendiv.models import base_path, load_policy, save_pretrained_atomic, use_bf16
+from gendiv.models import (base_path, load_causal_lm, load_policy, load_tokenizer, pick_device,
+                           save_pretrained_atomic, use_bf16)
 from gendiv.sampling import generate
 
 
@@ -126,7 +127,9 @@ def sample_policy(cfg, model, tokenizer, records: list[dict], seed: int, desc: s
 def evaluate_sft(cfg, force: bool = False) -> dict[str, Path]:
     """Stage ``sft_eval`` (notebook 02): one sample from the base and the SFT model on the first
     ``sampling.n_eval_inputs`` test inputs of every split, with its gold utility (world only);
-    ``results/gold_utility.csv`` holds the means with bootstrap intervals."""
+    ``results/gold_utility.csv`` holds the means with bootstrap intervals, and
+    ``logs/context_reliance.csv`` how much each model reads the post
+    (:func:`gendiv.evaluation.context_reliance`)."""
     from gendiv import evaluation
 
     def body(root: Path) -> dict[str, Path]:
@@ -141,6 +144,13 @@ def evaluate_sft(cfg, force: bool = False) -> dict[str, Path]:
             for split, records in tests.items():
                 rows.append(evaluation.utility_row("reference", split, evaluation.gold_utilities(
                     world, records, [r["reference"] for r in records]), cfg.seed))
+        reliance, device = [], pick_device(cfg.model.device)
+        for method, path in (("base", base_path(cfg)), ("sft", sft_path(cfg))):
+            model, tok = load_causal_lm(path, device), load_tokenizer(path)
+            reliance += evaluation.context_reliance(model, tok, method, tests,
+                                                    cfg.model.max_length - cfg.sampling.max_new_tokens, cfg.seed)
+        paths["context_reliance"] = runs.write_csv(root / "logs" / "context_reliance.csv", pd.DataFrame(
+            reliance, columns=evaluation.CONTEXT_RELIANCE_COLUMNS))
         paths["gold_utility"] = runs.write_csv(runs.results_dir(cfg) / "gold_utility.csv",
                                                evaluation.gold_utility_frame(rows))
         return paths
