@@ -73,32 +73,29 @@ CONTEXT_RELIANCE_COLUMNS = ["method", "split", "nll_own", "nll_other", "gain", "
 def completion_nll(model, tokenizer, prompts: list[str], completions: list[str], max_prompt_tokens: int,
                    batch_size: int = 32) -> np.ndarray:
     """Mean negative log-likelihood per token (nats) of each completion, written as SFT trains on
-    it (a space, the text, EOS), given its prompt cut to its last ``max_prompt_tokens`` tokens."""
-    from gendiv.ppo import gather_logprobs
-    from gendiv.sampling import position_ids
+    it (a space, the text, EOS), given its prompt cut to its last ``max_prompt_tokens`` tokens.
+    The rows are laid out as PPO scores its episodes: left-padded prompt, then the completion."""
+    from gendiv.ppo import gather_logprobs, response_outputs
 
     if len(prompts) != len(completions):
         raise ValueError(f"completion_nll got {len(prompts)} prompts and {len(completions)} completions.")
-    eos, pad = tokenizer.eos_token, tokenizer.pad_token_id
-    pids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    cids = tokenizer([data.sft_target(c, eos) for c in completions], add_special_tokens=False)["input_ids"]
+    targets = [data.sft_target(c, tokenizer.eos_token) for c in completions]
     device = next(model.parameters()).device
+    tokenizer.truncation_side = "left"
     out = []
-    for i in range(0, len(pids), batch_size):
-        rows = [(p[-max_prompt_tokens:] if max_prompt_tokens > 0 else [], c)
-                for p, c in zip(pids[i:i + batch_size], cids[i:i + batch_size])]
-        width = max(len(p) + len(c) for p, c in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        target = torch.zeros((len(rows), width), dtype=torch.bool)
-        for j, (p, c) in enumerate(rows):  # left padding, as the models sample
-            ids[j, width - len(p) - len(c):] = torch.tensor(p + c)
-            target[j, width - len(c):] = True
-        mask = (torch.arange(width) >= (width - torch.tensor([len(p) + len(c) for p, c in rows]))[:, None]).long()
-        ids, mask, target = ids.to(device), mask.to(device), target.to(device)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits.float()
-        logp = gather_logprobs(logits[:, :-1], ids[:, 1:])
-        tmask = target[:, 1:].float()
-        out.append((-(logp * tmask).sum(1) / tmask.sum(1)).cpu())
+    for i in range(0, len(prompts), batch_size):
+        tokenizer.padding_side = "left"
+        enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
+                        max_length=max_prompt_tokens, add_special_tokens=False).to(device)
+        tokenizer.padding_side = "right"
+        comp = tokenizer(targets[i:i + batch_size], return_tensors="pt", padding=True,
+                         add_special_tokens=False).to(device)
+        response, mask = comp["input_ids"], comp["attention_mask"].float()
+        logits, _ = response_outputs(model, torch.cat([enc["input_ids"], response], dim=1),
+                                     torch.cat([enc["attention_mask"], comp["attention_mask"]], dim=1),
+                                     response.shape[1])
+        out.append((-(gather_logprobs(logits, response) * mask).sum(1) / mask.sum(1)).cpu())
+    tokenizer.padding_side = "left"
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 

@@ -177,10 +177,13 @@ class PolicyWithValueHead(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int,
                 temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probability logits and values for the last ``n_response`` tokens of each row."""
-        return _response_outputs(self.lm, input_ids, attention_mask, n_response, temperature, self.value_head)
+        return response_outputs(self.lm, input_ids, attention_mask, n_response, temperature, self.value_head)
 
 
-def _response_outputs(lm, input_ids, attention_mask, n_response, temperature, value_head=None):
+def response_outputs(lm, input_ids, attention_mask, n_response, temperature=1.0, value_head=None):
+    """Logits (divided by ``temperature``) predicting each of the last ``n_response`` tokens of
+    each row, and the ``value_head``'s values there (None without one). Rows are a left-padded
+    prompt followed by a response; positions count real tokens only."""
     hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
                            position_ids=position_ids(attention_mask), use_cache=False).last_hidden_state
     # position t predicts token t+1: the response's tokens are predicted from the n_response
@@ -246,7 +249,7 @@ def rollout(policy: PolicyWithValueHead, ref_lm, reward_model, tokenizer, prompt
     attention_mask = torch.cat([enc["attention_mask"], mask.long()], dim=1)
     n = response.shape[1]
     logits, values = policy(out, attention_mask, n, temperature)
-    ref_logits, _ = _response_outputs(ref_lm, out, attention_mask, n, temperature)
+    ref_logits, _ = response_outputs(ref_lm, out, attention_mask, n, temperature)
     logprobs, ref_logprobs = gather_logprobs(logits, response), gather_logprobs(ref_logits, response)
     entropy = entropy_from_logits(logits)
     texts = [tokenizer.decode(r[: int(m.sum())], skip_special_tokens=True).strip()
