@@ -84,7 +84,7 @@ class ModelConfig:
     adapter: str = "none"
     """'none' (train the unfrozen parameters) or 'lora' (peft LoRA adapters)."""
     freeze_fraction: float = 0.0
-    """Bottom share of blocks frozen, with embeddings and LM head (paper: 0.8; tiny: 0, see deviations)."""
+    """Bottom share of blocks frozen, with embeddings and LM head (paper: 0.8; tiny and smoke: 0.5, see deviations)."""
     lora_r: int = 16
     lora_alpha: int = 32
     device: str = "auto"

@@ -3,8 +3,10 @@ hub id / local path; freezing of the bottom blocks (the paper's 0.8) or LoRA; de
 
 The paper (Kirk et al. 2024, Sec. 4 and its code) fine-tunes LLaMA-7B with the bottom 80% of
 transformer blocks, the embeddings and the LM head frozen, in fp32. The miniature profiles train
-a tiny Llama from scratch instead (there is no pretrained model of the world's language), so its
-default is to train every parameter; see the book's deviations page.
+a tiny Llama from scratch instead (there is no pretrained model of the world's language) and
+freeze half of its four blocks (``model.freeze_fraction: 0.5``): the paper's 0.8 would leave one
+block to train, and training all of them makes SFT forget the held-out domains; see the book's
+deviations page.
 """
 
 from __future__ import annotations
