@@ -272,6 +272,11 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def max_prompt_tokens(self) -> int:
+        """Prompt tokens kept (left-truncated) so that prompt plus response fit ``model.max_length``."""
+        return self.model.max_length - self.sampling.max_new_tokens
+
     def section_hash(self, *sections: str, ignore: tuple[str, ...] = ()) -> str:
         """Hash of the named sections (plus seed), so a stage's cache ignores unrelated changes;
         ``ignore`` drops dotted keys (``"ppo.kl_grid"``) a stage does not depend on."""

@@ -468,7 +468,7 @@ def build_ppo(cfg, force: bool = False, kl_coef: float | None = None) -> dict[st
         prompts = [r["prompt"] for r in data.load_split(cfg, "id", "rl")]
         s = cfg.sampling
         trainer = PPOTrainer(policy_lm, ref_lm, rm, tok, prompts, run_cfg.ppo, max_new_tokens=s.max_new_tokens,
-                             max_prompt_tokens=cfg.model.max_length - s.max_new_tokens,
+                             max_prompt_tokens=cfg.max_prompt_tokens,
                              temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=cfg.seed,
                              checkpoint_path=root / "checkpoints" / name / "state.pt",
                              run_id=run_cfg.section_hash(*PPO_SECTIONS, ignore=PPO_IGNORE))

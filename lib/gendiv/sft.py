@@ -120,7 +120,7 @@ def sample_policy(cfg, model, tokenizer, records: list[dict], seed: int, desc: s
     temperature = s.temperature if temperature is None else temperature
     return generate(model, tokenizer, [r["prompt"] for r in records], n_samples=n_samples,
                     max_new_tokens=s.max_new_tokens, temperature=temperature, top_k=s.top_k, top_p=s.top_p,
-                    batch_size=s.batch_size, max_prompt_tokens=cfg.model.max_length - s.max_new_tokens,
+                    batch_size=s.batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
                     seed=seed, desc=desc)
 
 
@@ -147,8 +147,7 @@ def evaluate_sft(cfg, force: bool = False) -> dict[str, Path]:
         reliance, device = [], pick_device(cfg.model.device)
         for method, path in (("base", base_path(cfg)), ("sft", sft_path(cfg))):
             model, tok = load_causal_lm(path, device), load_tokenizer(path)
-            reliance += evaluation.context_reliance(model, tok, method, tests,
-                                                    cfg.model.max_length - cfg.sampling.max_new_tokens, cfg.seed)
+            reliance += evaluation.context_reliance(model, tok, method, tests, cfg.max_prompt_tokens, cfg.seed)
         paths["context_reliance"] = runs.write_csv(root / "logs" / "context_reliance.csv", pd.DataFrame(
             reliance, columns=evaluation.CONTEXT_RELIANCE_COLUMNS))
         paths["gold_utility"] = runs.write_csv(runs.results_dir(cfg) / "gold_utility.csv",
