@@ -53,7 +53,7 @@ import json
 import pandas as pd
 from IPython.display import Markdown, display
 
-from gendiv import data, models, plots, runs, sft
+from gendiv import data, models, plots, runs, sft, stats
 
 cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 
@@ -163,13 +163,26 @@ else:
 
 # %%
 if len(gold):
+    # Base and SFT are sampled on the same inputs, so the difference is paired over inputs; a
+    # split counts as won or lost only when its 95% interval excludes zero.
     wide = gold.pivot(index="split", columns="method", values="mean_utility").reindex(splits)
-    better = [s for s in splits if wide.loc[s, "sft"] > wide.loc[s, "base"]]
-    lines = [f"- {plots.SPLIT_LABELS[s]}: SFT {wide.loc[s, 'sft']:.3f} vs base {wide.loc[s, 'base']:.3f} "
-             f"(references {wide.loc[s, 'reference']:.3f})" for s in splits]
-    verdict = ("beats the base model on every split" if len(better) == len(splits) else
-               f"beats the base model on {len(better)} of {len(splits)} splits")
-    display(Markdown(f"By mean gold utility, SFT {verdict}:\n\n" + "\n".join(lines)))
+    lines, outcome = [], {}
+    for s in splits:
+        sft_u = [r["utility"] for r in runs.read_jsonl(eval_paths[f"sft_{s}"])]
+        base_u = [r["utility"] for r in runs.read_jsonl(eval_paths[f"base_{s}"])]
+        diff, lo, hi = stats.paired_difference(sft_u, base_u, seed=cfg.seed)
+        outcome[s] = stats.direction(lo, hi)
+        lines.append(f"- {plots.SPLIT_LABELS[s]}: SFT {wide.loc[s, 'sft']:.3f} vs base {wide.loc[s, 'base']:.3f} "
+                     f"(references {wide.loc[s, 'reference']:.3f}); SFT - base = {diff:+.3f}, 95% CI "
+                     f"{lo:+.3f} to {hi:+.3f}, n = {len(sft_u)}: {outcome[s]}.")
+    ahead = [s for s in splits if wide.loc[s, "sft"] > wide.loc[s, "base"]]
+    clear = [plots.SPLIT_LABELS[s] for s in splits if outcome[s] == "higher"]
+    clear = " and ".join([", ".join(clear[:-1]), clear[-1]] if len(clear) > 1 else clear)
+    verdict = ("SFT's mean is above the base model's on every split" if len(ahead) == len(splits) else
+               f"SFT's mean is above the base model's on {len(ahead)} of {len(splits)} splits")
+    verdict += (f"; the paired interval excludes zero on {clear}" if clear else
+                "; on no split does the paired interval exclude zero")
+    display(Markdown(f"By gold utility, {verdict}:\n\n" + "\n".join(lines)))
 
 if reliance is not None:
     r = reliance.set_index(["method", "split"])
