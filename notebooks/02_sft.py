@@ -53,7 +53,7 @@ import json
 import pandas as pd
 from IPython.display import Markdown, display
 
-from gendiv import data, models, plots, runs, sft, stats
+from gendiv import data, evaluation, models, plots, runs, sft, stats
 
 cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 
@@ -105,8 +105,10 @@ _ = plots.curves(curve, "step", "loss", hue="kind", name="sft_loss", cfg=cfg, xl
 # %% [markdown]
 # ## Base and SFT samples, judged
 #
-# One sample per input (temperature 1, as the paper samples) on the first
-# `sampling.n_eval_inputs` test inputs of each split, each scored by the gold utility.
+# Samples at temperature 1 (as the paper samples) on the first `sampling.n_eval_inputs` test
+# inputs of each split, scored by the gold utility. Each input's utility is the mean over
+# `sampling.utility_samples` samples, an estimate of the model's expected utility on it; the
+# tables show the first sample, the one later chapters and the judge see.
 
 # %%
 eval_paths = sft.evaluate_sft(cfg, force=force)
@@ -168,8 +170,8 @@ if len(gold):
     wide = gold.pivot(index="split", columns="method", values="mean_utility").reindex(splits)
     lines, outcome = [], {}
     for s in splits:
-        sft_u = [r["utility"] for r in runs.read_jsonl(eval_paths[f"sft_{s}"])]
-        base_u = [r["utility"] for r in runs.read_jsonl(eval_paths[f"base_{s}"])]
+        sft_u = evaluation.expected_utilities(runs.read_jsonl(eval_paths[f"sft_{s}"]))
+        base_u = evaluation.expected_utilities(runs.read_jsonl(eval_paths[f"base_{s}"]))
         diff, lo, hi = stats.paired_difference(sft_u, base_u, seed=cfg.seed)
         outcome[s] = stats.direction(lo, hi)
         lines.append(f"- {plots.SPLIT_LABELS[s]}: SFT {wide.loc[s, 'sft']:.3f} vs base {wide.loc[s, 'base']:.3f} "

@@ -52,7 +52,7 @@ force = False
 import pandas as pd
 from IPython.display import Markdown, display
 
-from gendiv import data, plots, ppo, runs, stats
+from gendiv import data, evaluation, plots, ppo, runs, stats
 
 cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 
@@ -103,9 +103,10 @@ if len(samples):
 # %% [markdown]
 # ## SFT and PPO on the test splits
 #
-# One sample per input on the same test inputs as chapter 2's SFT samples, judged by the gold
-# utility; the difference is paired over inputs. Chapter 6 compares every method with the
-# simulated-human judge.
+# PPO samples on the same test inputs as chapter 2's SFT samples, judged by the gold utility and,
+# as there, averaged over `sampling.utility_samples` samples per input; the difference is paired
+# over inputs. The tables show the first sample. Chapter 6 compares every method's one sample per
+# input with the simulated-human judge.
 
 # %%
 eval_paths = ppo.evaluate_ppo(cfg, force=force)
@@ -146,8 +147,8 @@ lines = [f"- Proxy reward: {first['proxy_reward'].mean():.2f} over the first fif
          f"{first['response_length'].mean():.1f} -> {last['response_length'].mean():.1f} tokens."]
 if len(gold):
     for split in splits:
-        sft_u = [r["utility"] for r in runs.read_jsonl(runs.artifact(cfg, "sft_eval", f"sft_{split}"))]
-        ppo_u = [r["utility"] for r in runs.read_jsonl(eval_paths[f"ppo_{split}"])]
+        sft_u = evaluation.expected_utilities(runs.read_jsonl(runs.artifact(cfg, "sft_eval", f"sft_{split}")))
+        ppo_u = evaluation.expected_utilities(runs.read_jsonl(eval_paths[f"ppo_{split}"]))
         diff, lo, hi = stats.paired_difference(ppo_u, sft_u, seed=cfg.seed)
         lines.append(f"- {plots.SPLIT_LABELS[split]}: PPO's gold utility is {stats.direction(lo, hi)} than SFT's "
                      f"(PPO - SFT = {diff:+.3f}, 95% CI {lo:+.3f} to {hi:+.3f}, n = {len(ppo_u)}).")

@@ -59,3 +59,43 @@ def test_claim_rule_combines_comparisons():
     assert claims.combine(["inconclusive", "supports", "contradicts"], any_supports=True) == "supported"
     assert claims.combine(["contradicts", "contradicts"], any_supports=True) == "not supported"
     assert claims.combine(["inconclusive", "contradicts"], any_supports=True) == "inconclusive"
+
+
+def test_sample_outputs_averages_the_gold_utility_over_the_configured_samples(smoke_cfg, tmp_path):
+    """Each row keeps the first sample as its output, with that sample's utility, and the mean
+    over ``sampling.utility_samples`` samples; the split's row averages those means."""
+    import dataclasses
+    import random
+
+    import torch
+    from gendiv import data, evaluation, models, runs
+
+    cfg = dataclasses.replace(smoke_cfg, sampling=dataclasses.replace(smoke_cfg.sampling, utility_samples=3,
+                                                                       max_new_tokens=6))
+    world = data.make_world(cfg)
+    rng = random.Random(0)
+    records = [data._record(world.make_example(rng, "cooking", "forum", f"u{i}", "test")) for i in range(5)]
+    tok = models.train_tokenizer([r["prompt"] + " " + r["reference"] for r in records] * 4, vocab_size=300)
+    torch.manual_seed(0)
+    lm = models.tiny_llama(tok, hidden_size=32, n_layers=2, n_heads=2, intermediate_size=64, max_length=256)
+    models.save_pretrained_atomic(lm, tok, tmp_path / "m")
+
+    paths, rows = evaluation.sample_outputs(cfg, tmp_path / "m", "m", {"id": records}, tmp_path / "out", world)
+    out = runs.read_jsonl(paths["m_id"])
+    again = sampling.generate(lm, tok, [r["prompt"] for r in records], n_samples=3, max_new_tokens=6,
+                              batch_size=cfg.sampling.batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
+                              seed=cfg.seed).texts
+    for row, record, texts in zip(out, records, again):
+        utilities = evaluation.gold_utilities(world, [record] * 3, texts)
+        assert row["output"] == texts[0] and row["utility"] == pytest.approx(utilities[0])
+        assert row["mean_utility"] == pytest.approx(np.mean(utilities)) and row["utility_samples"] == 3
+    assert rows[0]["n"] == 5
+    assert rows[0]["mean_utility"] == pytest.approx(np.mean([r["mean_utility"] for r in out]))
+    assert evaluation.expected_utilities([{"utility": 0.25}]) == [0.25]   # runs from before the field
+
+
+def test_utility_samples_below_one_is_refused(smoke_cfg):
+    from gendiv.config import ConfigError, load_profile
+
+    with pytest.raises(ConfigError, match="sampling.utility_samples"):
+        load_profile("smoke", run_dir=str(smoke_cfg.run_dir), **{"sampling.utility_samples": 0})

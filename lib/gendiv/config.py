@@ -145,6 +145,10 @@ class SamplingConfig:
     batch_size: int = 64
     n_eval_inputs: int = 200
     """Test inputs per split that chapters 2-3 sample on (the data keeps n_test)."""
+    utility_samples: int = 1
+    """Samples per input whose gold utilities chapters 2 and 4 average (world only): the policy's
+    expected utility on the input, with less sampling noise than one sample. The first sample is
+    the one every other chapter and the judge see, as the paper's one sample per input."""
 
 
 @dataclass(frozen=True)
@@ -394,6 +398,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"reward.heldout_share must lie in (0, 1), got {cfg.reward.heldout_share}.")
     if cfg.sampling.max_new_tokens < 1 or cfg.sampling.temperature < 0:
         raise ConfigError("sampling.max_new_tokens must be >= 1 and sampling.temperature >= 0.")
+    if cfg.sampling.utility_samples < 1:
+        raise ConfigError(f"sampling.utility_samples must be >= 1 (1 scores only the one sample per input), "
+                          f"got {cfg.sampling.utility_samples}.")
     if cfg.sampling.max_new_tokens >= m.max_length:
         raise ConfigError(f"sampling.max_new_tokens ({cfg.sampling.max_new_tokens}) must be below "
                           f"model.max_length ({m.max_length}).")

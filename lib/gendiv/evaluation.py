@@ -40,25 +40,36 @@ def utility_row(method: str, split: str, utilities: list[float], seed: int) -> d
 def sample_outputs(cfg: Config, model_path: Path, method: str, tests: dict[str, list[dict]], out_dir: Path,
                    world=None, seed: int | None = None) -> tuple[dict[str, Path], list[dict]]:
     """One sample of the model at ``model_path`` per test record and split, written to
-    ``out_dir/{method}_{split}.jsonl`` (with gold utilities when ``world`` is given).
-    Returns the paths and the gold-utility rows."""
+    ``out_dir/{method}_{split}.jsonl``. With the ``world``, each row also holds the gold utility of
+    that sample (``utility``) and ``mean_utility``, the mean over ``sampling.utility_samples``
+    samples of the input (the first of them is the written one); the returned gold-utility rows
+    average ``mean_utility`` over inputs. Returns the paths and those rows."""
     from gendiv.sft import sample_policy
 
     seed = cfg.seed if seed is None else seed
+    k = cfg.sampling.utility_samples if world is not None else 1
     model, tok = load_causal_lm(model_path, pick_device(cfg.model.device)), load_tokenizer(model_path)
     paths, rows = {}, []
     for split, records in tests.items():
-        texts = sample_policy(cfg, model, tok, records, seed, f"{method} on {split}").first()
-        out = [{"uid": r["uid"], "prompt": r["prompt"], "reference": r["reference"], "output": t}
-               for r, t in zip(records, texts)]
+        samples = sample_policy(cfg, model, tok, records, seed, f"{method} on {split}", n_samples=k).texts
+        out = [{"uid": r["uid"], "prompt": r["prompt"], "reference": r["reference"], "output": t[0]}
+               for r, t in zip(records, samples)]
         if world is not None:
-            utilities = gold_utilities(world, records, texts)
             references = gold_utilities(world, records, [r["reference"] for r in records])
-            for row, u, ru in zip(out, utilities, references):
-                row["utility"], row["reference_utility"] = u, ru
-            rows.append(utility_row(method, split, utilities, cfg.seed))
+            for row, record, texts, ru in zip(out, records, samples, references):
+                utilities = gold_utilities(world, [record] * len(texts), texts)
+                row.update(utility=utilities[0], mean_utility=float(np.mean(utilities)),
+                           utility_samples=len(texts), reference_utility=ru)
+            rows.append(utility_row(method, split, expected_utilities(out), cfg.seed))
         paths[f"{method}_{split}"] = runs.write_jsonl(out_dir / f"{method}_{split}.jsonl", out)
     return paths, rows
+
+
+def expected_utilities(rows: list[dict]) -> list[float]:
+    """Each sampled row's estimate of the policy's gold utility on its input: ``mean_utility``
+    over ``sampling.utility_samples`` samples, or the one sample's ``utility`` in runs written
+    before that field existed."""
+    return [r.get("mean_utility", r["utility"]) for r in rows]
 
 
 def gold_utility_frame(rows: list[dict]) -> pd.DataFrame:

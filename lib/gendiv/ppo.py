@@ -492,8 +492,9 @@ def ppo_path(cfg, kl_coef: float | None = None) -> Path:
 
 
 def evaluate_ppo(cfg, force: bool = False) -> dict[str, Path]:
-    """Stage ``ppo_eval`` (notebook 04): one PPO sample on the same test inputs as chapter 2's
-    SFT samples, with gold utilities (``logs/ppo_gold_utility.csv``)."""
+    """Stage ``ppo_eval`` (notebook 04): PPO samples on the same test inputs as chapter 2's SFT
+    samples, with gold utilities averaged over ``sampling.utility_samples`` samples per input as
+    there (``logs/ppo_gold_utility.csv``); the first sample is the one chapter 6 judges."""
     from gendiv import data, evaluation
 
     def body(root: Path) -> dict[str, Path]:

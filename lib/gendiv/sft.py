@@ -125,9 +125,10 @@ def sample_policy(cfg, model, tokenizer, records: list[dict], seed: int, desc: s
 
 
 def evaluate_sft(cfg, force: bool = False) -> dict[str, Path]:
-    """Stage ``sft_eval`` (notebook 02): one sample from the base and the SFT model on the first
-    ``sampling.n_eval_inputs`` test inputs of every split, with its gold utility (world only);
-    ``results/gold_utility.csv`` holds the means with bootstrap intervals, and
+    """Stage ``sft_eval`` (notebook 02): samples from the base and the SFT model on the first
+    ``sampling.n_eval_inputs`` test inputs of every split, with gold utilities (world only) averaged
+    over ``sampling.utility_samples`` samples per input (the first sample is the one chapter 6
+    judges); ``results/gold_utility.csv`` holds the means with bootstrap intervals over inputs, and
     ``logs/context_reliance.csv`` how much each model reads the post
     (:func:`gendiv.evaluation.context_reliance`)."""
     from gendiv import evaluation
