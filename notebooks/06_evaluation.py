@@ -105,7 +105,9 @@ if len(gaps):
 # ## Proxy reward beside gold utility
 #
 # The RM is what PPO and BoN optimise; the gold utility is what the judge rewards. A method that
-# gains on the proxy but not on gold is over-optimising the RM.
+# gains on the proxy but not on gold is over-optimising the RM. Both score the one sample per
+# input the judge saw, so these gold utilities are noisier than chapters 2 and 4's averages over
+# `sampling.utility_samples` samples, and can differ from them by that noise.
 
 # %%
 scores = pd.read_csv(paths["scores"])
