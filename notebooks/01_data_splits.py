@@ -29,8 +29,8 @@
 # reference TL;DR, and an exact gold judge that stands in for the paper's GPT-4.
 #
 # This chapter builds the splits, shows examples, puts the judge to work on one post, checks that
-# the judge prefers references to corrupted versions of them, and measures how far each OOD split
-# is from ID.
+# the judge prefers references to corrupted versions of them and to copying from the post, and
+# measures how far each OOD split is from ID.
 
 # %% tags=["remove-cell"]
 # Colab only: fetch the repository and install gendiv (does nothing elsewhere).
@@ -52,9 +52,10 @@ force = False
 
 # %%
 import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import HTML, Markdown, Math, display
+from myst_nb import glue
 
-from gendiv import data, plots, runs
+from gendiv import data, plots, runs, world as world_module
 
 cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 
@@ -99,10 +100,31 @@ for split in data.available_splits(cfg):
 # %% [markdown]
 # ## The judge at work on one post
 #
-# The gold utility of a summary (defined on [the miniature world](../world.md) page) rewards
-# the salient facts it states, and penalises facts the post does not contain (hallucinations),
-# distractors, excess length, repetition and word salad. Here it scores the reference of the
-# first ID test post and five corrupted versions of it.
+# The paper's GPT-4 judge is asked which summary "captures the most important points of the
+# post, precisely and concisely". The world's gold utility of a summary (see
+# [the miniature world](../world.md)) rewards the salient facts it states and punishes
+# imprecision and verbosity:
+#
+# $$
+# u = (\text{coverage} + b\, n_\text{minor})\, f - c_d\, n_\text{distractor} - c_h\, n_\text{hallucinated}
+#     - c_\ell \max(0, n_\text{words} - B) - c_r\, r - c_t\,[\text{unterminated}]
+# $$
+#
+# with *f* the fluency factor, *B* the length budget and *r* the share of repeated trigrams; the
+# weights this run uses are printed below, read from `gendiv.world.UtilityWeights`. Then the
+# utility of the reference of the first ID test post, of five corrupted versions of it, and of
+# four extractive baselines taken from the post (its first one, two and three sentences, and the
+# whole post).
+
+# %%
+if world is not None:
+    terms = pd.DataFrame(world.judge_terms())
+    display(Math(world.utility_formula()))
+    with pd.option_context("display.max_colwidth", 200):
+        display(terms)
+    # For the book's world page (pasted there with myst-nb's glue).
+    glue("judge_terms", HTML(terms.to_html(index=False)), display=False)
+    glue("utility_formula", Math(world.utility_formula()), display=False)
 
 # %%
 if world is not None:
@@ -112,22 +134,40 @@ if world is not None:
         display(demo)
 
 # %% [markdown]
-# ## Does the judge prefer references to corrupted versions?
+# ## Does the judge prefer references to corrupted versions, and to copying the post?
 #
 # On every test post of every split, the judge compares the reference with each corrupted
-# version (ties count one half). A sound judge prefers the reference nearly always.
+# version of it (truncated, another post's summary, empty, words shuffled, a made-up fact added)
+# and with each extractive baseline (ties count one half). A sound judge prefers the reference to
+# a corrupted version nearly always. A judge that asks for precision and concision also prefers it
+# to a verbatim copy of the post nearly always, although the copy states every salient fact: the
+# copy states every aside too, at about three times the length. Lead sentences usually state the
+# problem but rarely the ask, so they should lose on most posts; news reports open with the
+# problem and its cause (the inverted pyramid that makes lead-3 a strong baseline on
+# CNN/DailyMail), so there they lose less often.
 
 # %%
 if world is not None:
     checks = pd.read_csv(paths["judge_checks"])
+    variants = list(world_module.CORRUPTIONS + world_module.EXTRACTIVE)
     display(checks.pivot(index="variant", columns="split", values="reference_preferred_rate")
-            [list(data.SPLITS)].round(3))
+            .reindex(variants)[data.available_splits(cfg)].round(3))
     plots.judge_checks_figure(checks, cfg)
-    worst = checks.loc[checks["reference_preferred_rate"].idxmin()]
-    display(Markdown(
-        f"Across {len(checks)} split-variant pairs the judge preferred the reference on at least "
-        f"**{worst.reference_preferred_rate:.1%}** of posts (lowest: `{worst.variant}` on "
-        f"`{worst.split}`, n = {worst.n})."))
+    corrupted = checks[checks["variant"].isin(world_module.CORRUPTIONS)]
+    worst = corrupted.loc[corrupted["reference_preferred_rate"].idxmin()]
+    copy = checks[checks["variant"] == "post_copy"].set_index("split")["reference_preferred_rate"]
+    leads = checks[checks["variant"].str.startswith("lead_")]
+    lines = [f"- Against {len(corrupted)} split-variant pairs of corrupted references the judge preferred the "
+             f"reference on at least **{worst.reference_preferred_rate:.1%}** of posts (lowest: "
+             f"`{worst.variant}` on `{worst.split}`, n = {worst.n}).",
+             "- Against a verbatim copy of the post it preferred the reference on "
+             + ", ".join(f"{r:.1%} ({plots.SPLIT_LABELS[s]})" for s, r in copy.items()) + " of posts.",
+             "- Against the lead sentences: "
+             + "; ".join(f"{plots.SPLIT_LABELS[s]} " + ", ".join(
+                 f"{k} {g.set_index('variant').loc[f'lead_{k}', 'reference_preferred_rate']:.0%}" for k in (1, 2, 3))
+                 for s, g in leads.groupby("split", sort=False))
+             + " (sentences 1, 2, 3: the share of posts where the reference is preferred)."]
+    display(Markdown("\n".join(lines)))
 
 # %% [markdown]
 # ## How far is each OOD split from ID?

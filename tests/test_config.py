@@ -50,6 +50,8 @@ def test_wrong_type_names_key_and_value():
 @pytest.mark.parametrize("override, message", [
     ({"data.n_test": 0}, r"data.n_test must be at least 1, got 0"),
     ({"data.pretrain_summary_share": 1.5}, r"pretrain_summary_share must lie in \[0, 1\]"),
+    ({"data.pretrain_summary_share": 0.6, "data.pretrain_comment_share": 0.5},
+     r"pretrain_summary_share \(0.6\) plus data.pretrain_comment_share \(0.5\) must be at most 1"),
     ({"world.heldout_domains": ["atlantis"]}, r"unknown domain\(s\) \['atlantis'\]"),
     ({"world.heldout_domains": []}, r"heldout_domains is empty"),
     ({"world.labeller_temperature": 0.0}, r"labeller_temperature must be > 0"),

@@ -1,9 +1,10 @@
 import os
+import random
 
 import pandas as pd
 import pytest
 from conftest import FIXTURES
-from gendiv import data
+from gendiv import data, world
 from gendiv.config import load_profile
 
 
@@ -42,6 +43,25 @@ def test_pretraining_corpus_covers_both_genres_with_few_summaries(smoke_cfg):
     assert any(d.startswith("SUBREDDIT:") for d in docs) and any(d.startswith("ARTICLE:") for d in docs)
     with_summary = sum("TL;DR:" in d for d in docs) / len(docs)
     assert 0 < with_summary < 0.15
+    assert not any("COMMENT:" in d for d in docs)  # smoke asks for no comments
+
+
+def test_pretraining_comments_quote_the_post_verbatim(smoke_cfg):
+    cfg = load_profile("smoke", **{"data.n_pretrain_docs": 600, "data.pretrain_summary_share": 0.2,
+                                   "data.pretrain_comment_share": 0.5})
+    world = data.make_world(cfg)
+    docs = data.pretraining_corpus(world, cfg)
+    kinds = [("tldr" if "\nTL;DR:" in d else "comment" if "\nCOMMENT: " in d else "post") for d in docs]
+    assert abs(kinds.count("comment") / len(docs) - 0.5) < 0.07
+    assert abs(kinds.count("tldr") / len(docs) - 0.2) < 0.06
+    for doc in [d for d, k in zip(docs, kinds) if k == "comment"]:
+        post, comment = doc.split("\nCOMMENT: ")
+        quotes = [line[2:] for line in comment.split("\n") if line.startswith("> ")]
+        assert 1 <= len(quotes) <= 3
+        assert all(q in post for q in quotes), doc  # read back word for word
+        assert world.lex.parse(comment) <= world.lex.parse(post)  # the replies add no facts
+    with pytest.raises(ValueError, match="Unknown pre-training document kind 'reply'"):
+        data.pretraining_document(world.make_example(random.Random(0), "cooking", "forum", "u", "t"), "reply")
 
 
 # ---- hub loaders on fixtures in each dataset's own schema ----
@@ -119,12 +139,15 @@ def test_world_stage_writes_the_results_contract(smoke_cfg):
     assert list(splits.columns) == data.SPLITS_COLUMNS
     assert list(checks.columns) == data.JUDGE_CHECK_COLUMNS
     assert set(splits["split"]) == set(data.SPLITS)
-    assert set(checks["variant"]) == {"truncated", "other_post", "empty", "shuffled", "hallucinated"}
+    assert set(checks["variant"]) == {"truncated", "other_post", "empty", "shuffled", "hallucinated",
+                                      "lead_1", "lead_2", "lead_3", "post_copy"}
     tests = splits[splits.role == "test"].set_index("split")
     # The graded shift: OOD-far is further from ID than OOD-near, which is further than ID test.
     dist = tests["embedding_distance_from_id"]
     assert dist["id"] < dist["ood_near"] < dist["ood_far"]
     assert tests.loc["ood_far", "vocab_overlap_with_id"] < tests.loc["id", "vocab_overlap_with_id"]
-    assert (checks["reference_preferred_rate"] >= 0.9).all()  # smoke sizes: 24 posts
+    corrupted = checks[checks["variant"].isin(world.CORRUPTIONS)]
+    assert (corrupted["reference_preferred_rate"] >= 0.9).all()  # smoke sizes: 24 posts
+    assert (checks[checks["variant"] == "post_copy"]["reference_preferred_rate"] >= 0.9).all()
     assert os.path.exists(paths["pretrain_corpus"])
     assert data.available_splits(smoke_cfg) == list(data.SPLITS)

@@ -1,7 +1,8 @@
 import random
 
 import pytest
-from gendiv.world import CORRUPTIONS, NARRATOR, Example, Fact, Lexicon, World, lexicon, words
+from gendiv.world import (CORRUPTIONS, EXTRACTIVE, NARRATOR, Example, Fact, Lexicon, UtilityWeights, World,
+                          lead_sentences, lexicon, words)
 
 HELDOUT = ("gardening", "travel", "techsupport", "mechanic")
 
@@ -121,6 +122,39 @@ def test_judge_prefers_the_reference_over_each_corruption(world, examples, varia
         wins = [world.judge(ex.reference, world.corrupt(variant, ex, sub[(i + 5) % len(sub)], rng), ex)
                 for i, ex in enumerate(sub)]
         assert sum(wins) / len(wins) >= 0.97, (variant, genre)
+
+
+def _reference_preferred(world, examples, variant, genre):
+    sub = [e for e in examples if e.genre == genre]
+    return sum(world.judge(ex.reference, world.corrupt(variant, ex, ex, random.Random(0)), ex)
+               for ex in sub) / len(sub)
+
+
+@pytest.mark.parametrize("genre", ["forum", "news"])
+def test_judge_rewards_concision_a_copy_of_the_post_loses(world, examples, genre):
+    # A verbatim copy states every salient fact; only its length and asides can make it lose.
+    assert _reference_preferred(world, examples, "post_copy", genre) >= 0.95
+    # The length cost is what does it: at the old 0.01 a word, the copy won on about a fifth of posts.
+    lenient = World(seed=0, heldout_domains=HELDOUT, weights=UtilityWeights(excess_word_cost=0.01))
+    assert _reference_preferred(lenient, examples, "post_copy", genre) < 0.9
+
+
+def test_lead_sentences_lose_on_most_posts(world, examples):
+    for k in (1, 2, 3):
+        for genre in ("forum", "news"):
+            assert _reference_preferred(world, examples, f"lead_{k}", genre) > 0.6, (k, genre)
+    # Forum posts open with an aside or the problem and hold the ask at the end: lead sentences
+    # lose more often there than in news, which opens with the problem and its cause.
+    assert _reference_preferred(world, examples, "lead_2", "forum") > _reference_preferred(
+        world, examples, "lead_2", "news")
+
+
+def test_lead_sentences_cut_at_sentence_ends():
+    text = "First one. Is this second? Third! Fourth."
+    assert lead_sentences(text, 1) == "First one."
+    assert lead_sentences(text, 3) == "First one. Is this second? Third!"
+    assert lead_sentences(text, None) == text
+    assert set(EXTRACTIVE) == {"lead_1", "lead_2", "lead_3", "post_copy"}
 
 
 def test_judge_is_antisymmetric_with_ties_as_half(world, examples):

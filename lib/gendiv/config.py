@@ -56,6 +56,9 @@ class DataConfig:
     """Documents in the pre-training corpus (all domains, both genres)."""
     pretrain_summary_share: float = 0.05
     """Share of pre-training documents that end with their TL;DR."""
+    pretrain_comment_share: float = 0.0
+    """Share of pre-training documents that end with a reader's comment quoting sentences of the
+    post verbatim (text that rewards reading back); the rest are bare posts and reports."""
     n_shift_sample: int = 200
     """Texts per split embedded to measure the shift from ID (mean all-MiniLM-L6-v2 distance)."""
     tldr_source: str = "UCL-DARK/openai-tldr-filtered"
@@ -367,8 +370,12 @@ def _validate(cfg: Config) -> None:
                  "n_pretrain_docs", "n_shift_sample"):
         if getattr(d, name) < 1:
             raise ConfigError(f"data.{name} must be at least 1, got {getattr(d, name)}.")
-    if not 0.0 <= d.pretrain_summary_share <= 1.0:
-        raise ConfigError(f"data.pretrain_summary_share must lie in [0, 1], got {d.pretrain_summary_share}.")
+    for name in ("pretrain_summary_share", "pretrain_comment_share"):
+        if not 0.0 <= getattr(d, name) <= 1.0:
+            raise ConfigError(f"data.{name} must lie in [0, 1], got {getattr(d, name)}.")
+    if d.pretrain_summary_share + d.pretrain_comment_share > 1.0:
+        raise ConfigError(f"data.pretrain_summary_share ({d.pretrain_summary_share}) plus "
+                          f"data.pretrain_comment_share ({d.pretrain_comment_share}) must be at most 1.")
     if d.source not in ("world", "tldr"):
         raise ConfigError(f"data.source must be 'world' or 'tldr', got {d.source!r}.")
     domains = sorted(lexicon().domains)

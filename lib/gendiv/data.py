@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from gendiv import runs
 from gendiv.config import Config
-from gendiv.world import CORRUPTIONS, Example, World, words
+from gendiv.world import CORRUPTIONS, EXTRACTIVE, Example, World, words
 
 SPLITS = ("id", "ood_near", "ood_far")
 ID_ROLES = ("sft_train", "sft_val", "comparisons", "rl", "test")
@@ -226,26 +226,46 @@ def world_split(world: World, cfg: Config, split: str, role: str, n: int) -> lis
     return out
 
 
-def pretraining_document(ex: Example, with_summary: bool) -> str:
-    """A pre-training document: the example in its prompt format, ending in its TL;DR if asked
-    (the EOS between documents is added when the corpus is packed)."""
+PRETRAINING_KINDS = ("post", "tldr", "comment")
+
+
+def pretraining_document(ex: Example, kind: str = "post", comment: str = "") -> str:
+    """A pre-training document: the example in its prompt format, then (``kind``) nothing, its
+    TL;DR, or a reader's comment quoting it (``comment``, from :meth:`World.comment`). The EOS
+    between documents is added when the corpus is packed."""
     text = format_prompt(ex)
-    return text + sft_target(ex.reference, "") if with_summary else text.rsplit("\n", 1)[0]
+    post = text.rsplit("\n", 1)[0]
+    if kind == "tldr":
+        return text + sft_target(ex.reference, "")
+    if kind == "comment":
+        return f"{post}\nCOMMENT: {comment}"
+    if kind == "post":
+        return post
+    raise ValueError(f"Unknown pre-training document kind {kind!r}; choose from {PRETRAINING_KINDS}.")
 
 
 def pretraining_corpus(world: World, cfg: Config) -> list[str]:
-    """Documents over all domains and both genres (2 forum : 1 news); a small share ends in a TL;DR.
+    """Documents over all domains and both genres (2 forum : 1 news): a share
+    (``data.pretrain_summary_share``) ends in a TL;DR, a share (``data.pretrain_comment_share``)
+    in a comment that quotes the post, the rest is the bare post or report.
 
-    The base model thus sees the OOD language, as a pretrained LLM has, but little summarisation.
+    The base model thus sees the OOD language, as a pretrained LLM has, and text that rewards
+    reading a post back (as quoting replies do in a real forum corpus).
     """
     rng = random.Random(f"{cfg.seed}/pretrain")
-    n = cfg.data.n_pretrain_docs
+    d = cfg.data
     names = list(world.lex.domains)
     docs = []
-    for i in range(n):
+    for i in range(d.n_pretrain_docs):
         genre = "news" if i % 3 == 2 else "forum"
         ex = world.make_example(rng, rng.choice(names), genre, f"pre-{i}", "pretrain")
-        docs.append(pretraining_document(ex, rng.random() < cfg.data.pretrain_summary_share))
+        u = rng.random()
+        if u < d.pretrain_summary_share:
+            docs.append(pretraining_document(ex, "tldr"))
+        elif u < d.pretrain_summary_share + d.pretrain_comment_share:
+            docs.append(pretraining_document(ex, "comment", world.comment(rng, ex)))
+        else:
+            docs.append(pretraining_document(ex, "post"))
     return docs
 
 
@@ -321,10 +341,11 @@ def shift_measures(records: dict[tuple[str, str], list[dict]], cfg: Config) -> p
 
 # ---------------------------------------------------------------- judge checks
 def judge_checks(world: World, tests: dict[str, list[Example]], seed: int) -> pd.DataFrame:
-    """How often the gold judge prefers the reference over each corrupted variant (ties = 1/2)."""
+    """How often the gold judge prefers the reference over each corrupted variant of it and each
+    extractive baseline taken from the post (``world.CORRUPTIONS + world.EXTRACTIVE``; ties = 1/2)."""
     rows = []
     for split, exs in tests.items():
-        for variant in CORRUPTIONS:
+        for variant in CORRUPTIONS + EXTRACTIVE:
             rng = random.Random(f"{seed}/judge/{split}/{variant}")
             wins = []
             for i, ex in enumerate(exs):
@@ -339,7 +360,7 @@ def judge_demo(world: World, ex: Example, other: Example, seed: int) -> pd.DataF
     """The judge at work on one example: each variant's text and its utility breakdown
     (``other`` supplies the other-post summary)."""
     rng = random.Random(f"{seed}/demo")
-    rows = [("reference", ex.reference)] + [(v, world.corrupt(v, ex, other, rng)) for v in CORRUPTIONS]
+    rows = [("reference", ex.reference)] + [(v, world.corrupt(v, ex, other, rng)) for v in CORRUPTIONS + EXTRACTIVE]
     out = []
     for name, text in rows:
         u = world.utility(text, ex)

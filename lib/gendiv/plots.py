@@ -36,10 +36,11 @@ def grouped_bars(frame: pd.DataFrame, x: str, y: str, hue: str, *, name: str, cf
                  order: list[str] | None = None, hue_order: list[str] | None = None) -> plt.Figure:
     """Bars of ``y`` by ``x`` and ``hue`` (one value per bar), with the value printed on top."""
     set_theme()
-    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    n_x = len(order) if order is not None else frame[x].nunique()
+    fig, ax = plt.subplots(figsize=(max(7.5, 1.1 * n_x + 1), 3.8))  # room for each group's labels
     sns.barplot(frame, x=x, y=y, hue=hue, order=order, hue_order=hue_order, ax=ax, errorbar=None)
     for container in ax.containers:
-        ax.bar_label(container, fmt="%.2f", fontsize=8, padding=2)
+        ax.bar_label(container, fmt="%.2f", fontsize=7 if n_x > 6 else 8, padding=2)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     if ylim:
         ax.set_ylim(*ylim)
@@ -50,12 +51,13 @@ def grouped_bars(frame: pd.DataFrame, x: str, y: str, hue: str, *, name: str, cf
 
 
 def judge_checks_figure(frame: pd.DataFrame, cfg: Config) -> plt.Figure:
-    """Reference-preferred rate per corruption variant and split (results/judge_checks.csv)."""
+    """Reference-preferred rate per variant (corrupted references, then extractive baselines) and
+    split (results/judge_checks.csv)."""
     frame = frame.assign(split=frame["split"].map(SPLIT_LABELS).fillna(frame["split"]))
     return grouped_bars(frame, "variant", "reference_preferred_rate", "split", name="judge_checks",
-                        cfg=cfg, xlabel="corrupted variant of the reference",
+                        cfg=cfg, xlabel="corrupted reference, or extractive baseline from the post",
                         ylabel="reference preferred (share of posts)",
-                        title="The gold judge prefers references over corrupted versions",
+                        title="The gold judge against corrupted references and copies of the post",
                         ylim=(0, 1.08))
 
 

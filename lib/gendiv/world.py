@@ -216,6 +216,17 @@ SUMMARY_FACT = {
 SUMMARY_TAILS = ["Any advice appreciated.", "Idk what to do.", "Please help, I'm lost.",
                  "Would love some advice from people who have been through this.",
                  "I feel like I'm going crazy here and could really use some help."]
+COMMENT_REPLIES = {
+    "forum": ["Same thing happened to me last year.", "That sounds really stressful, sorry.",
+              "I would not wait on this one.", "Been there, it does get better.",
+              "Have you talked to them about it yet?", "Honestly this is more common than you think.",
+              "Write everything down, just in case.", "Take a breath first, then decide.",
+              "You are not overreacting here.", "Sending good vibes your way."],
+    "news": ["Hard to believe this is still happening.", "Someone should have seen this coming.",
+             "Glad somebody finally reported on it.", "Curious to see how this one ends.",
+             "This is the third story like it this month.", "Wow, what a week for everyone there."],
+}
+"""Replies of the comments that quote a post in the pre-training corpus (:meth:`World.comment`)."""
 CITIES = ["LONDON", "LEEDS", "BRISTOL", "GLASGOW", "CARDIFF", "YORK", "NORWICH", "EXETER",
           "BOSTON", "DENVER", "PORTLAND", "AUSTIN"]
 OUTLETS = ["Newswire", "The Ledger", "Daily Courier", "Evening Post"]
@@ -289,18 +300,38 @@ class Utility:
 
 @dataclass(frozen=True)
 class UtilityWeights:
-    """Weights of the gold utility; one place, documented in the book's world page."""
+    """Weights of the gold utility (:meth:`World.utility`); the book's world page shows them as
+    chapter 1 reads them from here.
+
+    The paper's GPT-4 judge is asked which summary "captures the most important points of the
+    post, precisely and concisely". Coverage of the salient facts is the reward; facts the post
+    does not contain, distractors and words past the length budget are the imprecision and
+    verbosity it punishes. The length cost is set so that a verbatim copy of the whole post loses
+    to the reference on nearly every post (at least 95%, tested): a copy states every salient
+    fact, and only its length and its distractors can make it lose.
+    """
 
     minor_bonus: float = 0.05
+    """Added per minor fact stated (a detail that is true of the post but not its point)."""
     distractor_cost: float = 0.1
+    """Subtracted per distractor stated (an aside unrelated to the post's problem)."""
     hallucination_cost: float = 0.35
+    """Subtracted per fact the post does not contain."""
     length_budget_forum: int = 32
+    """Words a forum summary may use before each further word costs ``excess_word_cost``."""
     length_budget_news: int = 36
-    excess_word_cost: float = 0.01
+    """The same budget for a news summary."""
+    excess_word_cost: float = 0.03
+    """Subtracted per word past the budget (a 64-word post copied in full loses about 1)."""
     repetition_cost: float = 1.0
+    """Times the share of repeated word trigrams."""
     unterminated_cost: float = 0.05
+    """Subtracted when the summary does not end in ., ! or ?."""
     empty_utility: float = -0.1
+    """The utility of an empty summary."""
     fluency_floor: float = 0.85
+    """Fluency (share of world bigrams) at or above which coverage counts in full; below it,
+    coverage is scaled by (fluency / floor) squared."""
 
 
 class World:
@@ -419,6 +450,14 @@ class World:
         ex.reference = self.reference(rng, ex, wording)
         return ex
 
+    def comment(self, rng: random.Random, ex: Example) -> str:
+        """A reader's comment on ``ex`` that quotes one to three of its sentences verbatim (each
+        on a line after "> ", in the post's order) and replies to each: the pre-training
+        documents in which reading the post back is the only way to predict the text."""
+        sentences = [s for s in _SENTENCE_END.split(ex.body.strip()) if len(words(s)) > 2]
+        picked = sorted(rng.sample(range(len(sentences)), min(len(sentences), rng.randint(1, 3))))
+        return "\n".join(f"> {sentences[i]}\n{rng.choice(COMMENT_REPLIES[ex.genre])}" for i in picked)
+
     REUSE_WORDING = 0.75
     """Probability that a reference states a fact in the post's own words (else a synonym)."""
 
@@ -526,6 +565,38 @@ class World:
         return Utility(coverage, n_minor, n_distractor, hallucinated, flu, len(toks), repetition,
                        terminated, total)
 
+    def judge_terms(self) -> list[dict[str, str]]:
+        """What the gold utility rewards and punishes, with this world's weights: one row per term
+        (``term``, ``effect``, ``weight``), for the book's world page."""
+        w = self.weights
+        salient = ", ".join(f"{role} {weight:g}" for role, weight in SALIENT_WEIGHTS.items())
+        return [
+            {"term": "salient facts stated (coverage)", "effect": "rewards",
+             "weight": f"up to +1: the stated share of the post's salient weight ({salient})"},
+            {"term": "minor facts stated", "effect": "rewards (a little)", "weight": f"+{w.minor_bonus:g} each"},
+            {"term": "distractors stated", "effect": "punishes", "weight": f"-{w.distractor_cost:g} each"},
+            {"term": "facts the post does not contain", "effect": "punishes",
+             "weight": f"-{w.hallucination_cost:g} each"},
+            {"term": "words past the length budget", "effect": "punishes",
+             "weight": f"-{w.excess_word_cost:g} a word past {w.length_budget_forum} (forum) or "
+                       f"{w.length_budget_news} (news) words"},
+            {"term": "repeated word trigrams", "effect": "punishes",
+             "weight": f"-{w.repetition_cost:g} x their share"},
+            {"term": "word salad", "effect": "punishes",
+             "weight": f"coverage scaled by min(1, fluency / {w.fluency_floor:g})^2"},
+            {"term": "no final punctuation", "effect": "punishes", "weight": f"-{w.unterminated_cost:g}"},
+            {"term": "empty summary", "effect": "punishes", "weight": f"utility {w.empty_utility:g}"},
+        ]
+
+    def utility_formula(self) -> str:
+        """The gold utility as a LaTeX display equation, with this world's weights."""
+        w = self.weights
+        return (rf"u = (\text{{coverage}} + {w.minor_bonus:g}\, n_\text{{minor}})\, f"
+                rf" - {w.distractor_cost:g}\, n_\text{{distractor}}"
+                rf" - {w.hallucination_cost:g}\, n_\text{{hallucinated}}"
+                rf" - {w.excess_word_cost:g} \max(0, n_\text{{words}} - B) - {w.repetition_cost:g}\, r"
+                rf" - {w.unterminated_cost:g}\,[\text{{unterminated}}]")
+
     def judge(self, summary_a: str, summary_b: str, ex: Example) -> float:
         """The deterministic gold judge: 1 if A is better, 0 if B is, 0.5 on a tie."""
         ua, ub = self.utility(summary_a, ex).total, self.utility(summary_b, ex).total
@@ -546,10 +617,14 @@ class World:
         """The facts a text asserts: the oracle diversity metric's unit."""
         return frozenset(self.lex.parse(text))
 
-    # ---- corrupted variants (the judge checks of notebook 01) ----
+    # ---- corrupted variants and extractive baselines (the judge checks of notebook 01) ----
     def corrupt(self, variant: str, ex: Example, other: Example, rng: random.Random) -> str:
-        """A corrupted version of ``ex.reference``: truncated, other_post, empty, shuffled or hallucinated."""
+        """A corrupted version of ``ex.reference`` (truncated, other_post, empty, shuffled or
+        hallucinated), or an extractive baseline taken from the post itself
+        (:data:`EXTRACTIVE`: its first one, two or three sentences, or the whole post)."""
         ref = ex.reference
+        if variant in EXTRACTIVE:
+            return lead_sentences(ex.body, None if variant == "post_copy" else int(variant[-1]))
         if variant == "truncated":
             toks = ref.split()
             return " ".join(toks[: max(1, len(toks) // 3)])
@@ -566,7 +641,7 @@ class World:
             return " ".join(toks)
         if variant == "hallucinated":
             return ref + " " + self.hallucinated_sentence(ex, rng)
-        raise ValueError(f"Unknown corruption variant {variant!r}; choose from {CORRUPTIONS}.")
+        raise ValueError(f"Unknown judge-check variant {variant!r}; choose from {CORRUPTIONS + EXTRACTIVE}.")
 
     def hallucinated_sentence(self, ex: Example, rng: random.Random) -> str:
         """A fluent sentence asserting a fact of the example's domain that the example does not contain."""
@@ -579,3 +654,16 @@ class World:
 
 
 CORRUPTIONS = ("truncated", "other_post", "empty", "shuffled", "hallucinated")
+"""Corrupted references: the judge should prefer the reference to each on nearly every post."""
+EXTRACTIVE = ("lead_1", "lead_2", "lead_3", "post_copy")
+"""Extractive baselines: the post's first k sentences, and the whole post verbatim. A copy of the
+post states every salient fact but also every aside, at three times a reference's length: it
+should lose on nearly every post. Lead sentences hold the problem (and in news, where reports
+open with the problem and its cause, often the cause too) but rarely the ask, and spend words on
+openers and asides: they should lose on most posts, less often on news."""
+_SENTENCE_END = re.compile(r"(?<=[.?!])\s+")
+
+
+def lead_sentences(text: str, k: int | None) -> str:
+    """The first ``k`` sentences of ``text`` (all of it when ``k`` is None), as written."""
+    return text.strip() if k is None else " ".join(_SENTENCE_END.split(text.strip())[:k])
