@@ -191,8 +191,8 @@ display(Markdown(
 # %% [markdown]
 # ## What this chapter produced
 #
-# `results/splits.csv` and `results/judge_checks.csv` in the run folder, the data files of every
-# split under `data/`, and the pre-training corpus that the next chapter trains the base model on.
+# `results/splits.csv` and `results/judge_checks.csv` in the run folder, and the data files of
+# every split under `data/`.
 
 # %%
 print("\n".join(f"{name}: {path}" for name, path in sorted(paths.items())))

@@ -23,11 +23,13 @@
 #
 # The paper fine-tunes LLaMA-7B on Reddit TL;DR for one epoch (learning rate 3e-5, cosine
 # schedule), with the loss on the summary tokens only and prompts truncated on the left. There is
-# no pretrained model of the miniature world's language, so for the `tiny` profile this chapter
-# first trains a byte-level BPE tokenizer and **pre-trains a small Llama** on the world's corpus
-# (all domains, both genres, few summaries), the stand-in for a pretrained LLM. Then it
-# fine-tunes that base model on the ID demonstrations with TRL's `SFTTrainer`, samples from both
-# models on every test split, and scores the samples with the gold judge's utility.
+# no pretrained model of the miniature world's language, so the `tiny` profile starts from a
+# **small Llama pre-trained on the world's corpus** (all domains, both genres; some documents end
+# in a TL;DR or in a comment quoting the post), the stand-in for a pretrained LLM. As the paper's
+# LLaMA, it was pre-trained once, before this run, by a deterministic command, and ships with the
+# package; this chapter shows where it came from and measures it. Then it fine-tunes that base
+# model on the ID demonstrations with TRL's `SFTTrainer`, samples from both models on every test
+# split, and scores the samples with the gold judge's utility.
 
 # %% tags=["remove-cell"]
 # Colab only: fetch the repository and install gendiv (does nothing elsewhere).
@@ -53,32 +55,50 @@ import json
 import pandas as pd
 from IPython.display import Markdown, display
 
-from gendiv import data, evaluation, models, plots, runs, sft, stats
+from gendiv import data, evaluation, models, plots, pretraining, runs, sft, stats
 
 cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 
 # %% [markdown]
 # ## The base model
 #
-# For `model.base: tiny`, a tokenizer and a small Llama are trained here on the pre-training
-# corpus of chapter 1; for `smollm2` or a hub model this step only records where the checkpoint is.
+# For `model.base: tiny` the base is the checkpoint shipped in `gendiv/pretrained/tiny`, made by
+# `gendiv pretrain --profile tiny`; the stage checks that it was made by this profile's recipe
+# (architecture, corpus, pre-training settings, and the world's text generator) and measures its
+# perplexity on documents it never saw. `model.base: scratch` pre-trains it here instead; for
+# `smollm2` or a hub model this step only records where the checkpoint is.
 
 # %%
-base_paths = models.build_base(cfg, force=force)
-base = models.load_causal_lm(models.base_path(cfg), models.pick_device(cfg.model.device))
-print(f"Base model: {type(base).__name__}, {models.count_parameters(base).total:,} parameters")
+base_paths = pretraining.build_base(cfg, force=force)
+base_info = json.loads(base_paths["base_ref"].read_text())
+base = models.load_causal_lm(pretraining.base_path(cfg), models.pick_device(cfg.model.device))
+print(f"Base model: {type(base).__name__}, {models.count_parameters(base).total:,} parameters, from {base_info['path']}")
 del base
 
 # %%
 if "pretrain_log" in base_paths:
+    made = base_info["manifest"]
     pretrain_log = pd.read_csv(base_paths["pretrain_log"])
     plots.curves(pretrain_log, "tokens", "train_loss", name="pretrain_loss", cfg=cfg,
                  xlabel="training tokens", ylabel="next-token loss (nats)",
                  title="Pre-training the base model on the world's corpus")
-    final = pretrain_log.dropna(subset=["val_perplexity"]).iloc[-1]
-    display(Markdown(f"After {int(final.tokens):,} tokens ({final.seconds:.0f} s) the held-out perplexity "
-                     f"is **{final.val_perplexity:.2f}** (a uniform guess over the vocabulary would score "
-                     f"{cfg.model.vocab_size:,})."))
+    probe_cols = [c for c in pretrain_log.columns if c.endswith("_utility")]
+    if probe_cols:
+        probe = pretrain_log.dropna(subset=probe_cols).melt(
+            id_vars="tokens", value_vars=probe_cols, var_name="split", value_name="utility")
+        probe["split"] = probe["split"].str.removesuffix("_utility").map(plots.SPLIT_LABELS)
+        plots.curves(probe, "tokens", "utility", hue="split", name="pretrain_probe", cfg=cfg,
+                     xlabel="training tokens", ylabel="mean gold utility of its TL;DRs",
+                     title="The base model learning to summarise while it pre-trains")
+    origin = (f"shipped with the package, made by `{made['command']}` on {made['device']} in "
+              f"{made['wall_time_s'] / 60:.0f} minutes ({made['finished_at']})") if base_info["shipped"] else \
+        f"pre-trained in this run in {made['wall_time_s']:.0f} s"
+    display(Markdown(
+        f"The base model ({made['parameters']:,} parameters) was {origin}: {made['steps']:,} steps over "
+        f"{made['tokens']:,} tokens of {made['documents']:,} documents. Its held-out perplexity was "
+        f"{made['val_perplexity']:.2f} at the end of pre-training; measured in this run on "
+        f"{base_info['heldout_documents']} documents it never saw, it is **{base_info['heldout_perplexity']:.2f}** "
+        f"(a uniform guess over the vocabulary would score {cfg.model.vocab_size:,})."))
 
 # %% [markdown]
 # ## Supervised fine-tuning

@@ -61,10 +61,14 @@ cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 # %% [markdown]
 # ## Comparison data
 #
-# For each ID comparison prompt the SFT model writes two summaries, one at temperature 1 and one
-# at `reward.second_temperature`; the simulated labeller prefers one with probability
-# sigmoid((u_A - u_B) / tau). A share of prompts (`reward.heldout_share`) is held out for
-# measuring the RM. How often does the labeller agree with the exact judge?
+# For each ID comparison prompt the labeller compares two summaries: an SFT sample at temperature
+# 1 against a second SFT sample (at a temperature drawn from `reward.second_temperatures`), a
+# sample of the base model (`reward.base_pair_share` of the prompts), or the prompt's reference
+# (`reward.reference_pair_share`). Like the paper's comparison data, which pits many policies and
+# human references against each other, the mix gives the RM pairs of varied contrast. The
+# simulated labeller prefers one summary with probability sigmoid((u_A - u_B) / tau). A share of
+# prompts (`reward.heldout_share`) is held out for measuring the RM. How often does the labeller
+# agree with the exact judge?
 
 # %%
 comparison_paths = reward.build_comparisons(cfg, force=force)
@@ -74,12 +78,15 @@ everything = pd.concat([train.assign(part="train"), heldout.assign(part="held ou
 if "utility_a" in everything:
     decided = everything[everything["preferred"] >= 0]
     agreement = float((decided["label"] == decided["preferred"]).mean())
-    summary = pd.DataFrame({
-        "pairs": everything.groupby("part").size(),
-        "judge ties": everything.groupby("part")["preferred"].apply(lambda p: float((p < 0).mean())),
-        "mean utility, sample at T=1": everything.groupby("part")["utility_a"].mean(),
-        "mean utility, second sample": everything.groupby("part")["utility_b"].mean(),
-    })
+    everything["sft_utility"] = np.where(everything["sft_side"] == "a", everything["utility_a"],
+                                         everything["utility_b"])
+    everything["other_utility"] = np.where(everything["sft_side"] == "a", everything["utility_b"],
+                                           everything["utility_a"])
+    everything["agrees"] = (everything["label"] == everything["preferred"]).where(everything["preferred"] >= 0)
+    summary = everything.groupby("kind").agg(
+        pairs=("uid", "size"), judge_ties=("preferred", lambda p: float((p < 0).mean())),
+        sft_sample_utility=("sft_utility", "mean"), other_side_utility=("other_utility", "mean"),
+        labeller_agrees=("agrees", "mean"))
     display(summary.round(3))
     display(Markdown(f"Where the judge is not tied, the labeller agrees with it on **{agreement:.1%}** of "
                      f"{len(decided):,} pairs (tau = {cfg.world.labeller_temperature}); "
@@ -112,6 +119,11 @@ print(f"Normalisation on {normalisation['n']} held-out summaries: mean {normalis
 # %%
 accuracy = pd.read_csv(reward_paths["rm_accuracy"])
 display(accuracy.round(3))
+if "rm_accuracy_by_kind" in reward_paths:
+    by_kind = pd.read_csv(reward_paths["rm_accuracy_by_kind"])
+    display(Markdown("By kind of pair (the SFT-against-SFT pairs are the ones Best-of-N and PPO lean on):"))
+    display(by_kind.pivot(index="kind", columns="split", values="accuracy")
+            .reindex(columns=[s for s in data.SPLITS if s in set(by_kind["split"])]).round(3))
 _ = plots.bars_with_intervals(accuracy.assign(model="reward model"), "split", "accuracy", "model",
                               name="rm_accuracy", cfg=cfg, xlabel="split of the pairs",
                               ylabel="agreement with the judge (95% CI)", title="Reward-model accuracy",

@@ -145,6 +145,12 @@ lines = [f"- Proxy reward: {first['proxy_reward'].mean():.2f} over the first fif
          f"{last['proxy_reward'].mean():.2f} over the last; KL to the SFT policy {first['kl'].mean():.2f} -> "
          f"{last['kl'].mean():.2f} nats per summary (max {log['kl'].max():.2f}); responses "
          f"{first['response_length'].mean():.1f} -> {last['response_length'].mean():.1f} tokens."]
+if len(log) >= 5:
+    trend = ppo.reward_trend(log)
+    shape = ("has flattened: the last fifth of training added" if trend["flattened"] else
+             "has not flattened: the last fifth of training added")
+    lines.append(f"- The proxy reward's rise {shape} {trend['last_rise']:+.2f} of its {trend['rise']:+.2f} "
+                 "(first fifth to last fifth; it counts as flattened below a fifth of the rise).")
 if len(gold):
     for split in splits:
         sft_u = evaluation.expected_utilities(runs.read_jsonl(runs.artifact(cfg, "sft_eval", f"sft_{split}")))

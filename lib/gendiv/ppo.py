@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -427,6 +428,20 @@ class PPOTrainer:
         self.step, self.kl_coef = state["step"], state["kl_coef"]
         self.log, self.samples = state["log"], state["samples"]
         print(f"Resuming PPO from step {self.step} ({self.checkpoint_path}).")
+
+
+def reward_trend(log: pd.DataFrame, column: str = "proxy_reward", windows: int = 5,
+                 flat_share: float = 0.2) -> dict[str, float | bool]:
+    """Has the rise of ``column`` flattened? The steps are cut into ``windows`` consecutive parts;
+    ``rise`` is the last part's mean minus the first's, ``last_rise`` the last part's mean minus
+    the one before it, and the curve counts as flattened when it rose and its last part added less
+    than ``flat_share`` of the rise (with 5 parts, a straight line adds a quarter)."""
+    if len(log) < windows:
+        raise ValueError(f"reward_trend needs at least {windows} steps, got {len(log)}.")
+    means = [float(part.mean()) for part in np.array_split(log[column].to_numpy(dtype=float), windows)]
+    rise, last_rise = means[-1] - means[0], means[-1] - means[-2]
+    return {"first": means[0], "last": means[-1], "before_last": means[-2], "rise": rise, "last_rise": last_rise,
+            "flattened": bool(rise > 0 and last_rise < flat_share * rise)}
 
 
 # ------------------------------------------------------------------ stages

@@ -27,6 +27,7 @@ from transformers.utils import logging as transformers_logging
 from gendiv import data, runs, stats
 from gendiv.config import Config
 from gendiv.models import load_causal_lm, load_tokenizer, pick_device, save_pretrained_atomic, use_bf16
+from gendiv.pretraining import base_path
 from gendiv.sft import left_truncate, sample_policy, sft_path
 
 RM_ACCURACY_COLUMNS = ["split", "accuracy", "ci_low", "ci_high", "n"]
@@ -176,24 +177,58 @@ def rm_accuracy(rm: RewardModel, pairs: list[dict], seed: int) -> dict:
 
 
 # ------------------------------------------------------------------ stages
-def _sample_pairs(cfg: Config, model, tok, records: list[dict], seed: int, desc: str) -> list[tuple[str, str]]:
-    """Two samples per record: one at sampling.temperature (paper: 1), one at reward.second_temperature."""
-    t2 = cfg.reward.second_temperature
-    first = sample_policy(cfg, model, tok, records, seed, f"{desc} (T={cfg.sampling.temperature})")
-    second = sample_policy(cfg, model, tok, records, seed + 1, f"{desc} (T={t2})", temperature=t2)
-    return list(zip(first.first(), second.first()))
+PAIR_KINDS = ("sft_vs_sft", "sft_vs_base", "sft_vs_reference")
+RM_ACCURACY_BY_KIND_COLUMNS = ["split", "kind", "accuracy", "ci_low", "ci_high", "n"]
 
 
-def _judged_pairs(world, records: list[dict], pairs: list[tuple[str, str]], rng: random.Random,
+def pair_kinds(cfg: Config, n: int, rng: random.Random) -> list[str]:
+    """The kind of pair of each of ``n`` prompts, drawn with the profile's shares
+    (reward.base_pair_share, reward.reference_pair_share; the rest SFT against SFT)."""
+    r = cfg.reward
+    out = []
+    for _ in range(n):
+        u = rng.random()
+        out.append("sft_vs_base" if u < r.base_pair_share else
+                   "sft_vs_reference" if u < r.base_pair_share + r.reference_pair_share else "sft_vs_sft")
+    return out
+
+
+def _sample_pairs(cfg: Config, sft_model, base_model, tok, records: list[dict], kinds: list[str], seed: int,
+                  desc: str, rng: random.Random) -> list[tuple[str, str]]:
+    """A pair per record, of its kind: an SFT sample at sampling.temperature (paper: 1) against a
+    second SFT sample (at a temperature drawn from reward.second_temperatures), a base-model
+    sample, or the record's reference."""
+    first = sample_policy(cfg, sft_model, tok, records, seed, f"{desc}: SFT (T={cfg.sampling.temperature})").first()
+    second: list[str] = [""] * len(records)
+    temperatures = [rng.choice(cfg.reward.second_temperatures) for _ in records]
+    groups: dict[tuple[str, float], list[int]] = {}
+    for i, (kind, t) in enumerate(zip(kinds, temperatures)):
+        if kind == "sft_vs_reference":
+            second[i] = records[i]["reference"]
+        else:
+            groups.setdefault((kind, t if kind == "sft_vs_sft" else cfg.sampling.temperature), []).append(i)
+    for n, ((kind, t), idx) in enumerate(sorted(groups.items())):
+        model, who = (sft_model, "SFT") if kind == "sft_vs_sft" else (base_model, "base")
+        texts = sample_policy(cfg, model, tok, [records[i] for i in idx], seed + 1 + n, f"{desc}: {who} (T={t:g})",
+                              temperature=t).first()
+        for i, text in zip(idx, texts):
+            second[i] = text
+    return list(zip(first, second))
+
+
+def _judged_pairs(world, records: list[dict], pairs: list[tuple[str, str]], kinds: list[str], rng: random.Random,
                   label: bool) -> list[dict]:
-    """Pairs with gold utilities, the judge's preference and (``label``) the labeller's choice."""
+    """Pairs with their kind, gold utilities, the judge's preference and (``label``) the labeller's
+    choice. Which side of a pair is ``a`` is drawn at random, so position says nothing."""
     rows = []
-    for rec, (a, b) in zip(records, pairs):
+    for rec, (sft_text, other), kind in zip(records, pairs, kinds):
+        sft_side = "a" if rng.random() < 0.5 else "b"
+        a, b = (sft_text, other) if sft_side == "a" else (other, sft_text)
         ex = data.Example.from_dict(rec)
         ua, ub = world.utility(a, ex).total, world.utility(b, ex).total
         judge = world.judge(a, b, ex)
-        row = {"uid": rec["uid"], "split": rec["split"], "prompt": rec["prompt"], "a": a, "b": b,
-               "utility_a": ua, "utility_b": ub, "preferred": {1.0: 0, 0.0: 1}.get(judge, -1)}
+        row = {"uid": rec["uid"], "split": rec["split"], "prompt": rec["prompt"], "kind": kind, "a": a, "b": b,
+               "sft_side": sft_side, "utility_a": ua, "utility_b": ub, "preferred": {1.0: 0, 0.0: 1}.get(judge, -1)}
         if label:
             row["label"] = 1 - world.label(a, b, ex, rng)  # 0: labeller prefers a, 1: prefers b
             row["chosen"], row["rejected"] = (a, b) if row["label"] == 0 else (b, a)
@@ -202,9 +237,11 @@ def _judged_pairs(world, records: list[dict], pairs: list[tuple[str, str]], rng:
 
 
 def build_comparisons(cfg: Config, force: bool = False) -> dict[str, Path]:
-    """Stage ``comparisons`` (notebook 03): pairs of SFT samples on the ID comparison prompts,
+    """Stage ``comparisons`` (notebook 03): a pair per ID comparison prompt (SFT against SFT,
+    against the base model or against the reference, in the profile's shares: :func:`pair_kinds`)
     labelled by the simulated labeller (or the hub's human comparisons for data.source 'tldr');
-    plus unlabelled judged pairs on OOD test prompts for measuring RM accuracy out of distribution."""
+    plus unlabelled judged pairs of the same kinds on OOD test prompts, for measuring RM accuracy
+    out of distribution."""
     def body(root: Path) -> dict[str, Path]:
         records = data.load_split(cfg, "id", "comparisons")
         n_held = max(1, int(round(cfg.reward.heldout_share * len(records))))
@@ -218,15 +255,22 @@ def build_comparisons(cfg: Config, force: bool = False) -> dict[str, Path]:
         world = data.make_world(cfg)
         device = pick_device(cfg.model.device)
         model, tok = load_causal_lm(sft_path(cfg), device), load_tokenizer(sft_path(cfg))
-        pairs = _sample_pairs(cfg, model, tok, records, cfg.seed, "comparison pairs")
-        rows = _judged_pairs(world, records, pairs, random.Random(f"{cfg.seed}/labeller"), label=True)
-        paths["comparisons_train"] = runs.write_jsonl(root / "data" / "comparisons_train.jsonl", rows[:-n_held])
-        paths["comparisons_heldout"] = runs.write_jsonl(root / "data" / "comparisons_heldout.jsonl", rows[-n_held:])
-        for split in data.SPLITS[1:]:
-            recs = data.load_split(cfg, split, "test")[: cfg.reward.n_eval_ood]
-            ood_pairs = _sample_pairs(cfg, model, tok, recs, cfg.seed + 7, f"{split} pairs")
-            paths[f"pairs_{split}"] = runs.write_jsonl(root / "data" / f"rm_eval_pairs_{split}.jsonl",
-                                                       _judged_pairs(world, recs, ood_pairs, None, label=False))
+        base = load_causal_lm(base_path(cfg), device) if cfg.reward.base_pair_share > 0 else None
+        for split in data.SPLITS:
+            recs = records if split == "id" else data.load_split(cfg, split, "test")[: cfg.reward.n_eval_ood]
+            rng = random.Random(f"{cfg.seed}/pairs/{split}")
+            kinds = pair_kinds(cfg, len(recs), rng)
+            pairs = _sample_pairs(cfg, model, base, tok, recs, kinds, cfg.seed + (0 if split == "id" else 7),
+                                  f"{split} pairs", rng)
+            rows = _judged_pairs(world, recs, pairs, kinds, random.Random(f"{cfg.seed}/labeller/{split}"),
+                                 label=split == "id")
+            if split == "id":
+                paths["comparisons_train"] = runs.write_jsonl(root / "data" / "comparisons_train.jsonl",
+                                                              rows[:-n_held])
+                paths["comparisons_heldout"] = runs.write_jsonl(root / "data" / "comparisons_heldout.jsonl",
+                                                                rows[-n_held:])
+            else:
+                paths[f"pairs_{split}"] = runs.write_jsonl(root / "data" / f"rm_eval_pairs_{split}.jsonl", rows)
         return paths
 
     return runs.run_stage(cfg, "comparisons", ("world", "data", "model", "pretrain", "sft", "reward", "sampling"),
@@ -235,8 +279,8 @@ def build_comparisons(cfg: Config, force: bool = False) -> dict[str, Path]:
 
 def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
     """Stage ``reward`` (notebook 03): train the RM, normalise it, measure its accuracy ID and OOD
-    against the judge (``results/rm_accuracy.csv``) and score held-out samples for the
-    RM-vs-gold scatter."""
+    against the judge (``results/rm_accuracy.csv``; by kind of pair in
+    ``logs/rm_accuracy_by_kind.csv``) and score held-out samples for the RM-vs-gold scatter."""
     def body(root: Path) -> dict[str, Path]:
         train = runs.read_jsonl(runs.artifact(cfg, "comparisons", "comparisons_train"))
         heldout = runs.read_jsonl(runs.artifact(cfg, "comparisons", "comparisons_heldout"))
@@ -254,6 +298,8 @@ def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
         runs.write_json(out / "normalisation.json", norm)
         rm.mean, rm.std = norm["mean"], norm["std"]
         rows = [{"split": "id", **rm_accuracy(rm, heldout, cfg.seed)}]
+        by_kind = [{"split": "id", "kind": kind, **rm_accuracy(rm, [p for p in heldout if p.get("kind") == kind],
+                                                              cfg.seed)} for kind in PAIR_KINDS]
         scatter = []
         for split in data.SPLITS[1:]:
             try:
@@ -263,20 +309,24 @@ def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
                              "ci_high": float("nan"), "n": 0})
                 continue
             rows.append({"split": split, **rm_accuracy(rm, pairs, cfg.seed)})
+            by_kind += [{"split": split, "kind": kind, **rm_accuracy(rm, [p for p in pairs if p["kind"] == kind],
+                                                                     cfg.seed)} for kind in PAIR_KINDS]
             scatter += [(split, p) for p in pairs]
         scatter = [("id", p) for p in heldout] + scatter
-        if all("utility_a" in p for _, p in scatter):
+        if all("utility_a" in p for _, p in scatter):  # each pair's SFT sample (T = 1)
             prompts = [p["prompt"] for _, p in scatter]
-            scores = rm.score(prompts, [p["a"] for _, p in scatter])
+            scores = rm.score(prompts, [p[p["sft_side"]] for _, p in scatter])
             frame = pd.DataFrame({"split": [s for s, _ in scatter], "rm_score": scores,
-                                  "gold_utility": [p["utility_a"] for _, p in scatter]})
+                                  "gold_utility": [p[f"utility_{p['sft_side']}"] for _, p in scatter]})
         else:
             frame = pd.DataFrame(columns=["split", "rm_score", "gold_utility"])
         return {"rm": out,
                 "rm_log": runs.write_csv(root / "logs" / "reward.csv", log),
                 "rm_accuracy": runs.write_csv(runs.results_dir(cfg) / "rm_accuracy.csv",
                                               pd.DataFrame(rows, columns=RM_ACCURACY_COLUMNS)),
-                "rm_vs_gold": runs.write_csv(root / "logs" / "rm_vs_gold.csv", frame)}
+                "rm_vs_gold": runs.write_csv(root / "logs" / "rm_vs_gold.csv", frame),
+                "rm_accuracy_by_kind": runs.write_csv(root / "logs" / "rm_accuracy_by_kind.csv", pd.DataFrame(
+                    [r for r in by_kind if r["n"] > 0], columns=RM_ACCURACY_BY_KIND_COLUMNS))}
 
     return runs.run_stage(cfg, "reward", ("world", "data", "model", "pretrain", "sft", "reward", "sampling"),
                           body, force=force)

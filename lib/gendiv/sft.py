@@ -14,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from gendiv import data, runs
-from gendiv.models import (base_path, load_causal_lm, load_policy, load_tokenizer, pick_device,
+from gendiv.models import (load_causal_lm, load_policy, load_tokenizer, pick_device,
                            save_pretrained_atomic, use_bf16)
+from gendiv.pretraining import base_path
 from gendiv.sampling import generate
 
 
