@@ -33,16 +33,13 @@
 # measures how far each OOD split is from ID.
 
 # %% tags=["remove-cell"]
-# Colab only: fetch the repository and install gendiv (does nothing elsewhere).
-import sys
+# Colab only: fetch the book's repository and install gendiv (does nothing elsewhere).
+import os, subprocess, sys  # noqa: E401
 
-if "google.colab" in sys.modules:
-    import os
-    import subprocess
-
-    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git && "
-                   "pip install -q -e gendiv", shell=True, check=True)
-    os.chdir("gendiv/notebooks")
+if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
+    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+                   "pip install -q -e /content/gendiv", shell=True, check=True)
+    os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
 profile = "tiny"

@@ -32,16 +32,13 @@
 # split, and scores the samples with the gold judge's utility.
 
 # %% tags=["remove-cell"]
-# Colab only: fetch the repository and install gendiv (does nothing elsewhere).
-import sys
+# Colab only: fetch the book's repository and install gendiv (does nothing elsewhere).
+import os, subprocess, sys  # noqa: E401
 
-if "google.colab" in sys.modules:
-    import os
-    import subprocess
-
-    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git && "
-                   "pip install -q -e gendiv", shell=True, check=True)
-    os.chdir("gendiv/notebooks")
+if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
+    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+                   "pip install -q -e /content/gendiv", shell=True, check=True)
+    os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
 profile = "tiny"
@@ -55,7 +52,7 @@ import json
 import pandas as pd
 from IPython.display import Markdown, display
 
-from gendiv import data, evaluation, models, plots, pretraining, runs, sft, stats
+from gendiv import artifacts, data, models, outputs, plots, pretraining, runs, sft, stats
 
 cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 
@@ -71,7 +68,7 @@ cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 # %%
 base_paths = pretraining.build_base(cfg, force=force)
 base_info = json.loads(base_paths["base_ref"].read_text())
-base = models.load_causal_lm(pretraining.base_path(cfg), models.pick_device(cfg.model.device))
+base = models.load_causal_lm(artifacts.base_path(cfg), models.pick_device(cfg.model.device))
 print(f"Base model: {type(base).__name__}, {models.count_parameters(base).total:,} parameters, from {base_info['path']}")
 del base
 
@@ -103,8 +100,17 @@ if "pretrain_log" in base_paths:
 # %% [markdown]
 # ## Supervised fine-tuning
 #
-# TRL's `SFTTrainer` on the ID demonstrations: prompt-completion data, loss on the completion
-# only, the completion being a space, the reference and EOS. With `model.freeze_fraction` the
+# TRL's `SFTTrainer` on the ID demonstrations $(x_i, y_i)$: prompt-completion data, the loss on the
+# completion tokens only (paper Sec. 4; the prompt $x_i$ is cut on the left), the completion being
+# a space, the reference and EOS:
+#
+# $$
+# \mathcal{L}_\text{SFT}(\theta) = -\frac{1}{\sum_i |y_i|} \sum_i \sum_{t=1}^{|y_i|}
+#     \log \pi_\theta(y_{i,t} \mid x_i, y_{i,<t}).
+# $$
+#
+# The base model was pre-trained with the same next-token loss on every token of its documents,
+# and its perplexity above is $\exp$ of that loss's mean over held-out tokens. With `model.freeze_fraction` the
 # bottom blocks, the embeddings and the LM head are frozen (the paper freezes 80%); with
 # `model.adapter: lora`, peft adapters are trained and merged afterwards.
 
@@ -162,9 +168,15 @@ for split in splits:
 #
 # The gold utility rewards facts taken from the post, so a summariser must read it. This probe
 # measures whether it does: the negative log-likelihood (NLL, nats per token) of each reference
-# given its own prompt, and given the prompt of another test input of the same domain (same
-# subreddit and task, a different post). The **gain** (other minus own) is 0 for a model that
-# ignores the post and grows as the model copies from it. A rise in `nll_own` from the base to the
+# given its own prompt, and given the prompt $x_{j(i)}$ of another test input of the same domain
+# (same subreddit and task, a different post):
+#
+# $$
+# \text{gain}_i = \text{NLL}(y^\text{ref}_i \mid x_{j(i)}) - \text{NLL}(y^\text{ref}_i \mid x_i),
+# $$
+#
+# averaged over inputs with a bootstrap interval. It is 0 for a model that ignores the post and
+# grows as the model copies from it. A rise in `nll_own` from the base to the
 # SFT model on a split is forgetting: fine-tuning made that split's references less likely.
 
 # %%
@@ -190,8 +202,8 @@ if len(gold):
     wide = gold.pivot(index="split", columns="method", values="mean_utility").reindex(splits)
     lines, outcome = [], {}
     for s in splits:
-        sft_u = evaluation.expected_utilities(runs.read_jsonl(eval_paths[f"sft_{s}"]))
-        base_u = evaluation.expected_utilities(runs.read_jsonl(eval_paths[f"base_{s}"]))
+        sft_u = outputs.expected_utilities(runs.read_jsonl(eval_paths[f"sft_{s}"]))
+        base_u = outputs.expected_utilities(runs.read_jsonl(eval_paths[f"base_{s}"]))
         diff, lo, hi = stats.paired_difference(sft_u, base_u, seed=cfg.seed)
         outcome[s] = stats.direction(lo, hi)
         lines.append(f"- {plots.SPLIT_LABELS[s]}: SFT {wide.loc[s, 'sft']:.3f} vs base {wide.loc[s, 'base']:.3f} "

@@ -30,16 +30,13 @@
 # world's exact judge on held-out ID pairs and on pairs from both OOD splits.
 
 # %% tags=["remove-cell"]
-# Colab only: fetch the repository and install gendiv (does nothing elsewhere).
-import sys
+# Colab only: fetch the book's repository and install gendiv (does nothing elsewhere).
+import os, subprocess, sys  # noqa: E401
 
-if "google.colab" in sys.modules:
-    import os
-    import subprocess
-
-    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git && "
-                   "pip install -q -e gendiv", shell=True, check=True)
-    os.chdir("gendiv/notebooks")
+if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
+    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+                   "pip install -q -e /content/gendiv", shell=True, check=True)
+    os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
 profile = "tiny"
@@ -66,7 +63,8 @@ cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 # sample of the base model (`reward.base_pair_share` of the prompts), or the prompt's reference
 # (`reward.reference_pair_share`). Like the paper's comparison data, which pits many policies and
 # human references against each other, the mix gives the RM pairs of varied contrast. The
-# simulated labeller prefers one summary with probability sigmoid((u_A - u_B) / tau). A share of
+# simulated labeller prefers one summary with probability $\sigma\big((u_A - u_B) / \tau\big)$, with $u$
+# the gold utility. A share of
 # prompts (`reward.heldout_share`) is held out for measuring the RM. How often does the labeller
 # agree with the exact judge?
 
@@ -112,9 +110,11 @@ print(f"Normalisation on {normalisation['n']} held-out summaries: mean {normalis
 # %% [markdown]
 # ## Reward-model accuracy in and out of distribution
 #
-# Accuracy is the share of pairs on which the RM prefers the summary the exact judge prefers
-# (judge ties left out), with 95% bootstrap intervals over pairs. The paper reports RM accuracy
-# against human labels; our judge is the noise-free version of the labeller.
+# Accuracy is the share of pairs on which the RM prefers the summary the exact judge prefers,
+# $\frac{1}{n}\sum_i \mathbb{1}\big[\operatorname{sign}(r_\phi(x_i, a_i) - r_\phi(x_i, b_i)) = \operatorname{sign}(u(a_i) - u(b_i))\big]$
+# (judge ties left out, RM ties counted one half), with 95% bootstrap intervals over pairs. The
+# paper reports RM accuracy against human labels; our judge is the noise-free version of the
+# labeller.
 
 # %%
 accuracy = pd.read_csv(reward_paths["rm_accuracy"])

@@ -31,16 +31,13 @@
 # ships PPO, so the loop is `gendiv.ppo`, written on `accelerate`.
 
 # %% tags=["remove-cell"]
-# Colab only: fetch the repository and install gendiv (does nothing elsewhere).
-import sys
+# Colab only: fetch the book's repository and install gendiv (does nothing elsewhere).
+import os, subprocess, sys  # noqa: E401
 
-if "google.colab" in sys.modules:
-    import os
-    import subprocess
-
-    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git && "
-                   "pip install -q -e gendiv", shell=True, check=True)
-    os.chdir("gendiv/notebooks")
+if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
+    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+                   "pip install -q -e /content/gendiv", shell=True, check=True)
+    os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
 profile = "tiny"
@@ -52,9 +49,46 @@ force = False
 import pandas as pd
 from IPython.display import Markdown, display
 
-from gendiv import data, evaluation, plots, ppo, runs, stats
+from gendiv import data, outputs, plots, ppo, runs, stats
 
 cfg = runs.start(profile, seed=seed, run_dir=run_dir)
+
+# %% [markdown]
+# ## What PPO optimises
+#
+# For a prompt $x$ and a sampled response $y_{1..T}$ (up to and including EOS), the reward of
+# token $t$ (Ziegler et al. 2019; Stiennon et al. 2020, eq. 2; paper Sec. 4) is
+#
+# $$
+# r_t = -\beta\, k(y_t) + \mathbb{1}[t = T]\; \hat r(x, y),
+# \qquad k_1 = \log \frac{\pi_\theta(y_t \mid \cdot)}{\pi_\text{SFT}(y_t \mid \cdot)},
+# \qquad k_2 = \tfrac{1}{2}\Big(\log \frac{\pi_\text{SFT}(y_t \mid \cdot)}{\pi_\theta(y_t \mid \cdot)}\Big)^2,
+# $$
+#
+# with $\hat r$ the normalised RM and $k$ the per-token KL estimate ($k_2$ in the paper's code;
+# $k_1$ is `ppo.kl_estimator: log_ratio`). Advantages come from generalised advantage estimation
+# (Schulman et al. 2016, eq. 16) with the value head $V_\psi$,
+#
+# $$
+# \delta_t = r_t + \gamma V_\psi(s_{t+1}) - V_\psi(s_t), \qquad A_t = \sum_{l \ge 0} (\gamma\lambda)^l \delta_{t+l},
+# \qquad R_t = A_t + V_\psi(s_t),
+# $$
+#
+# whitened over the batch, and each minibatch minimises the clipped surrogate (Schulman et al.
+# 2017, eq. 7) plus the clipped value loss, with $\rho_t = \pi_\theta(y_t \mid \cdot) / \pi_{\theta_\text{old}}(y_t \mid \cdot)$:
+#
+# $$
+# \mathcal{L} = \mathbb{E}_t\big[\max(-A_t \rho_t,\; -A_t\, \operatorname{clip}(\rho_t, 1 - \epsilon, 1 + \epsilon))\big]
+#   + c_v\, \tfrac{1}{2}\, \mathbb{E}_t\big[\max\big((V_\psi - R_t)^2,\; (V_\text{old} + \operatorname{clip}(V_\psi - V_\text{old}, -\epsilon_v, \epsilon_v) - R_t)^2\big)\big].
+# $$
+
+# %%
+p = cfg.ppo
+display(Markdown(
+    f"In this run: $\\beta$ = {p.kl_coef:g} ({'adaptive' if p.adaptive_kl else 'fixed'}), estimator "
+    f"$k_{{{1 if p.kl_estimator == 'log_ratio' else 2}}}$, $\\gamma$ = {p.gamma:g}, $\\lambda$ = {p.lam:g}, "
+    f"$\\epsilon$ = {p.clip:g}, $\\epsilon_v$ = {p.value_clip:g}, $c_v$ = {p.vf_coef:g}, "
+    f"{p.ppo_epochs} PPO epochs over minibatches of {p.minibatch_size}, Adam at {p.lr:g} decayed linearly to 0."))
 
 # %% [markdown]
 # ## Training
@@ -65,7 +99,6 @@ cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 # %%
 ppo_paths = ppo.build_ppo(cfg, force=force)
 log = pd.read_csv(ppo_paths["log"])
-p = cfg.ppo
 display(Markdown(f"{len(log)} steps of {p.rollout_batch_size} prompts ({int(log['episodes'].iloc[-1]):,} "
                  f"episodes), {p.ppo_epochs} PPO epochs over minibatches of {p.minibatch_size}, lr {p.lr:g}, "
                  f"kl_coef {p.kl_coef:g} ({'adaptive' if p.adaptive_kl else 'fixed'}), KL estimator "
@@ -153,8 +186,8 @@ if len(log) >= 5:
                  "(first fifth to last fifth; it counts as flattened below a fifth of the rise).")
 if len(gold):
     for split in splits:
-        sft_u = evaluation.expected_utilities(runs.read_jsonl(runs.artifact(cfg, "sft_eval", f"sft_{split}")))
-        ppo_u = evaluation.expected_utilities(runs.read_jsonl(eval_paths[f"ppo_{split}"]))
+        sft_u = outputs.expected_utilities(runs.read_jsonl(runs.artifact(cfg, "sft_eval", f"sft_{split}")))
+        ppo_u = outputs.expected_utilities(runs.read_jsonl(eval_paths[f"ppo_{split}"]))
         diff, lo, hi = stats.paired_difference(ppo_u, sft_u, seed=cfg.seed)
         lines.append(f"- {plots.SPLIT_LABELS[split]}: PPO's gold utility is {stats.direction(lo, hi)} than SFT's "
                      f"(PPO - SFT = {diff:+.3f}, 95% CI {lo:+.3f} to {hi:+.3f}, n = {len(ppo_u)}).")

@@ -29,16 +29,13 @@
 # grow with N, in and out of distribution, and what that costs.
 
 # %% tags=["remove-cell"]
-# Colab only: fetch the repository and install gendiv (does nothing elsewhere).
-import sys
+# Colab only: fetch the book's repository and install gendiv (does nothing elsewhere).
+import os, subprocess, sys  # noqa: E401
 
-if "google.colab" in sys.modules:
-    import os
-    import subprocess
-
-    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git && "
-                   "pip install -q -e gendiv", shell=True, check=True)
-    os.chdir("gendiv/notebooks")
+if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
+    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+                   "pip install -q -e /content/gendiv", shell=True, check=True)
+    os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
 profile = "tiny"
@@ -50,15 +47,26 @@ force = False
 import pandas as pd
 from IPython.display import Markdown, display
 
-from gendiv import data, evaluation, plots, runs
+from gendiv import bon, data, plots, runs
 
 cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 
 # %% [markdown]
 # ## Sampling and picking
+#
+# For each input $x$, $N$ candidates $y_1, \dots, y_N \sim \pi_\text{SFT}(\cdot \mid x)$ and the kept
+# output
+#
+# $$
+# y^\star = \arg\max_{j \le N} \hat r(x, y_j),
+# $$
+#
+# the first candidate on a tie. Its cost is $N$ samples, $\sum_j |y_j|$ generated tokens, where one
+# SFT or PPO output costs one sample. The scaling curve keeps the best of the first $n$
+# candidates for $n = 1, 2, 4, \dots, N$.
 
 # %%
-bon_paths = evaluation.build_best_of_n(cfg, force=force)
+bon_paths = bon.build_best_of_n(cfg, force=force)
 splits = data.available_splits(cfg)
 scaling = pd.read_csv(bon_paths["bon_scaling"])
 display(scaling.pivot_table(index=["measure", "split"], columns="n", values="value").round(3))

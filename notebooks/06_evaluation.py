@@ -27,19 +27,26 @@
 # utilities of the two summaries (exact; ties count one half). An LLM judge speaking the same
 # pairwise prompt, asked in both orders, can be added with `judge.llm_backend`. Every method is
 # judged on the same inputs: one sample per input, the first `sampling.n_eval_inputs` test inputs
-# of each split. Intervals are 95% bootstrap intervals over inputs.
+# of each split. The win rate of a method's outputs $y_i$ against opponents $y'_i$ (the
+# references, or SFT's outputs) on $n$ inputs, and the generalisation gap, are
+#
+# $$
+# W = \frac{1}{n} \sum_{i=1}^n \Big(\mathbb{1}[u_i(y_i) > u_i(y'_i)] + \tfrac{1}{2}\, \mathbb{1}[u_i(y_i) = u_i(y'_i)]\Big),
+# \qquad \text{gap} = W_\text{ID} - W_\text{OOD},
+# $$
+#
+# with $u_i$ the judge's utility for input $i$. Intervals are 95% percentile bootstrap intervals:
+# the 2.5th and 97.5th percentiles of $W$ over 1,000 resamples of the inputs with replacement
+# (paired where two methods share inputs; for the gap, ID and OOD inputs are resampled apart).
 
 # %% tags=["remove-cell"]
-# Colab only: fetch the repository and install gendiv (does nothing elsewhere).
-import sys
+# Colab only: fetch the book's repository and install gendiv (does nothing elsewhere).
+import os, subprocess, sys  # noqa: E401
 
-if "google.colab" in sys.modules:
-    import os
-    import subprocess
-
-    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git && "
-                   "pip install -q -e gendiv", shell=True, check=True)
-    os.chdir("gendiv/notebooks")
+if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
+    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+                   "pip install -q -e /content/gendiv", shell=True, check=True)
+    os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
 profile = "tiny"

@@ -30,18 +30,38 @@
 # **oracle**: the mean pairwise Jaccard distance between the sets of facts the outputs assert.
 # Per-input: `diversity.k` samples at temperature 1 for the first `diversity.n_inputs` inputs,
 # averaged over inputs. Across-input: one output per input over the evaluation inputs.
+#
+# For a set of outputs $Y = \{y_1, \dots, y_m\}$ (the $K$ samples of one input, or one output per
+# input), with $N_n$ distinct $n$-grams among $C_n$ in all and $V$ the vocabulary size:
+#
+# $$
+# \text{EAD}(Y) = \frac{1}{5}\sum_{n=1}^{5} \frac{N_n}{V\,\big(1 - ((V - 1)/V)^{C_n}\big)},
+# \qquad
+# \text{SBERT}(Y) = 1 - \binom{m}{2}^{-1} \sum_{j < k} \cos(e(y_j), e(y_k)),
+# $$
+#
+# $$
+# \text{NLI}(Y) = \binom{m}{2}^{-1} \sum_{j < k} \big(s(y_j, y_k) + s(y_k, y_j)\big), \quad
+# s(a, b) = w_{\ell^\star} \, p(\ell^\star \mid a, b), \quad \ell^\star = \arg\max_\ell p(\ell \mid a, b), \quad
+# w_\text{contradiction} = 1,\, w_\text{neutral} = 0,\, w_\text{entailment} = -1,
+# $$
+#
+# $$
+# \text{oracle}(Y) = \binom{m}{2}^{-1} \sum_{j < k} \Big(1 - \frac{|F(y_j) \cap F(y_k)|}{|F(y_j) \cup F(y_k)|}\Big),
+# $$
+#
+# with $e$ the sentence embedding and $F(y)$ the set of facts the world's parser reads from $y$.
+# The EAD denominator is the expected number of distinct $n$-grams in $C_n$ uniform draws from $V$
+# (Liu et al. 2022, eq. 3), so EAD does not fall just because outputs are longer.
 
 # %% tags=["remove-cell"]
-# Colab only: fetch the repository and install gendiv (does nothing elsewhere).
-import sys
+# Colab only: fetch the book's repository and install gendiv (does nothing elsewhere).
+import os, subprocess, sys  # noqa: E401
 
-if "google.colab" in sys.modules:
-    import os
-    import subprocess
-
-    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git && "
-                   "pip install -q -e gendiv", shell=True, check=True)
-    os.chdir("gendiv/notebooks")
+if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
+    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+                   "pip install -q -e /content/gendiv", shell=True, check=True)
+    os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
 profile = "tiny"

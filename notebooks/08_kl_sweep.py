@@ -24,19 +24,24 @@
 # PPO is rerun from the same SFT model, RM, prompts and seed for every coefficient of
 # `ppo.kl_grid`. The paper does not publish its grid; ours is a log grid from 0 (no penalty)
 # through the paper's 0.05 to well above it, so it spans an unconstrained policy, the paper's
-# setting and a policy held close to SFT. Each run is evaluated as in chapters 6 and 7.
+# setting and a policy held close to SFT. Each run is evaluated as in chapters 6 and 7. Every
+# run maximises the same KL-regularised objective with its own $\beta$,
+#
+# $$
+# \max_\theta\; \mathbb{E}_{x,\, y \sim \pi_\theta}\big[\hat r(x, y)\big] - \beta\, \mathrm{KL}\big(\pi_\theta(\cdot \mid x) \,\|\, \pi_\text{SFT}(\cdot \mid x)\big),
+# $$
+#
+# whose optimum is $\pi^\star(y \mid x) \propto \pi_\text{SFT}(y \mid x)\, \exp(\hat r(x, y) / \beta)$: a larger
+# $\beta$ keeps the policy closer to SFT, a smaller one concentrates it on high-reward outputs.
 
 # %% tags=["remove-cell"]
-# Colab only: fetch the repository and install gendiv (does nothing elsewhere).
-import sys
+# Colab only: fetch the book's repository and install gendiv (does nothing elsewhere).
+import os, subprocess, sys  # noqa: E401
 
-if "google.colab" in sys.modules:
-    import os
-    import subprocess
-
-    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git && "
-                   "pip install -q -e gendiv", shell=True, check=True)
-    os.chdir("gendiv/notebooks")
+if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
+    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+                   "pip install -q -e /content/gendiv", shell=True, check=True)
+    os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
 profile = "tiny"

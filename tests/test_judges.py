@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import numpy as np
 import pytest
-from gendiv import judges
+from gendiv import judges, models
 
 RECORD = {"uid": "x", "genre": "forum", "body": "My landlord raised the rent.", "prompt": "POST: ..."}
 
@@ -34,6 +34,20 @@ class Prefers:
                                             ("b", 0.0), ("Output (a) or Output (b)", None), ("no idea", None)])
 def test_parse_verdict(reply, expected):
     assert judges.parse_verdict(reply) == expected
+
+
+def test_an_unparseable_order_counts_as_a_tie_for_that_order():
+    class HalfSilent:
+        def __init__(self):
+            self.calls = 0
+
+        def complete(self, prompt):
+            self.calls += 1
+            return "Output (a)" if self.calls == 1 else "I cannot tell"
+
+    judge = judges.LLMJudge(HalfSilent())
+    assert judge.compare(RECORD, "one", "two") == 0.75  # (1 + (1 - 0.5)) / 2
+    assert judge.unparsed == 1
 
 
 def test_both_orders_cancel_position_bias():
@@ -135,10 +149,10 @@ def test_world_judge_prefers_the_reference_over_an_empty_output():
 
 @pytest.mark.slow
 def test_local_judge_backend_runs_with_smollm2():
-    from gendiv.models import smollm2_path
-
-    judge = judges.LLMJudge(judges.LocalChatModel(smollm2_path(), max_new_tokens=6))
+    judge = judges.LLMJudge(judges.LocalChatModel(models.smollm2_path(), max_new_tokens=6))
     pairs = [("Landlord raised the rent.", "I like turtles."), ("", "My landlord raised my rent."),
              ("Rent went up; should I move?", "Rent went up; should I move?")]
     verdicts = [judge.compare(RECORD, a, b) for a, b in pairs]  # plumbing, not quality
-    assert all(v in (0.0, 0.5, 1.0) for v in verdicts)
+    # each verdict is the mean of two orders, each a win, a loss or (unparsed) a tie
+    assert all(v in (0.0, 0.25, 0.5, 0.75, 1.0) for v in verdicts)
+    assert judge.unparsed <= 2 * len(pairs)

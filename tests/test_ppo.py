@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from gendiv import models, ppo
+from gendiv.lm import gather_logprobs
 from gendiv.config import PPOConfig
 
 CORPUS = [f"Post {i}: the cat sat on the mat and the dog ate {i} eggs." for i in range(80)]
@@ -53,7 +54,7 @@ def test_rollout_logprobs_match_generation_under_left_padding(tok):
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                       output_logits=True, return_dict_in_generate=True)
     assert torch.equal(out.sequences, batch.input_ids)
-    gen_logprobs = ppo.gather_logprobs(torch.stack(out.logits, dim=1).float(), batch.response)
+    gen_logprobs = gather_logprobs(torch.stack(out.logits, dim=1).float(), batch.response)
     torch.testing.assert_close(batch.logprobs * batch.mask, gen_logprobs * batch.mask, atol=1e-4, rtol=1e-4)
     # the reference is the same network here, so every KL estimate is zero
     torch.testing.assert_close(batch.ref_logprobs, batch.logprobs)

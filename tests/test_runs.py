@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from gendiv import runs
+from gendiv import data, runs
 from gendiv.config import load_profile
 
 
@@ -24,15 +24,15 @@ def test_stage_is_cached_until_config_changes_or_forced(tmp_path):
         return {"thing": runs.write_text(root / "stage" / "thing.txt", "x")}
 
     cfg = load_profile("smoke", run_dir=str(tmp_path))
-    runs.run_stage(cfg, "demo", ("data",), body)
-    runs.run_stage(cfg, "demo", ("data",), body)
+    runs.run_stage(cfg, "data", body)
+    runs.run_stage(cfg, "data", body)
     assert len(calls) == 1
-    runs.run_stage(cfg, "demo", ("data",), body, force=True)
+    runs.run_stage(cfg, "data", body, force=True)
     assert len(calls) == 2
     other = load_profile("smoke", run_dir=str(tmp_path), **{"data.n_test": 3})
-    runs.run_stage(other, "demo", ("data",), body)
+    runs.run_stage(other, "data", body)
     assert len(calls) == 3
-    manifest = json.loads((tmp_path / "manifests" / "demo.json").read_text())
+    manifest = json.loads((tmp_path / "manifests" / "data.json").read_text())
     assert manifest["artifacts"] == {"thing": "stage/thing.txt"}
     assert {"config_hash", "wall_time_s", "versions", "device"} <= set(manifest)
     assert manifest["versions"]["gendiv"] != "not installed"
@@ -46,9 +46,9 @@ def test_missing_artifact_reruns_the_stage(tmp_path):
         return {"thing": runs.write_text(root / "thing.txt", "x")}
 
     cfg = load_profile("smoke", run_dir=str(tmp_path))
-    runs.run_stage(cfg, "demo", ("data",), body)
+    runs.run_stage(cfg, "data", body)
     (tmp_path / "thing.txt").unlink()
-    runs.run_stage(cfg, "demo", ("data",), body)
+    runs.run_stage(cfg, "data", body)
     assert len(calls) == 2
 
 
@@ -59,13 +59,11 @@ def test_crashed_stage_leaves_no_manifest(tmp_path):
 
     cfg = load_profile("smoke", run_dir=str(tmp_path))
     with pytest.raises(KeyboardInterrupt):
-        runs.run_stage(cfg, "demo", ("data",), body)
-    assert runs.load_manifest(cfg, "demo") is None
+        runs.run_stage(cfg, "data", body)
+    assert runs.load_manifest(cfg, "data") is None
 
 
 def test_stage_run_before_its_inputs_names_what_to_run(tmp_path):
-    from gendiv import data
-
     cfg = load_profile("smoke", run_dir=str(tmp_path))
     with pytest.raises(runs.StageMissingError,
                        match=r"Stage 'data' has not been run for profile 'smoke'.*01_data_splits.*--stages 01"):

@@ -5,7 +5,7 @@ import importlib.util
 import pytest
 import torch
 from gendiv import models
-from gendiv.sampling import generate
+from gendiv.lm import generate
 
 pytestmark = pytest.mark.slow
 

@@ -111,7 +111,7 @@ def test_utility_penalises_length_and_repetition(world):
 def test_word_salad_is_not_fluent(world):
     assert world.fluency("My landlord raised the rent.") == pytest.approx(1.0)
     assert world.fluency("rent the raised landlord my.") < 0.3
-    assert world.fluency("Zorblax quuxified the flibbertigibbet.") <= 1.0  # unknown words are not judged
+    assert world.fluency("Zorblax quuxified the flibbertigibbet.") == 1.0  # unknown words are not judged
 
 
 @pytest.mark.parametrize("variant", CORRUPTIONS)

@@ -16,6 +16,7 @@ not by the win rate against the reference.
 
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 
 import pandas as pd
@@ -35,7 +36,7 @@ STATEMENTS = {
 }
 
 
-def test(low: float, high: float, sign: int) -> str:
+def outcome(low: float, high: float, sign: int) -> str:
     """'supports', 'contradicts' or 'inconclusive' for an interval and the claimed sign (+1 / -1)."""
     claimed, opposite = ("higher", "lower") if sign > 0 else ("lower", "higher")
     side = stats.direction(low, high)
@@ -75,7 +76,7 @@ def scorecard(cfg: Config) -> pd.DataFrame:
                      & (winrates["judge"] == judge)]
         if len(w):
             r = w.iloc[0]
-            res.append(test(r["ci_low"] - 0.5, r["ci_high"] - 0.5, +1))
+            res.append(outcome(r["ci_low"] - 0.5, r["ci_high"] - 0.5, +1))
             ev.append(f"{split} {METHOD_NAMES[method]} vs SFT win rate {r['win_rate']:.3f} "
                       f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] ({res[-1]})")
 
@@ -98,7 +99,7 @@ def scorecard(cfg: Config) -> pd.DataFrame:
         far = ood[-1]
         d, lo, hi = stats.difference_ci(head_to_head("ppo", far).to_numpy(), head_to_head("ppo", "id").to_numpy(),
                                         seed=cfg.seed)
-        res.append(test(lo, hi, +1))
+        res.append(outcome(lo, hi, +1))
         ev.append(_fmt(f"PPO's win rate against SFT on {far} minus on id", d, lo, hi, res[-1]))
         gaps = pd.read_csv(runs.artifact(cfg, "evaluation", "gaps"))
         g = gaps[(gaps["split"] == far) & (gaps["judge"] == judge)]
@@ -114,7 +115,7 @@ def scorecard(cfg: Config) -> pd.DataFrame:
         bon, ppo = head_to_head("bon", split), head_to_head("ppo", split)
         common = bon.index.intersection(ppo.index)
         d, lo, hi = stats.paired_difference(bon[common].to_numpy(), ppo[common].to_numpy(), seed=cfg.seed)
-        res.append(test(lo, hi, +1))
+        res.append(outcome(lo, hi, +1))
         ev.append(_fmt(f"{split} BoN minus PPO win rate against SFT", d, lo, hi, res[-1]))
     rows.append(("C3", "; ".join(ev) + f" (N = {cfg.bon.n}: {cfg.bon.n} samples per output)", combine(res)))
 
@@ -124,7 +125,7 @@ def scorecard(cfg: Config) -> pd.DataFrame:
         ev, res = [], []
         sub = diffs[(diffs["method"] == "ppo") & (diffs["scope"] == scope) & (diffs["metric"].isin(metrics))]
         for r in sub.itertuples():
-            res.append(test(r.ci_low, r.ci_high, -1))
+            res.append(outcome(r.ci_low, r.ci_high, -1))
             ev.append(_fmt(f"{r.split} {r.metric} PPO - SFT", r.difference, r.ci_low, r.ci_high, res[-1]))
         return ev, res
 
@@ -146,7 +147,7 @@ def scorecard(cfg: Config) -> pd.DataFrame:
             if lo_k not in wide or hi_k not in wide:
                 continue
             d, lo, hi = stats.paired_difference(wide[hi_k].to_numpy(), wide[lo_k].to_numpy(), seed=cfg.seed)
-            res.append(test(lo, hi, -1))
+            res.append(outcome(lo, hi, -1))
             ev.append(_fmt(f"{split} {label} at kl_coef {hi_k:g} - at {lo_k:g}", d, lo, hi, res[-1]))
     rows.append(("C6", "; ".join(ev) + " (logs/kl_sweep_per_input.csv)", combine(res)))
     return pd.DataFrame([{"claim": c, "statement": STATEMENTS[c], "evidence": e, "verdict": v} for c, e, v in rows],
@@ -160,9 +161,7 @@ def build_claims(cfg: Config, force: bool = False) -> dict[str, Path]:
     def body(root: Path) -> dict[str, Path]:
         return {"claims": runs.write_csv(runs.results_dir(cfg) / "claims.csv", scorecard(cfg))}
 
-    from gendiv.config import SECTIONS
-
-    return runs.run_stage(cfg, "claims", tuple(SECTIONS), body, force=True)
+    return runs.run_stage(cfg, "claims", body, force=True)
 
 
 VERDICT_COLOURS = {"supported": "#1a7f37", "not supported": "#cf222e", "inconclusive": "#9a6700"}
@@ -171,8 +170,6 @@ VERDICT_COLOURS = {"supported": "#1a7f37", "not supported": "#cf222e", "inconclu
 def scorecard_html(card: pd.DataFrame) -> str:
     """The scorecard as HTML for the book's scorecard page: a summary table, then one paragraph
     per claim stating its verdict and the evidence, all generated from ``card``."""
-    from html import escape
-
     counts = card["verdict"].value_counts()
     summary = ", ".join(f"{counts[v]} {v}" for v in VERDICT_COLOURS if v in counts)
     rows = "".join(

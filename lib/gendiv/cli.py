@@ -10,11 +10,14 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 from gendiv import pretraining, runs
 from gendiv.config import ConfigError, available_profiles, load_profile
@@ -56,7 +59,7 @@ def execute_notebook(nb: Path, out_dir: Path, profile: str, force: bool, log_out
 
     ``run_dir`` (empty: runs/<profile>) is passed to the notebook's parameters cell.
     """
-    import papermill as pm
+    import papermill as pm  # heavy, and only `gendiv run` needs it
 
     out_dir.mkdir(parents=True, exist_ok=True)
     parameters = {"profile": profile, "force": force, "run_dir": run_dir}
@@ -89,6 +92,30 @@ def run(profile: str, stages: list[str] | None = None, force: bool = False, log_
         times[nb.stem] = execute_notebook(nb, out_dir, profile, force, log_output, run_dir)
         print(f"[{i}/{len(selected)}] {nb.stem} done in {times[nb.stem]:.1f}s", flush=True)
     return times
+
+
+CLONE = re.compile(r"git clone -q --depth 1 (\S+?)\.git ")
+
+
+def repository_url(root: Path | None = None) -> str:
+    """The book's repository (``repository.url`` in book/_config.yml): the one place a fork sets
+    it. The launch buttons read it there; :func:`stamp_repository_url` copies it into the
+    notebooks' Colab cells."""
+    config = yaml.safe_load(((root or runs.project_root()) / "book" / "_config.yml").read_text())
+    return str(config["repository"]["url"]).rstrip("/")
+
+
+def stamp_repository_url(root: Path | None = None) -> list[Path]:
+    """Write the book's repository URL into the Colab cell of every notebook source
+    (notebooks/NN_*.py; ``make sync`` then regenerates the .ipynb). Returns the files changed."""
+    url, changed = repository_url(root), []
+    for path in sorted(notebooks_dir(root).glob("[0-9][0-9]_*.py")):
+        text = path.read_text()
+        new = CLONE.sub(f"git clone -q --depth 1 {url}.git ", text)
+        if new != text:
+            path.write_text(new)
+            changed.append(path)
+    return changed
 
 
 def build_book(root: Path | None = None, strict: bool = True) -> Path:

@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from gendiv.world import lexicon
+
 
 class ConfigError(ValueError):
     """A profile or override is invalid; the message names the key and the fix."""
@@ -387,8 +389,6 @@ def _build(cls: type, values: dict, where: str) -> Any:
 
 
 def _validate(cfg: Config) -> None:
-    from gendiv.world import lexicon
-
     d = cfg.data
     for name in ("n_sft_train", "n_sft_val", "n_comparison_prompts", "n_rl_prompts", "n_test",
                  "n_pretrain_docs", "n_shift_sample"):

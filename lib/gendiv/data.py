@@ -3,7 +3,7 @@
 Every split is a list of records (one JSON object per line) with at least ``uid``, ``split``,
 ``genre``, ``prompt`` and ``reference``; world records also carry their latent facts.
 
-Splits (DESIGN.md): ``id`` has the roles sft_train, sft_val, comparisons, rl and test;
+Splits (the book's protocol page): ``id`` has the roles sft_train, sft_val, comparisons, rl and test;
 ``ood_near`` (held-out forum domains) and ``ood_far`` (news genre) have a test role only. Test
 sets are the first ``n_test`` examples of each split, in a fixed order (paper: the first 500).
 
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from gendiv import runs
 from gendiv.config import Config
+from gendiv.embeddings import sentence_model
 from gendiv.world import CORRUPTIONS, EXTRACTIVE, Example, World, words
 
 SPLITS = ("id", "ood_near", "ood_far")
@@ -81,7 +82,7 @@ def load_hub_split(source: str, split: str, config_name: str | None = None) -> l
     Failure to reach the hub raises :class:`HubUnavailableError`; there is never a silent
     fallback to other data.
     """
-    import datasets
+    import datasets  # only the hub loaders need it, and it is slow to import
 
     path = Path(source)
     try:
@@ -297,8 +298,6 @@ def hub_splits(cfg: Config) -> dict[tuple[str, str], list[dict]]:
 
 # ---------------------------------------------------------------- shift measures
 def _embed_mean(texts: list[str], model_name: str) -> np.ndarray:
-    from gendiv.embeddings import sentence_model
-
     emb = sentence_model(model_name).encode(texts, batch_size=32, normalize_embeddings=True,
                                            show_progress_bar=False)
     return emb.mean(axis=0)
@@ -398,7 +397,7 @@ def build_splits(cfg: Config, force: bool = False) -> dict[str, Path]:
         paths["splits"] = runs.write_csv(runs.results_dir(cfg) / "splits.csv", shift_measures(records, cfg))
         return paths
 
-    return runs.run_stage(cfg, "data", ("world", "data"), body, force=force)
+    return runs.run_stage(cfg, "data", body, force=force)
 
 
 def available_splits(cfg: Config, role: str = "test") -> list[str]:

@@ -4,7 +4,7 @@ Each metric is a function of a list of texts (higher = more diverse). Per-input 
 metric over K samples for one input, averaged over inputs; across-input diversity is the metric
 over one output per input (paper, Sec. 6.1).
 
-Two defects of the paper's public code are deliberately not copied (PAPER.md): its NLI step
+Two defects of the paper's public code are deliberately not copied (see the book's protocol page): its NLI step
 compares single characters instead of whole outputs, and its aggregation reports 1 - mean score,
 which counts entailment as diversity. Here NLI compares whole outputs and reports the plain mean
 pair score, which is what the paper's reported values fit.
@@ -19,9 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from gendiv import data, runs, stats
+from gendiv import artifacts, data, runs, stages, stats
+from gendiv.bon import best_of_n, score_candidates
 from gendiv.config import Config
+from gendiv.embeddings import sentence_model
+from gendiv.lm import sample_policy
+from gendiv.models import load_causal_lm, load_tokenizer, pick_device
 
 METRICS = ("ead", "sbert", "nli", "oracle")
 DIVERSITY_COLUMNS = ["method", "split", "scope", "metric", "value", "ci_low", "ci_high", "n_inputs", "k", "note"]
@@ -64,8 +70,6 @@ def ead(texts: list[str], vocab_size: int = 50257, max_n: int = 5) -> tuple[floa
 # ------------------------------------------------------------------ Sentence-BERT
 def embed(texts: list[str], model_name: str) -> np.ndarray:
     """Unit-norm sentence embeddings (sentence-transformers), each distinct text embedded once."""
-    from gendiv.embeddings import sentence_model
-
     unique = list(dict.fromkeys(texts))
     vectors = sentence_model(model_name).encode(unique, batch_size=128, normalize_embeddings=True,
                                                 convert_to_numpy=True, show_progress_bar=False)
@@ -97,10 +101,6 @@ class NLIScorer:
     the model's own ``id2label``."""
 
     def __init__(self, model_path: str, device=None, batch_size: int = 32):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from gendiv.models import pick_device
-
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForSequenceClassification.from_pretrained(model_path).eval()
         self.device = device or pick_device()
@@ -110,8 +110,6 @@ class NLIScorer:
 
     def __call__(self, premises: list[str], hypotheses: list[str]) -> np.ndarray:
         """Label probabilities, (pairs x labels) in the model's label order."""
-        import torch
-
         out = []
         for i in range(0, len(premises), self.batch_size):
             enc = self.tokenizer(premises[i:i + self.batch_size], hypotheses[i:i + self.batch_size],
@@ -236,25 +234,15 @@ class Metrics:
         return out
 
 
-DIVERSITY_SECTIONS = ("world", "data", "model", "pretrain", "sft", "reward", "sampling", "bon", "ppo", "diversity")
-
 
 def per_input_samples(cfg: Config, root: Path) -> dict[str, dict[str, list[dict]]]:
     """{method: {split: rows with K 'outputs'}} on the first diversity.n_inputs test inputs.
 
     SFT's K samples are the first K of Best-of-N's candidates (chapter 5) when they were drawn at
     the sampling temperature; base and PPO are sampled here; each of BoN's ``bon_k`` outputs is
-    the best of ``bon.n`` fresh SFT samples."""
-    from gendiv.evaluation import score_candidates, test_records
-    from gendiv.models import load_causal_lm, load_tokenizer, pick_device
-    from gendiv.ppo import ppo_path
-    from gendiv.pretraining import base_path
-    from gendiv.reward import load_reward_model
-    from gendiv.sampling import best_of_n
-    from gendiv.sft import sample_policy, sft_path
-
+    the best of ``bon.n`` fresh SFT samples (drawn with diversity's seed plus Best-of-N's offset)."""
     dv, k = cfg.diversity, cfg.diversity.k
-    tests = test_records(cfg, dv.n_inputs)
+    tests = artifacts.test_records(cfg, dv.n_inputs)
     device = pick_device(cfg.model.device)
     out: dict[str, dict[str, list[dict]]] = {}
 
@@ -263,7 +251,8 @@ def per_input_samples(cfg: Config, root: Path) -> dict[str, dict[str, list[dict]
 
     reuse = (cfg.bon.temperature == cfg.sampling.temperature and k <= cfg.bon.n
              and dv.n_inputs <= cfg.sampling.n_eval_inputs)
-    for method, path in (("base", base_path(cfg)), ("sft", sft_path(cfg)), ("ppo", ppo_path(cfg))):
+    for method, path in (("base", artifacts.base_path(cfg)), ("sft", artifacts.sft_path(cfg)),
+                         ("ppo", artifacts.ppo_path(cfg))):
         out[method] = {}
         model, tok = None, None
         for split, records in tests.items():
@@ -273,16 +262,18 @@ def per_input_samples(cfg: Config, root: Path) -> dict[str, dict[str, list[dict]
                 continue
             if model is None:
                 model, tok = load_causal_lm(path, device), load_tokenizer(path)
-            texts = sample_policy(cfg, model, tok, records, cfg.seed + 202, f"{method}: {k} samples on {split}",
-                                  n_samples=k).texts
+            texts = sample_policy(cfg, model, tok, records, stages.seed(cfg, "diversity"),
+                                  f"{method}: {k} samples on {split}", n_samples=k).texts
             out[method][split] = rows(records, texts)
-    model, tok = load_causal_lm(sft_path(cfg), device), load_tokenizer(sft_path(cfg))
-    rm = load_reward_model(cfg)
+    sft = artifacts.sft_path(cfg)
+    model, tok = load_causal_lm(sft, device), load_tokenizer(sft)
+    rm = artifacts.load_reward_model(cfg)
     out["bon"] = {}
     for split, records in tests.items():
         n = cfg.bon.n
-        texts = sample_policy(cfg, model, tok, records, cfg.seed + 303, f"BoN: {dv.bon_k} x {n} SFT samples on {split}",
-                              n_samples=dv.bon_k * n, temperature=cfg.bon.temperature).texts
+        texts = sample_policy(cfg, model, tok, records, stages.seed(cfg, "diversity") + stages.stage("bon").seed_offset,
+                              f"BoN: {dv.bon_k} x {n} SFT samples on {split}", n_samples=dv.bon_k * n,
+                              temperature=cfg.bon.temperature).texts
         scores = score_candidates(cfg, rm, records, texts).reshape(len(records), dv.bon_k, n)
         kept = [[texts[i][g * n + int(j)] for g, j in enumerate(best_of_n(scores[i]))] for i in range(len(records))]
         out["bon"][split] = rows(records, kept)
@@ -298,8 +289,6 @@ def build_diversity(cfg: Config, force: bool = False) -> dict[str, Path]:
     bootstrap over inputs) for base, SFT, BoN and PPO on every split. Writes
     ``results/diversity.csv``, the differences from SFT (``results/diversity_vs_sft.csv``), the
     per-input values (``logs/diversity_per_input.csv``) and each metric's time."""
-    from gendiv.evaluation import method_outputs
-
     def body(root: Path) -> dict[str, Path]:
         world = data.make_world(cfg) if cfg.data.source == "world" else None
         metrics = Metrics(cfg, world)
@@ -319,7 +308,7 @@ def build_diversity(cfg: Config, force: bool = False) -> dict[str, Path]:
                     rows.append({"method": method, "split": split, "scope": "per_input", "metric": metric,
                                  "value": mean, "ci_low": lo, "ci_high": hi, "n_inputs": len(arr),
                                  "k": len(recs[0]["outputs"]), "note": ""})
-        outputs = method_outputs(cfg)
+        outputs = artifacts.method_outputs(cfg)
         boot_values: dict[tuple[str, str, str], np.ndarray] = {}
         rng = np.random.default_rng(cfg.seed)
         for split in data.available_splits(cfg):
@@ -360,4 +349,4 @@ def build_diversity(cfg: Config, force: bool = False) -> dict[str, Path]:
                 **{f"{m}_{s}": root / "samples" / f"{m}_k{len(r[0]['outputs'])}_{s}.jsonl"
                    for m, by in samples.items() for s, r in by.items()}}
 
-    return runs.run_stage(cfg, "diversity", DIVERSITY_SECTIONS, body, force=force, ignore=("ppo.kl_grid",))
+    return runs.run_stage(cfg, "diversity", body, force=force)

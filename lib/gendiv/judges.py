@@ -25,6 +25,11 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
+
+from gendiv import runs
+from gendiv.data import Example
+from gendiv.models import SMOLLM2, load_causal_lm, load_tokenizer, pick_device, smollm2_path
 
 JUDGE_PROMPT = """Which of the following summaries does a better job of summarizing the most \
 important points in the given {kind}, without including unimportant or irrelevant details? \
@@ -50,7 +55,9 @@ class Judge(Protocol):
     name: str
 
     def compare(self, record: dict, a: str, b: str) -> float:
-        """1 if ``a`` is the better output for ``record``, 0 if ``b`` is, 0.5 on a tie."""
+        """The verdict for ``a`` against ``b`` on ``record``, in [0, 1]: 1 if ``a`` is better, 0 if
+        ``b`` is, 0.5 on a tie; an LLM judge asked in both orders can also give 0.25 or 0.75 (one
+        order decided, the other unparsed)."""
 
 
 class WorldJudge:
@@ -62,8 +69,6 @@ class WorldJudge:
         self.world = world
 
     def compare(self, record: dict, a: str, b: str) -> float:
-        from gendiv.data import Example
-
         return self.world.judge(a, b, Example.from_dict(record))
 
 
@@ -150,9 +155,7 @@ class ChatEndpoint:
                                                 f"and the key in ${self.api_key_env}.") from err
                 time.sleep(self.backoff_s * 2 ** attempt)
         if cached is not None:
-            from gendiv.runs import write_json
-
-            write_json(cached, {"model": self.model, "reply": reply})
+            runs.write_json(cached, {"model": self.model, "reply": reply})
         return reply
 
 
@@ -161,15 +164,11 @@ class LocalChatModel:
     greedy decoding of a short reply."""
 
     def __init__(self, model_path: str | Path, device=None, max_new_tokens: int = 8):
-        from gendiv.models import load_causal_lm, load_tokenizer, pick_device
-
         self.model = load_causal_lm(model_path, device or pick_device()).eval()
         self.tokenizer = load_tokenizer(model_path)
         self.max_new_tokens = max_new_tokens
 
     def complete(self, prompt: str) -> str:
-        import torch
-
         tok = self.tokenizer
         if tok.chat_template:
             text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
@@ -192,8 +191,6 @@ def make_llm_judge(judge_cfg, cache_dir: Path | None = None) -> LLMJudge | None:
                                judge_cfg.max_retries)
         backend._key()  # fail now, with the fix, rather than after sampling
         return LLMJudge(backend, name=f"llm:{judge_cfg.model}")
-    from gendiv.models import SMOLLM2, smollm2_path
-
     path = smollm2_path() if judge_cfg.model == SMOLLM2 else judge_cfg.model
     return LLMJudge(LocalChatModel(path), name=f"llm:{judge_cfg.model}")
 

@@ -12,6 +12,7 @@ book's deviations page).
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import shutil
@@ -19,7 +20,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from peft import LoraConfig, get_peft_model
+from tokenizers import ByteLevelBPETokenizer
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig,
+                          LlamaForCausalLM, PreTrainedTokenizerFast)
+
+from gendiv import data
+from gendiv.lm import tokenizer_sides
 
 
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
@@ -49,9 +58,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path |
     """A byte-level BPE tokenizer trained on ``texts`` (HF ``tokenizers``), wrapped as a
     PreTrainedTokenizerFast with distinct BOS, EOS and PAD tokens (a distinct PAD matters: the
     reward model finds the last real token by it)."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
-
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2,
                             special_tokens=list(SPECIAL_TOKENS.values()), show_progress=False)
@@ -64,8 +70,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path |
 
 def load_tokenizer(path: str | Path):
     """A saved tokenizer; ensures a pad token distinct from EOS where the tokenizer lacks one."""
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
         tok.pad_token = tok.unk_token if tok.unk_token and tok.unk_token != tok.eos_token else tok.eos_token
@@ -77,8 +81,6 @@ def load_tokenizer(path: str | Path):
 def tiny_llama(tokenizer, hidden_size: int, n_layers: int, n_heads: int, intermediate_size: int,
                max_length: int):
     """A small Llama (LlamaConfig) for the miniature world, randomly initialised."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=n_layers,
                          num_attention_heads=n_heads, num_key_value_heads=n_heads,
                          intermediate_size=intermediate_size, max_position_embeddings=max_length,
@@ -89,8 +91,6 @@ def tiny_llama(tokenizer, hidden_size: int, n_layers: int, n_heads: int, interme
 
 def load_causal_lm(path: str | Path, device: torch.device | None = None, dtype: torch.dtype = torch.float32):
     """A causal LM from a local folder or hub id, in ``dtype`` on ``device``."""
-    from transformers import AutoModelForCausalLM
-
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     except OSError as err:
@@ -122,8 +122,6 @@ def smollm2_cache_dir() -> Path:
 def smollm2_path() -> Path:
     """A transformers checkpoint of SmolLM2-135M-Instruct, converted once from the package's GGUF
     (about 20 s) and cached as safetensors under $GENDIV_CACHE (default ~/.cache/gendiv)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     out = smollm2_cache_dir()
     if (out / "config.json").exists() and any(out.glob("*.safetensors")):
         return out
@@ -227,13 +225,85 @@ def freeze_bottom(model: torch.nn.Module, fraction: float) -> ParameterCount:
 
 def add_lora(model: torch.nn.Module, r: int, alpha: int, dropout: float = 0.0, task_type: str = "CAUSAL_LM"):
     """Wrap ``model`` with LoRA adapters on the attention and MLP projections (peft)."""
-    from peft import LoraConfig, get_peft_model
-
     targets = sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
                       if isinstance(mod, torch.nn.Linear) and name.rsplit(".", 1)[-1].endswith("_proj")})
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets or None,
                         task_type=task_type)
     return get_peft_model(model, config)
+
+
+# ------------------------------------------------------------------ reward models
+class RewardModel:
+    """A sequence-classification RM with its normalisation: ``score`` returns (raw - mean) / std."""
+    def __init__(self, model, tokenizer, mean: float = 0.0, std: float = 1.0, max_length: int = 512):
+        if std <= 0:
+            raise ValueError(f"RM normalisation std must be > 0, got {std}.")
+        self.model, self.tokenizer, self.mean, self.std, self.max_length = model, tokenizer, mean, std, max_length
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | None = None, max_length: int = 512) -> RewardModel:
+        path = Path(path)
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
+        model.to(device or pick_device()).eval()
+        norm = json.loads((path / "normalisation.json").read_text()) if (path / "normalisation.json").exists() \
+            else {"mean": 0.0, "std": 1.0}
+        return cls(model, load_tokenizer(path), norm["mean"], norm["std"], max_length)
+
+    def texts(self, prompts: list[str], completions: list[str]) -> list[str]:
+        """prompt + space + completion + EOS: the form RewardTrainer trained on."""
+        eos = self.tokenizer.eos_token
+        return [p + data.sft_target(c, eos) for p, c in zip(prompts, completions)]
+
+    @torch.no_grad()
+    def raw_scores(self, prompts: list[str], completions: list[str], batch_size: int = 32,
+                   padding_side: str = "left") -> np.ndarray:
+        """Unnormalised scores, read at the last real token whichever side is padded (the
+        model's pad_token_id must differ from EOS, which our tokenizers guarantee)."""
+        tok, model = self.tokenizer, self.model
+        if model.config.pad_token_id is None or model.config.pad_token_id == tok.eos_token_id:
+            raise ValueError("The RM needs a pad token distinct from EOS to find the last real token; "
+                             f"pad_token_id={model.config.pad_token_id}, eos_token_id={tok.eos_token_id}.")
+        device = next(model.parameters()).device
+        texts = self.texts(prompts, completions)
+        out = []
+        for i in range(0, len(texts), batch_size):
+            with tokenizer_sides(tok, padding_side, "left"):
+                enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
+                          max_length=self.max_length, add_special_tokens=False).to(device)
+            out.append(model(**enc).logits[:, 0].float().cpu())
+        return torch.cat(out).numpy() if out else np.zeros(0)
+
+    def score(self, prompts: list[str], completions: list[str], batch_size: int = 32) -> np.ndarray:
+        """Normalised scores (paper: PPO, BoN and proxy scores all use these)."""
+        return (self.raw_scores(prompts, completions, batch_size) - self.mean) / self.std
+
+
+def normalisation(raw: np.ndarray) -> dict[str, float]:
+    """Mean and standard deviation of raw RM scores (the paper's normalisation)."""
+    if len(raw) < 2:
+        raise ValueError(f"RM normalisation needs at least 2 scores, got {len(raw)}.")
+    std = float(np.std(raw))
+    return {"mean": float(np.mean(raw)), "std": std if std > 1e-8 else 1.0, "n": len(raw)}
+
+
+def fold_normalisation(model, mean: float, std: float):
+    """Fold the normalisation into a sequence-classification RM's one-label ``score`` head, in
+    place: the head becomes a biased linear layer that outputs (raw - mean) / std. For trainers
+    that call ``model.score`` themselves (TRL 1.12's PPOTrainer reads ``model.score`` on the last
+    hidden state), so they see the same normalised RM as gendiv's PPO. Returns ``model``."""
+    if std <= 0:
+        raise ValueError(f"RM normalisation std must be > 0, got {std}.")
+    head = getattr(model, "score", None)
+    if not isinstance(head, torch.nn.Linear) or head.out_features != 1:
+        raise ValueError(f"fold_normalisation needs a model with a one-label nn.Linear `score` head, "
+                         f"got {type(head).__name__} on {type(model).__name__}.")
+    folded = torch.nn.Linear(head.in_features, 1, bias=True, device=head.weight.device, dtype=head.weight.dtype)
+    with torch.no_grad():
+        folded.weight.copy_(head.weight / std)
+        bias = head.bias if head.bias is not None else torch.zeros(1, device=head.weight.device)
+        folded.bias.copy_((bias - mean) / std)
+    model.score = folded
+    return model
 
 
 def load_policy(cfg, path: Path | str) -> tuple[torch.nn.Module, object, ParameterCount]:

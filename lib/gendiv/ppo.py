@@ -12,7 +12,6 @@ and value losses (0.2 each).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
@@ -22,10 +21,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from gendiv import runs
-from gendiv.sampling import position_ids
+from gendiv import artifacts, data, outputs, runs
+from gendiv.config import Config
+from gendiv.lm import entropy_from_logits, gather_logprobs, response_outputs, tokenizer_sides
+from gendiv.models import load_causal_lm, load_policy, pick_device, save_pretrained_atomic
 
 KL_ESTIMATORS = ("log_ratio", "squared")
 
@@ -181,31 +183,6 @@ class PolicyWithValueHead(torch.nn.Module):
         return response_outputs(self.lm, input_ids, attention_mask, n_response, temperature, self.value_head)
 
 
-def response_outputs(lm, input_ids, attention_mask, n_response, temperature=1.0, value_head=None):
-    """Logits (divided by ``temperature``) predicting each of the last ``n_response`` tokens of
-    each row, and the ``value_head``'s values there (None without one). Rows are a left-padded
-    prompt followed by a response; positions count real tokens only."""
-    hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                           position_ids=position_ids(attention_mask), use_cache=False).last_hidden_state
-    # position t predicts token t+1: the response's tokens are predicted from the n_response
-    # positions before them, so the LM head runs on those positions only.
-    h = hidden[:, -n_response - 1:-1]
-    logits = lm.get_output_embeddings()(h).float() / temperature
-    values = value_head(h).squeeze(-1).float() if value_head is not None else None
-    return logits, values
-
-
-def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token] per position."""
-    return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Per-position entropy of the categorical distribution softmax(logits), in nats."""
-    logp = torch.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
-
-
 # ------------------------------------------------------------------ rollouts
 @dataclass
 class Rollout:
@@ -233,9 +210,9 @@ def rollout(policy: PolicyWithValueHead, ref_lm, reward_model, tokenizer, prompt
     """Sample one response per prompt from the policy (KV cache, left padding), then score it
     with the policy (log-probs, values, entropy), the reference and the normalised RM."""
     device = next(policy.parameters()).device
-    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens,
-                    add_special_tokens=False).to(device)
+    with tokenizer_sides(tokenizer, "left", "left"):
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens,
+                        add_special_tokens=False).to(device)
     was_training = policy.training
     policy.eval()
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -287,11 +264,9 @@ class PPOTrainer:
     def __init__(self, policy_lm, ref_lm, reward_model, tokenizer, prompts: list[str], ppo, *,
                  max_new_tokens: int, max_prompt_tokens: int, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int = 0, checkpoint_path: Path | None = None, run_id: str = ""):
-        from accelerate import Accelerator
-
         if not prompts:
             raise ValueError("PPO needs at least one prompt.")
-        self.cfg, self.seed, self.prompts, self.tokenizer = ppo, seed, prompts, tokenizer
+        self.ppo, self.seed, self.prompts, self.tokenizer = ppo, seed, prompts, tokenizer
         self.sampling = dict(max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
                              temperature=temperature, top_k=top_k, top_p=top_p)
         device = next(policy_lm.parameters()).device
@@ -319,7 +294,7 @@ class PPOTrainer:
 
     def prompts_for_step(self, step: int) -> list[str]:
         """The step's prompts: consecutive slices of a per-epoch seeded permutation."""
-        n, size = len(self.prompts), self.cfg.rollout_batch_size
+        n, size = len(self.prompts), self.ppo.rollout_batch_size
         out = []
         for i in range(step * size, (step + 1) * size):
             epoch, pos = divmod(i, n)
@@ -330,7 +305,7 @@ class PPOTrainer:
 
     def train_step(self) -> dict[str, float]:
         """One rollout and its PPO updates; returns the step's log row."""
-        c, step, t_start = self.cfg, self.step, time.perf_counter()
+        c, step, t_start = self.ppo, self.step, time.perf_counter()
         batch = rollout(self.unwrapped, self.ref_lm, self.reward_model, self.tokenizer, self.prompts_for_step(step),
                         seed=self.seed * 1_000_003 + step, missing_eos_penalty=c.missing_eos_penalty,
                         **self.sampling)
@@ -342,8 +317,8 @@ class PPOTrainer:
             advantages = whiten(advantages, mask)
         t_update = time.perf_counter()
         n_rows, n = len(batch.texts), batch.response.shape[1]
-        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_fraction",
-                                                         "value_clip_fraction", "approx_kl")}
+        losses: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_fraction",
+                                                          "value_clip_fraction", "approx_kl")}
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         mb = min(c.minibatch_size, n_rows)
         self.policy.train()
@@ -363,7 +338,7 @@ class PPOTrainer:
                 self.scheduler.step()
                 self.optimizer.zero_grad()
                 for k, v in {"policy_loss": pg.item(), "value_loss": vf.item(), **pg_stats, **vf_stats}.items():
-                    stats[k].append(v)
+                    losses[k].append(v)
         update_s = time.perf_counter() - t_update
         kl_seq = kl.sum(1).mean().item()
         if self.kl_controller is not None:
@@ -376,7 +351,7 @@ class PPOTrainer:
             "total_reward": (batch.scores - self.kl_coef * kl.sum(1)).mean().item(), "kl_coef": self.kl_coef,
             "entropy": masked_mean(batch.entropy, mask).item(), "response_length": lengths.mean().item(),
             "eos_share": (batch.response == self.tokenizer.eos_token_id).any(1).float().mean().item(),
-            **{k: sum(v) / len(v) for k, v in stats.items()},
+            **{k: sum(v) / len(v) for k, v in losses.items()},
             "explained_variance": explained_variance(batch.values, returns, mask),
             "lr": self.scheduler.get_last_lr()[0],
             "rollout_tokens_per_s": lengths.sum().item() / max(batch.generation_s, 1e-9),
@@ -392,14 +367,14 @@ class PPOTrainer:
 
     def train(self, steps: int | None = None, desc: str = "PPO") -> list[dict[str, float]]:
         """Train up to ``steps`` (default: the config's), checkpointing as configured; returns the log."""
-        steps = self.cfg.steps if steps is None else steps
+        steps = self.ppo.steps if steps is None else steps
         bar = tqdm(total=steps, initial=self.step, desc=desc, disable=not self.accelerator.is_main_process)
         while self.step < steps:
             row = self.train_step()
             bar.update(1)
             bar.set_postfix(reward=f"{row['proxy_reward']:.2f}", kl=f"{row['kl']:.2f}")
-            if self.checkpoint_path is not None and self.cfg.checkpoint_every \
-                    and self.step % self.cfg.checkpoint_every == 0 and self.step < self.cfg.steps:
+            if self.checkpoint_path is not None and self.ppo.checkpoint_every \
+                    and self.step % self.ppo.checkpoint_every == 0 and self.step < self.ppo.steps:
                 self.save_checkpoint()
         bar.close()
         return self.log
@@ -445,48 +420,27 @@ def reward_trend(log: pd.DataFrame, column: str = "proxy_reward", windows: int =
 
 
 # ------------------------------------------------------------------ stages
-PPO_SECTIONS = ("world", "data", "model", "pretrain", "sft", "reward", "sampling", "ppo")
-# Keys a PPO run does not depend on: the sweep grid, and how many test inputs are evaluated.
-PPO_IGNORE = ("ppo.kl_grid", "sampling.n_eval_inputs")
-
-
-def with_kl_coef(cfg, kl_coef: float):
-    """``cfg`` with ppo.kl_coef replaced (the KL sweep's runs)."""
-    return dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, kl_coef=float(kl_coef)))
-
-
-def stage_name(cfg, kl_coef: float | None = None) -> str:
-    """'ppo' for the profile's kl_coef, 'ppo_kl<value>' for another coefficient of the sweep."""
-    if kl_coef is None or float(kl_coef) == cfg.ppo.kl_coef:
-        return "ppo"
-    return f"ppo_kl{float(kl_coef):g}"
-
-
-def build_ppo(cfg, force: bool = False, kl_coef: float | None = None) -> dict[str, Path]:
+def build_ppo(cfg: Config, force: bool = False, kl_coef: float | None = None) -> dict[str, Path]:
     """Stage ``ppo`` (notebook 04; ``ppo_kl<value>`` for the sweep of notebook 08): PPO from the
     SFT policy against the normalised RM on the ID RL prompts. Saves the policy as an ordinary
     transformers checkpoint (``models/<stage>``, with ``value_head.pt`` beside it), the step log
     (``logs/<stage>.csv``) and logged samples; checkpoints every ``ppo.checkpoint_every`` steps
     under ``checkpoints/<stage>`` and resumes from there after an interruption."""
-    from gendiv import data
-    from gendiv.models import load_causal_lm, load_policy, pick_device, save_pretrained_atomic
-    from gendiv.reward import load_reward_model
-    from gendiv.sft import sft_path
-
-    name = stage_name(cfg, kl_coef)
-    run_cfg = cfg if kl_coef is None else with_kl_coef(cfg, kl_coef)
+    name = artifacts.ppo_stage(cfg, kl_coef)
+    run_cfg = cfg if kl_coef is None else artifacts.with_kl_coef(cfg, kl_coef)
 
     def body(root: Path) -> dict[str, Path]:
-        policy_lm, tok, _ = load_policy(cfg, sft_path(cfg))
-        ref_lm = load_causal_lm(sft_path(cfg), pick_device(cfg.model.device))
-        rm = load_reward_model(cfg)
+        sft = artifacts.sft_path(cfg)
+        policy_lm, tok, _ = load_policy(cfg, sft)
+        ref_lm = load_causal_lm(sft, pick_device(cfg.model.device))
+        rm = artifacts.load_reward_model(cfg)
         prompts = [r["prompt"] for r in data.load_split(cfg, "id", "rl")]
         s = cfg.sampling
         trainer = PPOTrainer(policy_lm, ref_lm, rm, tok, prompts, run_cfg.ppo, max_new_tokens=s.max_new_tokens,
                              max_prompt_tokens=cfg.max_prompt_tokens,
                              temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=cfg.seed,
                              checkpoint_path=root / "checkpoints" / name / "state.pt",
-                             run_id=run_cfg.section_hash(*PPO_SECTIONS, ignore=PPO_IGNORE))
+                             run_id=runs.stage_hash(run_cfg, name))
         trainer.train(desc=f"PPO (kl_coef={run_cfg.ppo.kl_coef:g})")
         policy = trainer.unwrapped
         lm = policy.lm.merge_and_unload() if cfg.model.adapter == "lora" else policy.lm
@@ -498,26 +452,19 @@ def build_ppo(cfg, force: bool = False, kl_coef: float | None = None) -> dict[st
         (root / "checkpoints" / name / "state.pt").unlink(missing_ok=True)
         return paths
 
-    return runs.run_stage(run_cfg, name, PPO_SECTIONS, body, force=force, ignore=PPO_IGNORE)
+    return runs.run_stage(run_cfg, name, body, force=force)
 
 
-def ppo_path(cfg, kl_coef: float | None = None) -> Path:
-    """The trained policy of the ``ppo`` stage (or of the sweep's run for ``kl_coef``)."""
-    return runs.artifact(cfg, stage_name(cfg, kl_coef), "policy")
-
-
-def evaluate_ppo(cfg, force: bool = False) -> dict[str, Path]:
+def evaluate_ppo(cfg: Config, force: bool = False) -> dict[str, Path]:
     """Stage ``ppo_eval`` (notebook 04): PPO samples on the same test inputs as chapter 2's SFT
     samples, with gold utilities averaged over ``sampling.utility_samples`` samples per input as
     there (``logs/ppo_gold_utility.csv``); the first sample is the one chapter 6 judges."""
-    from gendiv import data, evaluation
-
     def body(root: Path) -> dict[str, Path]:
         world = data.make_world(cfg) if cfg.data.source == "world" else None
-        paths, rows = evaluation.sample_outputs(cfg, ppo_path(cfg), "ppo", evaluation.test_records(cfg),
-                                                root / "samples", world)
+        paths, rows = outputs.sample_outputs(cfg, artifacts.ppo_path(cfg), "ppo", artifacts.test_records(cfg),
+                                             root / "samples", world)
         paths["gold_utility"] = runs.write_csv(root / "logs" / "ppo_gold_utility.csv",
-                                               evaluation.gold_utility_frame(rows))
+                                               outputs.gold_utility_frame(rows))
         return paths
 
-    return runs.run_stage(cfg, "ppo_eval", PPO_SECTIONS, body, force=force, ignore=("ppo.kl_grid",))
+    return runs.run_stage(cfg, "ppo_eval", body, force=force)

@@ -26,7 +26,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib import resources
 from pathlib import Path
 
@@ -34,12 +34,14 @@ import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
 
 from gendiv import data, runs
 from gendiv.config import Config, ConfigError
+from gendiv.world import World
 from gendiv.models import (SCRATCH, load_causal_lm, load_tokenizer, pick_device, resolve_base,
                            save_pretrained_atomic, tiny_llama, train_tokenizer)
-from gendiv.sampling import generate
+from gendiv.lm import generate
 
 SHIPPED = ("tiny",)
 """Base models shipped with the package (``model.base`` names), each in ``gendiv/pretrained/<name>``."""
@@ -56,8 +58,6 @@ def world_fingerprint() -> str:
     """A hash of the world's text generator: fixed examples of every domain and genre, with their
     references. It changes whenever the lexicon, the templates or the generator do, and then a
     base model pre-trained on the old world no longer matches."""
-    from gendiv.world import World
-
     world = World(seed=0)
     rng = random.Random("fingerprint")
     texts = []
@@ -83,16 +83,12 @@ def recipe_hash(cfg: Config) -> str:
 
 def corpus(cfg: Config) -> list[str]:
     """The pre-training corpus of the recipe (drawn with ``pretrain.seed``)."""
-    from dataclasses import replace
-
     return data.pretraining_corpus(data.make_world(cfg), replace(cfg, seed=cfg.pretrain.seed))
 
 
 def heldout_documents(cfg: Config, n: int) -> list[str]:
     """``n`` documents of the corpus's kinds and shares that the pre-training never saw (their own
     random stream), for measuring a base model's perplexity in the run."""
-    from dataclasses import replace
-
     small = replace(cfg, seed=cfg.pretrain.seed + 1_000_003, data=replace(cfg.data, n_pretrain_docs=n))
     return data.pretraining_corpus(data.make_world(cfg), small)
 
@@ -155,8 +151,6 @@ class SummaryProbe:
     sets), and the share on which it beats the post's reference (ties one half)."""
 
     def __init__(self, cfg: Config, n_per_split: int, max_new_tokens: int):
-        from dataclasses import replace
-
         self.world = data.make_world(cfg)
         probe_cfg = replace(cfg, seed=cfg.pretrain.seed + 2_000_003)
         self.examples = {s: data.world_split(self.world, probe_cfg, s, "probe", n_per_split) for s in data.SPLITS}
@@ -188,8 +182,6 @@ def pretrain(model, train_rows: torch.Tensor, val_rows: torch.Tensor, *, pad_tok
     With ``checkpoint``, the state (weights, optimiser, schedule, step, curve) is saved every
     ``checkpoint_every`` steps and a run with the same ``run_id`` resumes from it: the order of
     rows depends only on ``seed``, so a resumed run continues as if it had not stopped."""
-    from transformers import get_cosine_schedule_with_warmup
-
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     steps = max(1, int(epochs * len(train_rows) / batch_size))
@@ -330,11 +322,4 @@ def build_base(cfg: Config, force: bool = False) -> dict[str, Path]:
         return {"base_ref": runs.write_json(root / "logs" / "base.json", info),
                 "pretrain_log": runs.write_csv(root / "logs" / "pretrain.csv", pd.read_csv(folder / LOG))}
 
-    return runs.run_stage(cfg, "base", ("model", "pretrain") + (("data",) if cfg.model.base == SCRATCH else ()),
-                          body, force=force, ignore=("model.adapter", "model.freeze_fraction", "model.lora_r",
-                                                     "model.lora_alpha", "model.device"))
-
-
-def base_path(cfg: Config) -> Path:
-    """Where the base model of a finished ``base`` stage lives."""
-    return Path(json.loads(runs.artifact(cfg, "base", "base_ref").read_text())["path"])
+    return runs.run_stage(cfg, "base", body, force=force)

@@ -13,101 +13,25 @@ noisy simulated labeller. For the paper's data they are the hub's human comparis
 
 from __future__ import annotations
 
-import json
 import random
 import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
+from datasets import Dataset
+from transformers import AutoModelForSequenceClassification
 from transformers.utils import logging as transformers_logging
+from trl import RewardConfig, RewardTrainer
 
-from gendiv import data, runs, stats
+from gendiv import artifacts, data, runs, stages, stats
 from gendiv.config import Config
-from gendiv.models import load_causal_lm, load_tokenizer, pick_device, save_pretrained_atomic, use_bf16
-from gendiv.pretraining import base_path
-from gendiv.sft import left_truncate, sample_policy, sft_path
+from gendiv.lm import left_truncate, sample_policy, tokenizer_sides
+from gendiv.models import (RewardModel, add_lora, freeze_bottom, load_causal_lm, load_tokenizer, normalisation,
+                           pick_device, save_pretrained_atomic, use_bf16)
 
 RM_ACCURACY_COLUMNS = ["split", "accuracy", "ci_low", "ci_high", "n"]
-
-
-class RewardModel:
-    """A sequence-classification RM with its normalisation: ``score`` returns (raw - mean) / std."""
-
-    def __init__(self, model, tokenizer, mean: float = 0.0, std: float = 1.0, max_length: int = 512):
-        if std <= 0:
-            raise ValueError(f"RM normalisation std must be > 0, got {std}.")
-        self.model, self.tokenizer, self.mean, self.std, self.max_length = model, tokenizer, mean, std, max_length
-
-    @classmethod
-    def load(cls, path: str | Path, device: torch.device | None = None, max_length: int = 512) -> RewardModel:
-        from transformers import AutoModelForSequenceClassification
-
-        path = Path(path)
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
-        model.to(device or pick_device()).eval()
-        norm = json.loads((path / "normalisation.json").read_text()) if (path / "normalisation.json").exists() \
-            else {"mean": 0.0, "std": 1.0}
-        return cls(model, load_tokenizer(path), norm["mean"], norm["std"], max_length)
-
-    def texts(self, prompts: list[str], completions: list[str]) -> list[str]:
-        """prompt + space + completion + EOS: the form RewardTrainer trained on."""
-        eos = self.tokenizer.eos_token
-        return [p + data.sft_target(c, eos) for p, c in zip(prompts, completions)]
-
-    @torch.no_grad()
-    def raw_scores(self, prompts: list[str], completions: list[str], batch_size: int = 32,
-                   padding_side: str = "left") -> np.ndarray:
-        """Unnormalised scores, read at the last real token whichever side is padded (the
-        model's pad_token_id must differ from EOS, which our tokenizers guarantee)."""
-        tok, model = self.tokenizer, self.model
-        if model.config.pad_token_id is None or model.config.pad_token_id == tok.eos_token_id:
-            raise ValueError("The RM needs a pad token distinct from EOS to find the last real token; "
-                             f"pad_token_id={model.config.pad_token_id}, eos_token_id={tok.eos_token_id}.")
-        tok.padding_side, tok.truncation_side = padding_side, "left"
-        device = next(model.parameters()).device
-        texts = self.texts(prompts, completions)
-        out = []
-        for i in range(0, len(texts), batch_size):
-            enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
-                      max_length=self.max_length, add_special_tokens=False).to(device)
-            out.append(model(**enc).logits[:, 0].float().cpu())
-        tok.padding_side = "left"
-        return torch.cat(out).numpy() if out else np.zeros(0)
-
-    def score(self, prompts: list[str], completions: list[str], batch_size: int = 32) -> np.ndarray:
-        """Normalised scores (paper: PPO, BoN and proxy scores all use these)."""
-        return (self.raw_scores(prompts, completions, batch_size) - self.mean) / self.std
-
-
-def normalisation(raw: np.ndarray) -> dict[str, float]:
-    """Mean and standard deviation of raw RM scores (the paper's normalisation)."""
-    if len(raw) < 2:
-        raise ValueError(f"RM normalisation needs at least 2 scores, got {len(raw)}.")
-    std = float(np.std(raw))
-    return {"mean": float(np.mean(raw)), "std": std if std > 1e-8 else 1.0, "n": len(raw)}
-
-
-def fold_normalisation(model, mean: float, std: float):
-    """Fold the normalisation into a sequence-classification RM's one-label ``score`` head, in
-    place: the head becomes a biased linear layer that outputs (raw - mean) / std. For trainers
-    that call ``model.score`` themselves (TRL 1.12's PPOTrainer reads ``model.score`` on the last
-    hidden state), so they see the same normalised RM as gendiv's PPO. Returns ``model``."""
-    if std <= 0:
-        raise ValueError(f"RM normalisation std must be > 0, got {std}.")
-    head = getattr(model, "score", None)
-    if not isinstance(head, torch.nn.Linear) or head.out_features != 1:
-        raise ValueError(f"fold_normalisation needs a model with a one-label nn.Linear `score` head, "
-                         f"got {type(head).__name__} on {type(model).__name__}.")
-    folded = torch.nn.Linear(head.in_features, 1, bias=True, device=head.weight.device, dtype=head.weight.dtype)
-    with torch.no_grad():
-        folded.weight.copy_(head.weight / std)
-        bias = head.bias if head.bias is not None else torch.zeros(1, device=head.weight.device)
-        folded.bias.copy_((bias - mean) / std)
-    model.score = folded
-    return model
 
 
 def train_reward_model(sft_path: Path, comparisons: list[dict], out_dir: Path, *, epochs: float, lr: float,
@@ -116,12 +40,6 @@ def train_reward_model(sft_path: Path, comparisons: list[dict], out_dir: Path, *
                        device: torch.device | None = None) -> pd.DataFrame:
     """Train an RM from the SFT checkpoint on (prompt, chosen, rejected) with TRL's RewardTrainer;
     save it to ``out_dir``; return the log history."""
-    from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification
-    from trl import RewardConfig, RewardTrainer
-
-    from gendiv.models import add_lora, freeze_bottom
-
     device = device or pick_device()
     tok = load_tokenizer(sft_path)
     # The new score head is reported as "missing" from the SFT checkpoint: expected, so not shown.
@@ -151,9 +69,9 @@ def train_reward_model(sft_path: Path, comparisons: list[dict], out_dir: Path, *
                             logging_steps=5, save_strategy="no", report_to="none", seed=seed,
                             data_seed=seed, lr_scheduler_type="linear", warmup_steps=0,
                             dataloader_num_workers=0)
-        tok.padding_side = "right"
-        trainer = RewardTrainer(model=model, args=args, processing_class=tok, train_dataset=dataset)
-        trainer.train()
+        with tokenizer_sides(tok, "right", tok.truncation_side):  # TRL pads its batches on the right
+            trainer = RewardTrainer(model=model, args=args, processing_class=tok, train_dataset=dataset)
+            trainer.train()
         log = pd.DataFrame(trainer.state.log_history)
     trained = trainer.model
     if adapter == "lora":
@@ -178,6 +96,8 @@ def rm_accuracy(rm: RewardModel, pairs: list[dict], seed: int) -> dict:
 
 # ------------------------------------------------------------------ stages
 PAIR_KINDS = ("sft_vs_sft", "sft_vs_base", "sft_vs_reference")
+OOD_PAIRS_SEED_OFFSET = 7
+"""The OOD accuracy pairs draw from the comparisons' seed plus this (the ID pairs from the seed itself)."""
 RM_ACCURACY_BY_KIND_COLUMNS = ["split", "kind", "accuracy", "ci_low", "ci_high", "n"]
 
 
@@ -254,13 +174,15 @@ def build_comparisons(cfg: Config, force: bool = False) -> dict[str, Path]:
             return paths
         world = data.make_world(cfg)
         device = pick_device(cfg.model.device)
-        model, tok = load_causal_lm(sft_path(cfg), device), load_tokenizer(sft_path(cfg))
-        base = load_causal_lm(base_path(cfg), device) if cfg.reward.base_pair_share > 0 else None
+        sft = artifacts.sft_path(cfg)
+        model, tok = load_causal_lm(sft, device), load_tokenizer(sft)
+        base = load_causal_lm(artifacts.base_path(cfg), device) if cfg.reward.base_pair_share > 0 else None
         for split in data.SPLITS:
             recs = records if split == "id" else data.load_split(cfg, split, "test")[: cfg.reward.n_eval_ood]
             rng = random.Random(f"{cfg.seed}/pairs/{split}")
             kinds = pair_kinds(cfg, len(recs), rng)
-            pairs = _sample_pairs(cfg, model, base, tok, recs, kinds, cfg.seed + (0 if split == "id" else 7),
+            seed = stages.seed(cfg, "comparisons") + (0 if split == "id" else OOD_PAIRS_SEED_OFFSET)
+            pairs = _sample_pairs(cfg, model, base, tok, recs, kinds, seed,
                                   f"{split} pairs", rng)
             rows = _judged_pairs(world, recs, pairs, kinds, random.Random(f"{cfg.seed}/labeller/{split}"),
                                  label=split == "id")
@@ -273,8 +195,7 @@ def build_comparisons(cfg: Config, force: bool = False) -> dict[str, Path]:
                 paths[f"pairs_{split}"] = runs.write_jsonl(root / "data" / f"rm_eval_pairs_{split}.jsonl", rows)
         return paths
 
-    return runs.run_stage(cfg, "comparisons", ("world", "data", "model", "pretrain", "sft", "reward", "sampling"),
-                          body, force=force)
+    return runs.run_stage(cfg, "comparisons", body, force=force)
 
 
 def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
@@ -286,7 +207,7 @@ def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
         heldout = runs.read_jsonl(runs.artifact(cfg, "comparisons", "comparisons_heldout"))
         out = root / "models" / "rm"
         device = pick_device(cfg.model.device)
-        log = train_reward_model(sft_path(cfg), train, out, epochs=cfg.reward.epochs, lr=cfg.reward.lr,
+        log = train_reward_model(artifacts.sft_path(cfg), train, out, epochs=cfg.reward.epochs, lr=cfg.reward.lr,
                                  batch_size=cfg.reward.batch_size, max_length=cfg.model.max_length,
                                  seed=cfg.seed, freeze_fraction=cfg.model.freeze_fraction,
                                  adapter=cfg.model.adapter, lora_r=cfg.model.lora_r,
@@ -328,11 +249,4 @@ def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
                 "rm_accuracy_by_kind": runs.write_csv(root / "logs" / "rm_accuracy_by_kind.csv", pd.DataFrame(
                     [r for r in by_kind if r["n"] > 0], columns=RM_ACCURACY_BY_KIND_COLUMNS))}
 
-    return runs.run_stage(cfg, "reward", ("world", "data", "model", "pretrain", "sft", "reward", "sampling"),
-                          body, force=force)
-
-
-def load_reward_model(cfg: Config) -> RewardModel:
-    """The trained, normalised RM of a finished ``reward`` stage."""
-    return RewardModel.load(runs.artifact(cfg, "reward", "rm"), pick_device(cfg.model.device), cfg.model.max_length)
-
+    return runs.run_stage(cfg, "reward", body, force=force)

@@ -5,7 +5,7 @@ Layout of ``runs/<profile>/``::
     config.yaml            the resolved config of the latest stage run
     manifests/<stage>.json config hash, artifacts, package versions, wall time, device
     data/ ...              artifacts of each stage, in a folder named after it
-    results/*.csv          the results contract (DESIGN.md), read by the book
+    results/*.csv          the results contract (see the book's protocol page), read by the book
     figures/*.png, *.csv   figures and the tidy data behind each
 
 A stage is finished when its manifest exists, its config hash matches and every artifact it
@@ -25,22 +25,25 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from html import escape
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gendiv.config import Config, describe
+import numpy as np
+import pandas as pd
+import torch
 
-STAGE_NOTEBOOKS = {"data": "01_data_splits", "base": "02_sft", "sft": "02_sft", "sft_eval": "02_sft",
-                   "comparisons": "03_reward_model", "reward": "03_reward_model", "ppo": "04_ppo",
-                   "ppo_eval": "04_ppo", "bon": "05_best_of_n", "evaluation": "06_evaluation",
-                   "diversity": "07_diversity", "kl_sweep": "08_kl_sweep", "claims": "08_kl_sweep"}
-"""Which notebook runs each stage (for error messages that say what to run)."""
-
+from gendiv import stages
+from gendiv.config import Config, describe, load_profile
 
 def notebook_for(stage: str) -> str | None:
-    """The notebook that runs ``stage``: the sweep's PPO runs (``ppo_kl<beta>``) belong to 08."""
-    return STAGE_NOTEBOOKS.get(stage, "08_kl_sweep" if stage.startswith("ppo_kl") else None)
+    """The notebook that runs ``stage`` (from the table of stages), or None for an unknown name."""
+    try:
+        return stages.stage(stage).notebook
+    except KeyError:
+        return None
+
 
 VERSIONED_PACKAGES = ("gendiv", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
                       "sentence-transformers", "numpy", "pandas")
@@ -133,32 +136,17 @@ def package_versions() -> dict[str, str]:
 
 def device_name() -> str:
     """'cuda:<name>' when a GPU is visible, else 'cpu (<n> cores)'."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return f"cuda ({torch.cuda.get_device_name(0)})"
-    except ImportError:
-        pass
+    if torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(0)})"
     return f"cpu ({os.cpu_count()} cores)"
 
 
 def seed_everything(seed: int) -> None:
-    """The one place where randomness is seeded: Python, NumPy and torch (if installed)."""
+    """The one place where randomness is seeded: Python, NumPy and torch."""
     random.seed(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed)
-    except ImportError:
-        pass
-    try:
-        import torch
-
-        torch.manual_seed(seed)
-    except ImportError:
-        pass
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def environment_report(cfg: Config) -> str:
@@ -171,8 +159,6 @@ def environment_report(cfg: Config) -> str:
 def run_info_html(cfg: Config) -> str:
     """Which profile, seed, device and package versions produced this copy of the book, and the
     total wall time of its stages (from the manifests): the intro page shows it."""
-    from html import escape
-
     times = stage_times(cfg)
     total = f"{times['wall_time_s'].sum() / 60:.1f} minutes of stage wall time" if len(times) else "no finished stage"
     versions = ", ".join(f"{k} {v}" for k, v in package_versions().items())
@@ -231,17 +217,22 @@ def artifact(cfg: Config, stage: str, name: str) -> Path:
     return run_dir(cfg) / m.artifacts[name]
 
 
-def run_stage(cfg: Config, stage: str, sections: tuple[str, ...],
-              body: Callable[[Path], dict[str, Path]], force: bool = False,
-              ignore: tuple[str, ...] = ()) -> dict[str, Path]:
-    """Run ``body(run_dir)`` unless ``stage`` already finished with the same config.
+def stage_hash(cfg: Config, stage: str) -> str:
+    """The hash of the config sections ``stage`` depends on (table of stages), less the keys it ignores."""
+    row = stages.stage(stage)
+    return cfg.section_hash(*row.sections, ignore=row.ignore)
+
+
+def run_stage(cfg: Config, stage: str, body: Callable[[Path], dict[str, Path]], *,
+              force: bool = False) -> dict[str, Path]:
+    """Run ``body(run_dir)`` unless ``stage`` already finished with the same config (the sections
+    the table of stages lists for it, less the keys it ignores).
 
     ``body`` writes its artifacts (atomically) and returns {name: path}. On success the manifest
-    is written last, so a crash leaves no manifest and the stage reruns next time. ``ignore``
-    names dotted config keys left out of the stage's hash.
+    is written last, so a crash leaves no manifest and the stage reruns next time.
     """
     root = run_dir(cfg)
-    config_hash = cfg.section_hash(*sections, ignore=ignore)
+    config_hash = stage_hash(cfg, stage)
     if not force and stage_is_done(cfg, stage, config_hash):
         m = load_manifest(cfg, stage)
         print(f"[{stage}] cached: finished {m.finished_at} in {m.wall_time_s:.1f}s "
@@ -270,19 +261,15 @@ def print_config(cfg: Config) -> None:
 def start(profile: str, seed: int | None = None, run_dir: str = "") -> Config:
     """What every notebook does after its parameters cell: resolve the typed config, seed
     everything from it, and print the config, device and package versions."""
-    from gendiv.config import load_profile
-
     cfg = load_profile(profile, seed=seed, run_dir=run_dir or None)
     seed_everything(cfg.seed)
     print_config(cfg)
     return cfg
 
 
-def stage_times(cfg: Config):
+def stage_times(cfg: Config) -> pd.DataFrame:
     """Wall time of every finished stage of the run, with the notebook that runs it (from the
     manifests), for the book's timing table."""
-    import pandas as pd
-
     rows = []
     for path in sorted((run_dir(cfg) / "manifests").glob("*.json")):
         m = json.loads(path.read_text())

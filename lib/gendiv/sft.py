@@ -12,26 +12,17 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
+from datasets import Dataset
+from trl import SFTConfig, SFTTrainer
 
-from gendiv import data, runs
-from gendiv.models import (load_causal_lm, load_policy, load_tokenizer, pick_device,
-                           save_pretrained_atomic, use_bf16)
-from gendiv.pretraining import base_path
-from gendiv.sampling import generate
-
-
-def left_truncate(tokenizer, prompts: list[str], max_tokens: int) -> list[str]:
-    """Cut each prompt to its last ``max_tokens`` tokens (left truncation, paper's code)."""
-    out = []
-    for prompt, ids in zip(prompts, tokenizer(prompts, add_special_tokens=False)["input_ids"]):
-        out.append(prompt if len(ids) <= max_tokens else tokenizer.decode(ids[-max_tokens:]))
-    return out
+from gendiv import artifacts, data, outputs, runs
+from gendiv.config import Config
+from gendiv.lm import left_truncate, tokenizer_sides
+from gendiv.models import load_causal_lm, load_policy, load_tokenizer, pick_device, save_pretrained_atomic, use_bf16
 
 
-def sft_dataset(tokenizer, records: list[dict], max_prompt_tokens: int):
+def sft_dataset(tokenizer, records: list[dict], max_prompt_tokens: int) -> Dataset:
     """A prompt-completion ``datasets.Dataset`` of the records' prompts and references."""
-    from datasets import Dataset
-
     prompts = left_truncate(tokenizer, [r["prompt"] for r in records], max_prompt_tokens)
     eos = tokenizer.eos_token
     return Dataset.from_dict({"prompt": prompts,
@@ -47,11 +38,10 @@ def _length_grouping(config_cls, on: bool) -> dict:
 
 
 def make_trainer(model, tokenizer, train_records: list[dict], val_records: list[dict], *, epochs: float,
-                 lr: float, batch_size: int, scheduler: str, max_length: int, max_new_tokens: int,
-                 seed: int, output_dir: str, group_by_length: bool = False):
-    """A configured TRL SFTTrainer (completion-only loss, bf16 only on a GPU that has it)."""
-    from trl import SFTConfig, SFTTrainer
-
+                 lr: float, batch_size: int, scheduler: str, max_length: int, max_prompt_tokens: int,
+                 seed: int, output_dir: str, group_by_length: bool = False) -> SFTTrainer:
+    """A configured TRL SFTTrainer (completion-only loss, bf16 only on a GPU that has it); prompts
+    are cut on the left to ``max_prompt_tokens``."""
     device = next(model.parameters()).device
     with warnings.catch_warnings():  # transformers' own deprecation notices, not ours to fix
         warnings.simplefilter("ignore", FutureWarning)
@@ -63,97 +53,73 @@ def make_trainer(model, tokenizer, train_records: list[dict], val_records: list[
                          eval_strategy="epoch" if val_records else "no", report_to="none", seed=seed,
                          data_seed=seed, disable_tqdm=False, dataloader_num_workers=0,
                          **_length_grouping(SFTConfig, group_by_length))
-    max_prompt = max_length - max_new_tokens
-    tokenizer.padding_side = "right"
     return SFTTrainer(model=model, args=args, processing_class=tokenizer,
-                      train_dataset=sft_dataset(tokenizer, train_records, max_prompt),
-                      eval_dataset=sft_dataset(tokenizer, val_records, max_prompt) if val_records else None)
+                      train_dataset=sft_dataset(tokenizer, train_records, max_prompt_tokens),
+                      eval_dataset=sft_dataset(tokenizer, val_records, max_prompt_tokens) if val_records else None)
 
 
 def train_sft(model, tokenizer, train_records: list[dict], val_records: list[dict], out_dir: Path,
               **kwargs) -> pd.DataFrame:
     """Fine-tune ``model`` on the records' references; save model and tokenizer to ``out_dir``
     (written beside it, then renamed); return TRL's log history as a DataFrame."""
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, tokenizer_sides(tokenizer, "right", tokenizer.truncation_side):
         trainer = make_trainer(model, tokenizer, train_records, val_records, output_dir=scratch, **kwargs)
-        trainer.train()
+        trainer.train()  # TRL pads its batches on the right
         log = pd.DataFrame(trainer.state.log_history)
     save_pretrained_atomic(trainer.model, tokenizer, out_dir)
-    tokenizer.padding_side = "left"
     return log
 
 
 # ------------------------------------------------------------------ stages
-SFT_SECTIONS = ("world", "data", "model", "pretrain", "sft")
-
-
-def build_sft(cfg, force: bool = False) -> dict[str, Path]:
+def build_sft(cfg: Config, force: bool = False) -> dict[str, Path]:
     """Stage ``sft`` (notebook 02): fine-tune the base model on the ID demonstrations; LoRA
     adapters are merged so every later stage loads an ordinary transformers checkpoint."""
     def body(root: Path) -> dict[str, Path]:
-        model, tok, counts = load_policy(cfg, base_path(cfg))
+        model, tok, counts = load_policy(cfg, artifacts.base_path(cfg))
         print(f"SFT trains {counts}")
         train = data.load_split(cfg, "id", "sft_train")
         val = data.load_split(cfg, "id", "sft_val")
         s = cfg.sft
         log = train_sft(model, tok, train, val, root / "models" / "sft", epochs=s.epochs, lr=s.lr,
                         batch_size=s.batch_size, scheduler=s.scheduler, max_length=cfg.model.max_length,
-                        max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.seed,
-                        group_by_length=s.group_by_length)
+                        max_prompt_tokens=cfg.max_prompt_tokens, seed=cfg.seed, group_by_length=s.group_by_length)
         if cfg.model.adapter == "lora":  # merge the adapters: later stages load a plain checkpoint
             save_pretrained_atomic(model.merge_and_unload(), tok, root / "models" / "sft")
         return {"sft_model": root / "models" / "sft", "sft_log": runs.write_csv(root / "logs" / "sft.csv", log),
                 "trainable": runs.write_json(root / "logs" / "sft_parameters.json",
                                              {"trainable": counts.trainable, "total": counts.total})}
 
-    return runs.run_stage(cfg, "sft", SFT_SECTIONS, body, force=force)
+    return runs.run_stage(cfg, "sft", body, force=force)
 
 
-def sft_path(cfg) -> Path:
-    return runs.artifact(cfg, "sft", "sft_model")
-
-
-def sample_policy(cfg, model, tokenizer, records: list[dict], seed: int, desc: str, n_samples: int = 1,
-                  temperature: float | None = None):
-    """Samples of ``model`` on ``records`` with the profile's sampling settings (``temperature``
-    overrides sampling.temperature)."""
-    s = cfg.sampling
-    temperature = s.temperature if temperature is None else temperature
-    return generate(model, tokenizer, [r["prompt"] for r in records], n_samples=n_samples,
-                    max_new_tokens=s.max_new_tokens, temperature=temperature, top_k=s.top_k, top_p=s.top_p,
-                    batch_size=s.batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
-                    seed=seed, desc=desc)
-
-
-def evaluate_sft(cfg, force: bool = False) -> dict[str, Path]:
+def evaluate_sft(cfg: Config, force: bool = False) -> dict[str, Path]:
     """Stage ``sft_eval`` (notebook 02): samples from the base and the SFT model on the first
     ``sampling.n_eval_inputs`` test inputs of every split, with gold utilities (world only) averaged
     over ``sampling.utility_samples`` samples per input (the first sample is the one chapter 6
     judges); ``results/gold_utility.csv`` holds the means with bootstrap intervals over inputs, and
     ``logs/context_reliance.csv`` how much each model reads the post
-    (:func:`gendiv.evaluation.context_reliance`)."""
-    from gendiv import evaluation
-
+    (:func:`gendiv.outputs.context_reliance`)."""
     def body(root: Path) -> dict[str, Path]:
         world = data.make_world(cfg) if cfg.data.source == "world" else None
-        tests = evaluation.test_records(cfg)
+        tests = artifacts.test_records(cfg)
+        policies = (("base", artifacts.base_path(cfg)), ("sft", artifacts.sft_path(cfg)))
         paths, rows = {}, []
-        for method, path in (("base", base_path(cfg)), ("sft", sft_path(cfg))):
-            p, r = evaluation.sample_outputs(cfg, path, method, tests, root / "samples", world)
+        for method, path in policies:
+            p, r = outputs.sample_outputs(cfg, path, method, tests, root / "samples", world)
             paths.update(p)
             rows += r
         if world is not None:
             for split, records in tests.items():
-                rows.append(evaluation.utility_row("reference", split, evaluation.gold_utilities(
+                rows.append(outputs.utility_row("reference", split, outputs.gold_utilities(
                     world, records, [r["reference"] for r in records]), cfg.seed))
         reliance, device = [], pick_device(cfg.model.device)
-        for method, path in (("base", base_path(cfg)), ("sft", sft_path(cfg))):
+        for method, path in policies:
             model, tok = load_causal_lm(path, device), load_tokenizer(path)
-            reliance += evaluation.context_reliance(model, tok, method, tests, cfg.max_prompt_tokens, cfg.seed)
+            reliance += outputs.context_reliance(model, tok, method, tests, cfg.max_prompt_tokens, cfg.seed)
         paths["context_reliance"] = runs.write_csv(root / "logs" / "context_reliance.csv", pd.DataFrame(
-            reliance, columns=evaluation.CONTEXT_RELIANCE_COLUMNS))
+            reliance, columns=outputs.CONTEXT_RELIANCE_COLUMNS))
         paths["gold_utility"] = runs.write_csv(runs.results_dir(cfg) / "gold_utility.csv",
-                                               evaluation.gold_utility_frame(rows))
+                                               outputs.gold_utility_frame(rows))
         return paths
 
-    return runs.run_stage(cfg, "sft_eval", SFT_SECTIONS + ("sampling",), body, force=force)
+    return runs.run_stage(cfg, "sft_eval", body, force=force)

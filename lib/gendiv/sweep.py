@@ -13,11 +13,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gendiv import data, judges, runs, stats
+from gendiv import artifacts, data, judges, runs, stages, stats
 from gendiv.config import Config
+from gendiv.diversity import Metrics
+from gendiv.lm import sample_policy
+from gendiv.models import load_causal_lm, load_tokenizer, pick_device
+from gendiv.outputs import gold_utilities
+from gendiv.ppo import build_ppo
 
 KL_SWEEP_COLUMNS = ["kl_coef", "split", "measure", "value", "ci_low", "ci_high"]
-SWEEP_SECTIONS = ("world", "data", "model", "pretrain", "sft", "reward", "sampling", "bon", "ppo", "diversity")
 
 
 def build_kl_sweep(cfg: Config, force: bool = False) -> dict[str, Path]:
@@ -25,20 +29,15 @@ def build_kl_sweep(cfg: Config, force: bool = False) -> dict[str, Path]:
     every split: win rate against the reference (world judge), gold utility and proxy RM score
     of one sample per evaluation input, and per-input diversity of K samples on the diversity
     inputs. The run at the profile's own kl_coef reuses chapters 4 and 7's samples. Writes
-    ``results/kl_sweep.csv`` and the per-input values (``logs/kl_sweep_per_input.csv``)."""
-    from gendiv.diversity import Metrics
-    from gendiv.evaluation import gold_utilities, test_records
-    from gendiv.models import load_causal_lm, load_tokenizer, pick_device
-    from gendiv.ppo import build_ppo, ppo_path
-    from gendiv.reward import load_reward_model
-    from gendiv.sft import sample_policy
-
+    ``results/kl_sweep.csv`` and the per-input values (``logs/kl_sweep_per_input.csv``). Each
+    run is sampled as chapters 4 and 7 sample PPO: one sample per evaluation input with the run's
+    seed, K per diversity input with diversity's seed."""
     def body(root: Path) -> dict[str, Path]:
         world = data.make_world(cfg) if cfg.data.source == "world" else None
         judge = judges.WorldJudge(world) if world is not None else None
         metrics = Metrics(cfg, world)
-        rm = load_reward_model(cfg)
-        tests, div_tests = test_records(cfg), test_records(cfg, cfg.diversity.n_inputs)
+        rm = artifacts.load_reward_model(cfg)
+        tests, div_tests = artifacts.test_records(cfg), artifacts.test_records(cfg, cfg.diversity.n_inputs)
         rows, per_input = [], []
         device = pick_device(cfg.model.device)
         for kl_coef in cfg.ppo.kl_grid:
@@ -51,7 +50,7 @@ def build_kl_sweep(cfg: Config, force: bool = False) -> dict[str, Path]:
             own = float(kl_coef) == cfg.ppo.kl_coef
             model = tok = None
             if not own:
-                path = ppo_path(cfg, kl_coef)
+                path = artifacts.ppo_path(cfg, kl_coef)
                 model, tok = load_causal_lm(path, device), load_tokenizer(path)
             for split, records in tests.items():
                 if own:
@@ -59,7 +58,7 @@ def build_kl_sweep(cfg: Config, force: bool = False) -> dict[str, Path]:
                     k_samples = [r["outputs"] for r in runs.read_jsonl(runs.artifact(cfg, "diversity", f"ppo_{split}"))]
                 else:
                     outputs = sample_policy(cfg, model, tok, records, cfg.seed, f"kl {kl_coef:g}: {split}").first()
-                    k_samples = sample_policy(cfg, model, tok, div_tests[split], cfg.seed + 202,
+                    k_samples = sample_policy(cfg, model, tok, div_tests[split], stages.seed(cfg, "diversity"),
                                               f"kl {kl_coef:g}: {cfg.diversity.k} samples on {split}",
                                               n_samples=cfg.diversity.k).texts
                 values = {"proxy_reward": rm.score([r["prompt"] for r in records], outputs, cfg.sampling.batch_size)}
@@ -81,4 +80,4 @@ def build_kl_sweep(cfg: Config, force: bool = False) -> dict[str, Path]:
                                            pd.DataFrame(rows, columns=KL_SWEEP_COLUMNS)),
                 "per_input": runs.write_csv(root / "logs" / "kl_sweep_per_input.csv", pd.DataFrame(per_input))}
 
-    return runs.run_stage(cfg, "kl_sweep", SWEEP_SECTIONS, body, force=force)
+    return runs.run_stage(cfg, "kl_sweep", body, force=force)

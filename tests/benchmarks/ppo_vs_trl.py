@@ -23,7 +23,7 @@ lambda, and a learning rate decayed linearly to zero. What differs by design:
   value model, here a copy of the SFT model with a new one-label head (trunk and head trained).
 * Scoring. Ours decodes the response and scores ``prompt + " " + text + EOS`` re-tokenised; TRL
   scores the sampled tokens as they are, at the EOS (or the last token when there is none).
-  The RM normalisation is folded into the RM's head for TRL (:func:`gendiv.reward.fold_normalisation`).
+  The RM normalisation is folded into the RM's head for TRL (:func:`gendiv.models.fold_normalisation`).
 * Log-probs of the sampled tokens: TRL takes them from the logits ``generate`` returned; ours runs
   one more forward pass with the padding-aware positions the updates use.
 * Optimiser: both Adam with eps 1e-5 (TRL: AdamW, weight decay 0, eps set to ours; its default
@@ -49,11 +49,10 @@ import pandas as pd
 import torch
 
 from gendiv import data, plots, runs
+from gendiv.artifacts import load_reward_model, sft_path
 from gendiv.config import load_profile
-from gendiv.models import load_causal_lm, load_tokenizer, pick_device
+from gendiv.models import fold_normalisation, load_causal_lm, load_tokenizer, pick_device
 from gendiv.ppo import PPOTrainer, response_mask
-from gendiv.reward import fold_normalisation, load_reward_model
-from gendiv.sft import sft_path
 
 TRL_VERSION = "1.12.0"
 COLUMNS = ["trainer", "step", "episodes", "proxy_reward", "kl", "rollout_tokens_per_s", "update_tokens_per_s",

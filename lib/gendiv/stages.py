@@ -1,0 +1,85 @@
+"""The table of stages: for each stage of the pipeline, the notebook that runs it, the config
+sections its cache depends on (and the keys of those it ignores), the function that builds it and
+the offset of its random draws from the run's seed. Caching (gendiv.runs), the messages that say
+which notebook to run, the book's timing table and the KL sweep all read this one table.
+
+Builders are named as ``"module:function"`` strings, not imported: the table sits below the
+stage modules, which import it (through gendiv.runs), so it cannot import them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gendiv.config import SECTIONS
+
+UPSTREAM = ("world", "data", "model", "pretrain")
+"""What every model stage depends on: the world, the data, the base model and how it was made."""
+NOT_THE_BASE = ("model.adapter", "model.freeze_fraction", "model.lora_r", "model.lora_alpha", "model.device")
+"""Model keys that change how the base is fine-tuned, not the base model itself."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline (see the module docstring)."""
+
+    name: str
+    notebook: str
+    sections: tuple[str, ...]
+    builder: str
+    ignore: tuple[str, ...] = ()
+    seed_offset: int = 0
+
+
+STAGES = (
+    Stage("data", "01_data_splits", ("world", "data"), "gendiv.data:build_splits"),
+    Stage("base", "02_sft", UPSTREAM, "gendiv.pretraining:build_base", ignore=NOT_THE_BASE),
+    Stage("sft", "02_sft", UPSTREAM + ("sft",), "gendiv.sft:build_sft"),
+    Stage("sft_eval", "02_sft", UPSTREAM + ("sft", "sampling"), "gendiv.sft:evaluate_sft"),
+    # Comparison pairs on OOD prompts draw from the run's seed + 7 (ID prompts: + 0).
+    Stage("comparisons", "03_reward_model", UPSTREAM + ("sft", "reward", "sampling"),
+          "gendiv.reward:build_comparisons"),
+    Stage("reward", "03_reward_model", UPSTREAM + ("sft", "reward", "sampling"), "gendiv.reward:build_reward"),
+    # A PPO run does not depend on the sweep's grid or on how many test inputs are evaluated.
+    Stage("ppo", "04_ppo", UPSTREAM + ("sft", "reward", "sampling", "ppo"), "gendiv.ppo:build_ppo",
+          ignore=("ppo.kl_grid", "sampling.n_eval_inputs")),
+    Stage("ppo_eval", "04_ppo", UPSTREAM + ("sft", "reward", "sampling", "ppo"), "gendiv.ppo:evaluate_ppo",
+          ignore=("ppo.kl_grid",)),
+    Stage("bon", "05_best_of_n", UPSTREAM + ("sft", "reward", "sampling", "bon"), "gendiv.bon:build_best_of_n",
+          seed_offset=101),
+    Stage("evaluation", "06_evaluation", UPSTREAM + ("sft", "reward", "sampling", "bon", "ppo", "judge"),
+          "gendiv.evaluation:build_evaluation", ignore=("ppo.kl_grid",)),
+    # Best-of-N outputs for per-input diversity draw from diversity's seed plus Best-of-N's offset.
+    Stage("diversity", "07_diversity", UPSTREAM + ("sft", "reward", "sampling", "bon", "ppo", "diversity"),
+          "gendiv.diversity:build_diversity", ignore=("ppo.kl_grid",), seed_offset=202),
+    Stage("kl_sweep", "08_kl_sweep", UPSTREAM + ("sft", "reward", "sampling", "bon", "ppo", "diversity"),
+          "gendiv.sweep:build_kl_sweep"),
+    Stage("claims", "08_kl_sweep", tuple(SECTIONS), "gendiv.claims:build_claims"),
+)
+BY_NAME = {s.name: s for s in STAGES}
+SWEEP_PREFIX = "ppo_kl"
+"""The KL sweep's PPO runs are stages named ``ppo_kl<beta>``: the ``ppo`` stage at another kl_coef."""
+
+
+def stage(name: str) -> Stage:
+    """The table's row for ``name`` (a sweep run ``ppo_kl<beta>`` is a ``ppo`` stage run by notebook 08)."""
+    if name.startswith(SWEEP_PREFIX):
+        ppo = BY_NAME["ppo"]
+        return Stage(name, "08_kl_sweep", ppo.sections, ppo.builder, ppo.ignore, ppo.seed_offset)
+    if name not in BY_NAME:
+        raise KeyError(f"Unknown stage {name!r}; the stages are {', '.join(BY_NAME)}.")
+    return BY_NAME[name]
+
+
+def seed(cfg, name: str) -> int:
+    """The seed of a stage's random draws: the run's seed plus the stage's offset, so that stages
+    that sample the same model on the same inputs draw different samples."""
+    return cfg.seed + stage(name).seed_offset
+
+
+def builder(name: str) -> Callable:
+    """The function that builds stage ``name`` (imported on demand: the stage modules sit above)."""
+    module, function = stage(name).builder.split(":")
+    return getattr(importlib.import_module(module), function)
