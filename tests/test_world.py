@@ -1,4 +1,7 @@
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 from gendiv.world import (CORRUPTIONS, EXTRACTIVE, NARRATOR, Example, Fact, Lexicon, UtilityWeights, World,
@@ -187,3 +190,13 @@ def test_oracle_fact_sets(world):
 def test_unknown_heldout_domain_is_rejected():
     with pytest.raises(ValueError, match="Unknown held-out domain"):
         World(heldout_domains=["narnia"])
+
+
+def test_utility_is_the_same_in_every_process():
+    # A set's iteration order follows the interpreter's hash seed; the utility must not.
+    code = ("import random; from gendiv.world import World; w = World(seed=0, heldout_domains=['travel']); "
+            "ex = w.make_example(random.Random(3), 'cooking', 'forum', 'u', 't'); "
+            "print(repr(w.utility(ex.reference + ' ' + ex.body, ex).total))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(h)}).stdout for h in (1, 2, 3)}
+    assert len(outs) == 1 and outs != {""}

@@ -549,7 +549,9 @@ class World:
                 hallucinated += 1
         salient = [f for f in ex.facts if f.role in SALIENT_ROLES]
         total_w = sum(SALIENT_WEIGHTS[f.role] for f in salient)
-        coverage = sum(SALIENT_WEIGHTS[f.role] for f in matched if f.role in SALIENT_ROLES) / total_w
+        # summed in the example's order (a set's order changes with the process's hash seed, and
+        # with it the last bit of a float sum)
+        coverage = sum(SALIENT_WEIGHTS[f.role] for f in salient if f in matched) / total_w
         n_minor = sum(f.role == "minor" for f in matched)
         n_distractor = sum(f.role == "distractor" for f in matched)
         flu = self.fluency(summary)
