@@ -113,8 +113,10 @@ class PretrainConfig:
     seq_len: int = 256
     """Row length in tokens; whole documents are packed into rows, never cut."""
     warmup_steps: int = 30
-    val_share: float = 0.02
-    """Share of corpus rows held out for perplexity."""
+    val_rows: int = 256
+    """Packed rows held out for perplexity (at most a twentieth of the corpus's rows)."""
+    eval_every: int = 250
+    """Every so many steps, the held-out perplexity is measured and logged."""
     probe_every: int = 0
     """Every so many steps, sample the base model's TL;DRs of probe_inputs posts per split and log
     their gold utility (0: never)."""
@@ -422,11 +424,12 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"model.device must be 'auto', 'cpu' or 'cuda', got {m.device!r}.")
     pre = cfg.pretrain
     if pre.probe_every < 0 or pre.probe_inputs < 1 or pre.checkpoint_every < 0 or pre.heldout_documents < 1 \
-            or pre.seq_len < 2 or pre.seq_len > m.max_length:
-        raise ConfigError(f"pretrain: probe_every and checkpoint_every must be >= 0, probe_inputs and "
-                          f"heldout_documents >= 1, and seq_len in [2, model.max_length={m.max_length}] "
-                          f"(got {pre.probe_every}, {pre.checkpoint_every}, {pre.probe_inputs}, "
-                          f"{pre.heldout_documents}, {pre.seq_len}).")
+            or pre.val_rows < 1 or pre.eval_every < 1 or pre.seq_len < 2 or pre.seq_len > m.max_length:
+        raise ConfigError(f"pretrain: probe_every and checkpoint_every must be >= 0, probe_inputs, "
+                          f"heldout_documents, val_rows and eval_every >= 1, and seq_len in "
+                          f"[2, model.max_length={m.max_length}] (got {pre.probe_every}, {pre.checkpoint_every}, "
+                          f"{pre.probe_inputs}, {pre.heldout_documents}, {pre.val_rows}, {pre.eval_every}, "
+                          f"{pre.seq_len}).")
     for section in ("pretrain", "sft", "reward"):
         sec = getattr(cfg, section)
         if sec.lr <= 0 or sec.epochs <= 0 or sec.batch_size < 1:

@@ -49,7 +49,7 @@ MANIFEST = "pretrain_manifest.json"
 LOG = "pretrain_log.csv"
 ARCHITECTURE_KEYS = ("vocab_size", "hidden_size", "n_layers", "n_heads", "intermediate_size", "max_length")
 CORPUS_KEYS = ("n_pretrain_docs", "pretrain_summary_share", "pretrain_comment_share")
-NOT_RECIPE = ("probe_every", "probe_inputs", "checkpoint_every", "heldout_documents")
+NOT_RECIPE = ("probe_every", "probe_inputs", "checkpoint_every", "heldout_documents", "eval_every")
 """pretrain keys that do not change the weights (what is logged, saved or measured)."""
 
 
@@ -241,13 +241,14 @@ def pretrain_base(cfg: Config, out_dir: Path, probe_every: int | None = None) ->
     model = tiny_llama(tok, m.hidden_size, m.n_layers, m.n_heads, m.intermediate_size, m.max_length)
     model.to(pick_device(m.device))
     rows = pack(tok, docs, p.seq_len)
-    n_val = max(1, int(p.val_share * len(rows)))
+    n_val = max(1, min(p.val_rows, len(rows) // 20))
     every = p.probe_every if probe_every is None else probe_every
     probe = SummaryProbe(cfg, p.probe_inputs, 48) if every else None
     checkpoint = out_dir.with_name(out_dir.name + ".checkpoint.pt")
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     log = pretrain(model, rows[n_val:], rows[:n_val], pad_token_id=tok.pad_token_id, epochs=p.epochs, lr=p.lr,
-                   batch_size=p.batch_size, warmup_steps=p.warmup_steps, seed=p.seed, probe=probe,
+                   batch_size=p.batch_size, warmup_steps=p.warmup_steps, seed=p.seed, eval_every=p.eval_every,
+                   probe=probe,
                    probe_every=every, tokenizer=tok, checkpoint=checkpoint,
                    checkpoint_every=p.checkpoint_every, run_id=recipe_hash(cfg))
     save_pretrained_atomic(model, tok, out_dir)
