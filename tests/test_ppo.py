@@ -2,13 +2,18 @@
 determinism under a seed, and resumption from a checkpoint."""
 
 import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from gendiv import models, ppo
 from gendiv.lm import gather_logprobs
-from gendiv.config import PPOConfig
+from gendiv.config import ConfigError, PPOConfig
 
 CORPUS = [f"Post {i}: the cat sat on the mat and the dog ate {i} eggs." for i in range(80)]
 TIMING = {"rollout_tokens_per_s", "update_tokens_per_s", "wall_s"}
@@ -115,3 +120,79 @@ def test_checkpoint_of_another_configuration_is_ignored(tok, tmp_path):
                        PPOConfig(steps=2, rollout_batch_size=2, minibatch_size=2), max_new_tokens=4,
                        max_prompt_tokens=8, checkpoint_path=ckpt, run_id="other")
     assert t.step == 0
+
+
+BANDIT_WORDS = ["apple", "banana", "cherry", "dog", "egg", "fig", "grape"]
+BANDIT_REWARD = {"apple": 3.0, "banana": 1.5, "cherry": -1.0}
+
+
+class Bandit:
+    """A one-step bandit: the reward of the one-token answer to "Q:" (0 for any other token)."""
+
+    def score(self, prompts, texts):
+        return np.array([BANDIT_REWARD.get(t.strip(), 0.0) for t in texts])
+
+
+def test_ppo_with_the_k1_penalty_finds_the_kl_regularised_optimum_of_a_bandit():
+    """On a one-step bandit, max E[r] - beta KL(pi || pi_ref) is solved by
+    pi*(y) = pi_ref(y) exp(r(y) / beta) / Z; PPO with the k1 estimator must land on it, for every
+    beta, and its expected reward must rise as beta falls."""
+    tok = models.train_tokenizer([f"Q: {w}" for w in BANDIT_WORDS] * 30, vocab_size=300)
+    enc = tok(["Q:"], return_tensors="pt", add_special_tokens=False)
+    reward = torch.zeros(len(tok))
+    for word, value in BANDIT_REWARD.items():
+        ids = tok(" " + word, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1, (word, ids)  # one token, one arm
+        reward[ids[0]] = value
+
+    def answer_distribution(lm):
+        with torch.no_grad():
+            return torch.softmax(lm(**enc).logits[0, -1].float(), -1)
+
+    expected = []
+    for beta in (0.5, 1.0, 2.0):
+        lm = make_lm(tok)
+        ref = copy.deepcopy(lm)
+        optimum = answer_distribution(ref) * torch.exp(reward / beta)
+        optimum /= optimum.sum()
+        cfg = PPOConfig(steps=150, rollout_batch_size=64, minibatch_size=64, ppo_epochs=4, lr=3e-3, kl_coef=beta,
+                        kl_estimator="log_ratio", log_samples_every=0, checkpoint_every=0)
+        trainer = ppo.PPOTrainer(lm, ref, Bandit(), tok, ["Q:"], cfg, max_new_tokens=1, max_prompt_tokens=8, seed=1)
+        trainer.train()
+        learned = answer_distribution(trainer.unwrapped.lm)
+        total_variation = 0.5 * (learned - optimum).abs().sum().item()
+        assert total_variation < 0.05, (beta, total_variation)
+        expected.append((learned * reward).sum().item())
+    assert expected[0] > expected[1] > expected[2]
+
+
+def test_data_parallel_ppo_on_two_cpu_processes(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` runs two processes on a CPU (gloo); with
+    --cpu it would silently start one. Both must finish with identical weights, having drawn
+    different samples, and the learning rate must reach zero exactly at the last optimiser step."""
+    script = Path(__file__).parent / "multiprocess" / "ppo_data_parallel.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                             "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                             str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # gradients were averaged: one model
+    for step_0, step_1 in zip(ranks[0]["sampled"], ranks[1]["sampled"]):
+        assert len(step_0) == len(step_1) == 4  # each process takes half of the 8 prompts
+        assert step_0 != step_1
+    # 3 steps x 2 PPO epochs x (8 // 4) minibatches = 12 optimiser steps, counted once each
+    assert ranks[0]["updates"] == ranks[0]["optimiser_steps"] == 12
+    assert ranks[0]["lr"][-1] == 0.0 and ranks[0]["lr"][-2] > 0.0
+    assert ranks[0]["proxy_reward"] == ranks[1]["proxy_reward"]  # logged as means over both processes
+
+
+def test_sizes_that_do_not_split_over_the_processes_are_refused(monkeypatch):
+    import accelerate
+
+    monkeypatch.setattr(accelerate.Accelerator, "num_processes", property(lambda self: 2))
+    tok = models.train_tokenizer(CORPUS, vocab_size=300)
+    lm = make_lm(tok)
+    with pytest.raises(ConfigError, match=r"ppo.rollout_batch_size \(5\) must divide by the 2 processes"):
+        trainer(tok, lm, make_lm(tok), rollout_batch_size=5, minibatch_size=5)

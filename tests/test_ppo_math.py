@@ -10,8 +10,34 @@ from gendiv import ppo
 
 def test_response_mask_stops_after_the_first_eos():
     ids = torch.tensor([[5, 6, 2, 7, 2], [5, 6, 7, 8, 9], [2, 0, 0, 0, 0]])
-    mask = ppo.response_mask(ids, eos_token_id=2, pad_token_id=0)
+    mask = ppo.response_mask(ids, eos_token_id=2)
     assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+
+
+def test_a_sampled_pad_token_is_an_ordinary_token_before_eos():
+    # [t, PAD, t2, EOS, PAD] with PAD = 0 and EOS = 2: the mask is positional up to the first EOS,
+    # so the score lands on EOS; a response that starts with PAD keeps its tokens and its score.
+    ids = torch.tensor([[5, 0, 7, 2, 0], [0, 6, 2, 0, 0]])
+    mask = ppo.response_mask(ids, eos_token_id=2)
+    assert mask.tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]
+    rewards, _ = ppo.token_rewards(torch.tensor([1.0, 3.0]), torch.zeros(2, 5), torch.zeros(2, 5), mask, 0.1)
+    assert rewards.tolist() == [[0, 0, 0, 1.0, 0], [0, 0, 3.0, 0, 0]]
+
+
+def test_whitening_over_processes_equals_whitening_the_whole_batch():
+    torch.manual_seed(0)
+    x, mask = torch.randn(6, 5), (torch.rand(6, 5) > 0.3).float()
+    whole = ppo.whiten(x, mask)
+    parts = [(x[:3], mask[:3]), (x[3:], mask[3:])]  # two processes' shares of the batch
+    mean = (x * mask).sum() / mask.sum()
+    # What accelerate's reduce(sum) returns to each process, in the order whiten asks for them:
+    # the count, the sum and the sum of squared deviations, each over both shares.
+    totals = [mask.sum(), (x * mask).sum(), (((x - mean) ** 2) * mask).sum()]
+    for rows, (xs, ms) in zip((slice(0, 3), slice(3, 6)), parts):
+        answers = iter(totals)
+        reduced = ppo.whiten(xs, ms, reduce=lambda t, answers=answers: next(answers).reshape(1))
+        torch.testing.assert_close(reduced, whole[rows])
+    assert not torch.allclose(ppo.whiten(*parts[0]), whole[:3])  # per-process whitening differs
 
 
 def test_kl_estimators():

@@ -25,24 +25,23 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from gendiv import artifacts, data, outputs, runs
-from gendiv.config import Config
+from gendiv.config import Config, ConfigError
 from gendiv.lm import entropy_from_logits, gather_logprobs, response_outputs, tokenizer_sides
 from gendiv.models import load_causal_lm, load_policy, pick_device, save_pretrained_atomic
 
 KL_ESTIMATORS = ("log_ratio", "squared")
 
 
-def response_mask(response_ids: torch.Tensor, eos_token_id: int, pad_token_id: int | None = None) -> torch.Tensor:
-    """1 on response tokens up to and including the first EOS, 0 after it (and on padding).
+def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 on response positions up to and including the first EOS, 0 after it.
 
-    Tokens after EOS are never trained on, rewarded or valued.
+    The mask is positional: what ``generate`` writes after EOS (padding) is never trained on,
+    rewarded or valued, while a pad token the policy samples before EOS is a token like any other
+    (its log-probability counts, and the sequence's score still lands on its last real token).
     """
     is_eos = response_ids == eos_token_id
     after_eos = (torch.cumsum(is_eos.int(), dim=1) - is_eos.int()) > 0
-    mask = ~after_eos
-    if pad_token_id is not None and pad_token_id != eos_token_id:
-        mask &= response_ids != pad_token_id
-    return mask.float()
+    return (~after_eos).float()
 
 
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "squared") -> torch.Tensor:
@@ -100,10 +99,16 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """Normalise ``x`` to unit variance over the masked entries (and zero mean if ``shift_mean``)."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+           reduce=None) -> torch.Tensor:
+    """Normalise ``x`` to unit variance over the masked entries (and zero mean if ``shift_mean``).
+
+    ``reduce`` sums a tensor over every process (data-parallel PPO): the mean and variance are
+    then those of the whole rollout batch, not of one process's share."""
+    total = (lambda t: t) if reduce is None else reduce
+    count = total((mask.sum()).reshape(1)).clamp(min=1)
+    mean = total((x * mask).sum().reshape(1)) / count
+    var = total((((x - mean) ** 2) * mask).sum().reshape(1)) / count
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
@@ -223,7 +228,7 @@ def rollout(policy: PolicyWithValueHead, ref_lm, reward_model, tokenizer, prompt
     generation_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     response = out[:, enc["input_ids"].shape[1]:]
-    mask = response_mask(response, eos, pad)
+    mask = response_mask(response, eos)
     attention_mask = torch.cat([enc["attention_mask"], mask.long()], dim=1)
     n = response.shape[1]
     logits, values = policy(out, attention_mask, n, temperature)
@@ -257,8 +262,12 @@ class PPOTrainer:
     learning rate decayed linearly to zero. Every random draw is derived from (seed, step), so a
     run resumed from a checkpoint continues exactly as if it had not stopped.
 
-    With several processes each takes its share of the step's prompts; whitening and the logged
-    statistics are then per process (the logged values are the main process's).
+    With several processes (``accelerate launch``) the sizes keep their global meaning, as TRL's
+    and OpenRLHF's configs define them: ``rollout_batch_size`` prompts a step and
+    ``minibatch_size`` rollouts a gradient step in all, each process taking its equal share (both
+    must divide by the number of processes). Each process samples with its own seed; advantages
+    are whitened over the whole batch and the logged statistics are means over every process; the
+    learning rate decays to zero exactly at the last optimiser step.
     """
 
     def __init__(self, policy_lm, ref_lm, reward_model, tokenizer, prompts: list[str], ppo, *,
@@ -271,13 +280,20 @@ class PPOTrainer:
                              temperature=temperature, top_k=top_k, top_p=top_p)
         device = next(policy_lm.parameters()).device
         self.accelerator = Accelerator(cpu=device.type == "cpu")
+        world = self.accelerator.num_processes
+        for name in ("rollout_batch_size", "minibatch_size"):
+            if getattr(ppo, name) % world:
+                raise ConfigError(f"ppo.{name} ({getattr(ppo, name)}) must divide by the {world} processes that "
+                                  f"share it; set it to a multiple of {world} (the sizes are global).")
         torch.manual_seed(seed)
         policy = PolicyWithValueHead(policy_lm).to(device)
         params = [p for p in policy.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=ppo.lr, eps=1e-5)
-        n_updates = ppo.steps * ppo.ppo_epochs * (ppo.rollout_batch_size // ppo.minibatch_size)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: max(0.0, 1 - i / n_updates))
-        self.policy, self.optimizer, self.scheduler = self.accelerator.prepare(policy, optimizer, scheduler)
+        # The schedule counts real optimiser steps: it is stepped once per step, on every process
+        # (accelerate's prepared scheduler would step once per process at each call).
+        self.n_updates = ppo.steps * ppo.ppo_epochs * (ppo.rollout_batch_size // ppo.minibatch_size)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: max(0.0, 1 - i / self.n_updates))
+        self.policy, self.optimizer = self.accelerator.prepare(policy, optimizer)
         self.ref_lm = ref_lm.eval().requires_grad_(False)
         self.reward_model = reward_model
         self.kl_controller = AdaptiveKLController(ppo.kl_coef, ppo.kl_target, ppo.kl_horizon) \
@@ -293,7 +309,8 @@ class PPOTrainer:
         return self.accelerator.unwrap_model(self.policy)
 
     def prompts_for_step(self, step: int) -> list[str]:
-        """The step's prompts: consecutive slices of a per-epoch seeded permutation."""
+        """This process's share of the step's prompts: consecutive slices of a per-epoch seeded
+        permutation, dealt out to the processes in turn."""
         n, size = len(self.prompts), self.ppo.rollout_batch_size
         out = []
         for i in range(step * size, (step + 1) * size):
@@ -306,21 +323,22 @@ class PPOTrainer:
     def train_step(self) -> dict[str, float]:
         """One rollout and its PPO updates; returns the step's log row."""
         c, step, t_start = self.ppo, self.step, time.perf_counter()
+        acc = self.accelerator
         batch = rollout(self.unwrapped, self.ref_lm, self.reward_model, self.tokenizer, self.prompts_for_step(step),
-                        seed=self.seed * 1_000_003 + step, missing_eos_penalty=c.missing_eos_penalty,
-                        **self.sampling)
+                        seed=self.seed * 1_000_003 + step + acc.process_index * 7_919_993,
+                        missing_eos_penalty=c.missing_eos_penalty, **self.sampling)
         mask = batch.mask
         with torch.no_grad():
             rewards, kl = token_rewards(batch.scores, batch.logprobs, batch.ref_logprobs, mask, self.kl_coef,
                                         c.kl_estimator)
             advantages, returns = gae(rewards, batch.values, mask, c.gamma, c.lam)
-            advantages = whiten(advantages, mask)
+            advantages = whiten(advantages, mask, reduce=self._sum if acc.num_processes > 1 else None)
         t_update = time.perf_counter()
         n_rows, n = len(batch.texts), batch.response.shape[1]
         losses: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_fraction",
                                                           "value_clip_fraction", "approx_kl")}
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        mb = min(c.minibatch_size, n_rows)
+        mb = c.minibatch_size // acc.num_processes  # this process's share of a minibatch
         self.policy.train()
         for _ in range(c.ppo_epochs):
             for idx in torch.randperm(n_rows, generator=generator).split(mb):
@@ -340,19 +358,21 @@ class PPOTrainer:
                 for k, v in {"policy_loss": pg.item(), "value_loss": vf.item(), **pg_stats, **vf_stats}.items():
                     losses[k].append(v)
         update_s = time.perf_counter() - t_update
-        kl_seq = kl.sum(1).mean().item()
+        kl_seq = self._mean(kl.sum(1).mean().item())
         if self.kl_controller is not None:
-            self.kl_coef = self.kl_controller.update(kl_seq, n_rows)
+            self.kl_coef = self.kl_controller.update(kl_seq, c.rollout_batch_size)
         lengths = mask.sum(1)
         row = {
             "step": step + 1, "episodes": (step + 1) * c.rollout_batch_size,
-            "proxy_reward": batch.scores.mean().item(), "kl": kl_seq,
-            "kl_log_ratio": ((batch.logprobs - batch.ref_logprobs) * mask).sum(1).mean().item(),
-            "total_reward": (batch.scores - self.kl_coef * kl.sum(1)).mean().item(), "kl_coef": self.kl_coef,
-            "entropy": masked_mean(batch.entropy, mask).item(), "response_length": lengths.mean().item(),
-            "eos_share": (batch.response == self.tokenizer.eos_token_id).any(1).float().mean().item(),
-            **{k: sum(v) / len(v) for k, v in losses.items()},
-            "explained_variance": explained_variance(batch.values, returns, mask),
+            "proxy_reward": self._mean(batch.scores.mean().item()), "kl": kl_seq,
+            "kl_log_ratio": self._mean(((batch.logprobs - batch.ref_logprobs) * mask).sum(1).mean().item()),
+            "total_reward": self._mean((batch.scores - self.kl_coef * kl.sum(1)).mean().item()),
+            "kl_coef": self.kl_coef,
+            "entropy": self._mean(masked_mean(batch.entropy, mask).item()),
+            "response_length": self._mean(lengths.mean().item()),
+            "eos_share": self._mean((batch.response == self.tokenizer.eos_token_id).any(1).float().mean().item()),
+            **{k: self._mean(sum(v) / len(v)) for k, v in losses.items()},
+            "explained_variance": self._mean(explained_variance(batch.values, returns, mask)),
             "lr": self.scheduler.get_last_lr()[0],
             "rollout_tokens_per_s": lengths.sum().item() / max(batch.generation_s, 1e-9),
             "update_tokens_per_s": c.ppo_epochs * int(batch.attention_mask.sum()) / max(update_s, 1e-9),
@@ -364,6 +384,17 @@ class PPOTrainer:
                              for p, t, s in zip(batch.prompts[:2], batch.texts[:2], batch.scores.tolist()[:2])]
         self.step += 1
         return row
+
+    def _sum(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over every process."""
+        return self.accelerator.reduce(t, reduction="sum")
+
+    def _mean(self, value: float) -> float:
+        """A per-process statistic as the mean over every process (equal shares of the batch)."""
+        if self.accelerator.num_processes == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.accelerator.device)
+        return float(self.accelerator.reduce(t, reduction="mean").item())
 
     def train(self, steps: int | None = None, desc: str = "PPO") -> list[dict[str, float]]:
         """Train up to ``steps`` (default: the config's), checkpointing as configured; returns the log."""

@@ -124,7 +124,7 @@ def run_trl(cfg, prompts: list[str], steps: int, adam_eps: float = 1e-5) -> pd.D
         query_responses, logits = generate(model, queries, *rest)
         gen_s = time.perf_counter() - t0
         response = query_responses[:, queries.shape[1]:]
-        n_response = int(response_mask(response, eos, pad).sum())
+        n_response = int(response_mask(response, eos).sum())
         timing.append({"start": t0, "generation_s": gen_s, "response_tokens": n_response,
                        "tokens": int((queries != pad).sum()) + n_response, "update_start": None})
         return query_responses, logits
