@@ -102,14 +102,29 @@ _ = plots.scatter(train.assign(kl_coef=train["kl_coef"].astype(str)), "train_kl"
 # excludes zero in the claimed direction supports a claim, one that excludes zero the other way
 # contradicts it, anything else is inconclusive; a claim resting on several comparisons needs all
 # of them (C5, "on some metrics", needs one).
+#
+# A verdict is a finding only if the models are competent and the samples large enough. Before
+# the verdicts, the run checks itself (`gendiv.claims.competence`): does SFT beat the human
+# reference often enough (at least 20% in distribution, 10% on each shift) and the base model
+# clearly, is the RM right about the judge's preferences (at least 70% in distribution, every
+# interval above 60%), did PPO's proxy reward flatten, do the sweep's runs end at clearly
+# different KL, and are the samples as large as the book promises? Each verdict then names the
+# failed checks it rests on.
 
 # %%
-card = pd.read_csv(claims.build_claims(cfg)["claims"])
+claim_paths = claims.build_claims(cfg)
+card = pd.read_csv(claim_paths["claims"])
+checks = pd.read_csv(claim_paths["competence"])
+display(checks)
+display(Markdown(f"{int(checks['passed'].sum())} of {len(checks)} checks pass."))
 display(card[["claim", "statement", "verdict"]])
+notes = claims.caveats(card, checks)
 for row in card.itertuples():
-    display(Markdown(f"**{row.claim}: {row.verdict}.** {row.statement}\n\nEvidence: {row.evidence}"))
+    caveat = f"\n\n*Not yet a finding: rests on failed checks: {'; '.join(notes[row.claim])}.*" \
+        if notes[row.claim] else ""
+    display(Markdown(f"**{row.claim}: {row.verdict}.** {row.statement}\n\nEvidence: {row.evidence}{caveat}"))
 # For the book's scorecard and intro pages (pasted there with myst-nb's glue).
-glue("scorecard", HTML(claims.scorecard_html(card)), display=False)
+glue("scorecard", HTML(claims.scorecard_html(card, checks)), display=False)
 
 # %% [markdown]
 # ## Where the time went

@@ -1,5 +1,6 @@
 """The claim rules: one interval's outcome, and how comparisons combine into a verdict."""
 
+import pandas as pd
 import pytest
 from gendiv import claims
 
@@ -20,3 +21,15 @@ def test_claim_rule_combines_comparisons():
     assert claims.combine(["inconclusive", "supports", "contradicts"], any_supports=True) == "supported"
     assert claims.combine(["contradicts", "contradicts"], any_supports=True) == "not supported"
     assert claims.combine(["inconclusive", "contradicts"], any_supports=True) == "inconclusive"
+
+
+def test_each_verdict_names_the_failed_checks_it_rests_on():
+    card = pd.DataFrame({"claim": ["C1", "C4", "C6"]})
+    checks = pd.DataFrame([
+        {"check": "SFT win rate", "split": "id", "passed": False, "claims": claims.POLICY_CLAIMS},
+        {"check": "SFT win rate", "split": "ood_far", "passed": True, "claims": claims.POLICY_CLAIMS},
+        {"check": "diversity inputs", "split": "id", "passed": False, "claims": claims.DIVERSITY_CLAIMS}])
+    assert claims.caveats(card, checks) == {"C1": ["SFT win rate (id)"], "C4": ["diversity inputs (id)"],
+                                            "C6": ["SFT win rate (id)", "diversity inputs (id)"]}
+    html = claims.scorecard_html(card.assign(statement="s", evidence="e", verdict="supported"), checks)
+    assert "1 of 3 checks pass" in html and html.count("Not yet a finding") == 3

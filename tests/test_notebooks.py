@@ -95,7 +95,8 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
                 "diversity.csv": ["method", "split", "scope", "metric", "value", "ci_low", "ci_high", "n_inputs", "k"],
                 "rm_accuracy.csv": ["split", "accuracy", "ci_low", "ci_high", "n"],
                 "kl_sweep.csv": ["kl_coef", "split", "measure", "value", "ci_low", "ci_high"],
-                "claims.csv": ["claim", "statement", "evidence", "verdict"]}
+                "claims.csv": ["claim", "statement", "evidence", "verdict"],
+                "competence.csv": ["check", "split", "value", "threshold", "passed", "claims"]}
     for name, columns in contract.items():
         frame = pd.read_csv(results / name)
         assert list(frame.columns[: len(columns)]) == columns, name
@@ -130,6 +131,11 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
     scorecard = (html / "scorecard.html").read_text()
     for row in verdicts.itertuples():
         assert f"{row.claim} is {row.verdict}" in scorecard
+    # smoke's micro models and samples fail the competence checks, and every verdict says so
+    checks = pd.read_csv(results / "competence.csv")
+    evaluated = checks[checks["check"] == "evaluation inputs"]
+    assert set(evaluated["split"]) == set(data.SPLITS) and not evaluated["passed"].any()
+    assert scorecard.count("Not yet a finding") == 6
     world_page = (html / "world.html").read_text()  # the judge's weights, pasted from chapter 1
     assert "facts the post does not contain" in world_page and "0.03" in world_page
     intro = (html / "intro.html").read_text()

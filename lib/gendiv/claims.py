@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gendiv import data, runs, stats
+from gendiv import artifacts, data, ppo, runs, stats
 from gendiv.config import Config
 
 CLAIMS_COLUMNS = ["claim", "statement", "evidence", "verdict"]
@@ -154,12 +154,100 @@ def scorecard(cfg: Config) -> pd.DataFrame:
                         columns=CLAIMS_COLUMNS)
 
 
+# ------------------------------------------------------------------ can this run carry the claims?
+COMPETENCE_COLUMNS = ["check", "split", "value", "threshold", "passed", "claims"]
+SFT_WIN_RATE = {"id": 0.20, "ood": 0.10}
+"""Least win rate of SFT against the reference, in distribution and on each shift: a policy that
+rarely beats a human summary cannot show how RLHF moves that rate (the paper's LLaMA-7B SFT is
+far above these)."""
+RM_ACCURACY_ID, RM_ACCURACY_FLOOR = 0.70, 0.60
+"""Least RM accuracy against the judge in distribution, and least lower end of its interval on
+every split: an RM near chance gives PPO and Best-of-N nothing to optimise."""
+MIN_EVAL_INPUTS, MIN_DIVERSITY_INPUTS, MIN_K = 200, 50, 8
+"""Least inputs per split for the evaluation (paper: 500), inputs per split and samples per input
+for per-input diversity."""
+KL_SPREAD = 2.0
+"""The KL sweep's runs end at clearly different KL: each larger coefficient ends at a lower KL to
+SFT, and the smallest coefficient's KL is at least this many times the largest's."""
+POLICY_CLAIMS, DIVERSITY_CLAIMS = "C1 C2 C3 C6", "C4 C5 C6"
+
+
+def competence(cfg: Config) -> pd.DataFrame:
+    """Can this run's models and samples carry the paper's measurements? Checks computed from the
+    run's results (``COMPETENCE_COLUMNS``: the claims each check carries in ``claims``): SFT's win
+    rate against the reference, SFT against the base model in gold utility (paired over inputs,
+    interval above zero), the RM's accuracy, whether PPO's proxy reward flattened, whether the KL
+    sweep's runs end apart, and the sample sizes. A verdict that rests on a failed check is not a
+    finding: it may be an artefact of a model that cannot summarise or a sample too small."""
+    splits = data.available_splits(cfg)
+    rows = []
+
+    def check(name: str, split: str, value: float, threshold: str, passed: bool, carries: str) -> None:
+        rows.append({"check": name, "split": split, "value": round(float(value), 4), "threshold": threshold,
+                     "passed": bool(passed), "claims": carries})
+
+    winrates = pd.read_csv(runs.artifact(cfg, "evaluation", "winrates"))
+    judge = "world" if "world" in set(winrates["judge"]) else sorted(set(winrates["judge"]))[0]
+    sft = winrates[(winrates["method"] == "sft") & (winrates["opponent"] == "reference") & (winrates["judge"] == judge)]
+    for r in sft.itertuples():
+        least = SFT_WIN_RATE["id" if r.split == "id" else "ood"]
+        check("SFT win rate against the reference", r.split, r.win_rate, f">= {least:.2f}", r.win_rate >= least,
+              POLICY_CLAIMS)
+    outputs = artifacts.method_outputs(cfg)
+    if cfg.data.source == "world":
+        for split in splits:
+            base = {r["uid"]: r.get("mean_utility", r.get("utility")) for r in outputs["base"][split]}
+            pairs = [(r.get("mean_utility", r.get("utility")), base[r["uid"]]) for r in outputs["sft"][split]
+                     if r["uid"] in base]
+            d, lo, hi = stats.paired_difference([a for a, _ in pairs], [b for _, b in pairs], seed=cfg.seed)
+            check("SFT minus base gold utility (interval's lower end)", split, lo, "> 0", lo > 0, POLICY_CLAIMS)
+    rm = pd.read_csv(runs.artifact(cfg, "reward", "rm_accuracy"))
+    for r in rm.itertuples():
+        if r.split == "id":
+            check("RM accuracy against the judge", r.split, r.accuracy, f">= {RM_ACCURACY_ID:.2f}",
+                  r.accuracy >= RM_ACCURACY_ID, POLICY_CLAIMS)
+        check("RM accuracy, interval's lower end", r.split, r.ci_low, f"> {RM_ACCURACY_FLOOR:.2f}",
+              r.ci_low > RM_ACCURACY_FLOOR, POLICY_CLAIMS)
+    log = pd.read_csv(runs.artifact(cfg, "ppo", "log"))
+    if len(log) >= 5:
+        trend = ppo.reward_trend(log)
+        check("PPO proxy reward: last fifth's rise over the whole rise", "id",
+              trend["last_rise"] / trend["rise"] if trend["rise"] > 0 else float("nan"),
+              "< 0.20 (flattened)", trend["flattened"], "C1 C2 C4 C5")
+    sweep = pd.read_csv(runs.artifact(cfg, "kl_sweep", "kl_sweep"))
+    kl = sweep[sweep["measure"] == "train_kl"].sort_values("kl_coef")["value"].to_numpy()
+    if len(kl) >= 2:
+        ratio = kl[0] / kl[-1] if kl[-1] > 0 else float("inf")
+        check("KL sweep: KL at the smallest coefficient over KL at the largest", "id", ratio,
+              f">= {KL_SPREAD:g}, falling as the coefficient rises",
+              ratio >= KL_SPREAD and all(a > b for a, b in zip(kl, kl[1:])), "C6")
+    for split in splits:
+        n = len(outputs["sft"][split])
+        check("evaluation inputs", split, n, f">= {MIN_EVAL_INPUTS}", n >= MIN_EVAL_INPUTS, POLICY_CLAIMS)
+    div = pd.read_csv(runs.artifact(cfg, "diversity", "diversity"))
+    per_input = div[(div["scope"] == "per_input") & (div["method"] == "sft")]
+    for split, part in per_input.groupby("split", sort=False):
+        n, k = int(part["n_inputs"].min()), int(part["k"].min())
+        check("per-input diversity: inputs (K samples each)", split, n, f">= {MIN_DIVERSITY_INPUTS}, K >= {MIN_K}",
+              n >= MIN_DIVERSITY_INPUTS and k >= MIN_K, DIVERSITY_CLAIMS)
+    return pd.DataFrame(rows, columns=COMPETENCE_COLUMNS)
+
+
+def caveats(card: pd.DataFrame, checks: pd.DataFrame) -> dict[str, list[str]]:
+    """{claim: the failed checks its verdict rests on} ("check (split)")."""
+    failed = checks[~checks["passed"]]
+    return {c: [f"{r.check} ({r.split})" for r in failed.itertuples() if c in r.claims.split()]
+            for c in card["claim"]}
+
+
 def build_claims(cfg: Config, force: bool = False) -> dict[str, Path]:
-    """Stage ``claims``: ``results/claims.csv`` from the evaluation, diversity and sweep results.
+    """Stage ``claims``: ``results/claims.csv`` from the evaluation, diversity and sweep results,
+    and ``results/competence.csv``, the checks of whether the run can carry them (:func:`competence`).
     Always recomputed (it takes milliseconds), so it can never lag behind the results it reads;
     ``force`` is accepted for the notebooks' uniform calls."""
     def body(root: Path) -> dict[str, Path]:
-        return {"claims": runs.write_csv(runs.results_dir(cfg) / "claims.csv", scorecard(cfg))}
+        return {"claims": runs.write_csv(runs.results_dir(cfg) / "claims.csv", scorecard(cfg)),
+                "competence": runs.write_csv(runs.results_dir(cfg) / "competence.csv", competence(cfg))}
 
     return runs.run_stage(cfg, "claims", body, force=True)
 
@@ -167,18 +255,31 @@ def build_claims(cfg: Config, force: bool = False) -> dict[str, Path]:
 VERDICT_COLOURS = {"supported": "#1a7f37", "not supported": "#cf222e", "inconclusive": "#9a6700"}
 
 
-def scorecard_html(card: pd.DataFrame) -> str:
+def scorecard_html(card: pd.DataFrame, checks: pd.DataFrame | None = None) -> str:
     """The scorecard as HTML for the book's scorecard page: a summary table, then one paragraph
-    per claim stating its verdict and the evidence, all generated from ``card``."""
+    per claim stating its verdict and the evidence, all generated from ``card``; with ``checks``
+    (:func:`competence`), each claim also says which failed checks its verdict rests on."""
     counts = card["verdict"].value_counts()
     summary = ", ".join(f"{counts[v]} {v}" for v in VERDICT_COLOURS if v in counts)
+    notes = caveats(card, checks) if checks is not None else {c: [] for c in card["claim"]}
+    head = "<th>claim</th><th>statement</th><th>verdict</th>" + ("<th>rests on failed checks</th>" if checks is not None
+                                                                 else "")
     rows = "".join(
         f"<tr><td><b>{escape(r.claim)}</b></td><td>{escape(r.statement)}</td>"
-        f"<td style='color:{VERDICT_COLOURS.get(r.verdict, 'inherit')}'><b>{escape(r.verdict)}</b></td></tr>"
+        f"<td style='color:{VERDICT_COLOURS.get(r.verdict, 'inherit')}'><b>{escape(r.verdict)}</b></td>"
+        + (f"<td>{len(notes[r.claim]) or 'none'}</td>" if checks is not None else "") + "</tr>"
         for r in card.itertuples())
     paragraphs = "".join(
         f"<p><b>{escape(r.claim)} is {escape(r.verdict)}</b> in this run. {escape(r.statement)}<br>"
-        f"<small>Evidence: {escape(r.evidence)}</small></p>" for r in card.itertuples())
-    return (f"<p>Of the paper's {len(card)} claims, this run finds: {escape(summary)}.</p>"
-            "<table class='table'><thead><tr><th>claim</th><th>statement</th><th>verdict</th></tr></thead>"
+        f"<small>Evidence: {escape(r.evidence)}</small>"
+        + (f"<br><small><i>Not yet a finding: the verdict rests on failed checks: "
+           f"{escape('; '.join(notes[r.claim]))}.</i></small>" if notes[r.claim] else "") + "</p>"
+        for r in card.itertuples())
+    intro = ""
+    if checks is not None:
+        intro = (f"<p>Competence and power: {int(checks['passed'].sum())} of {len(checks)} checks pass "
+                 f"(results/competence.csv). A verdict that rests on a failed check is reported, but it is not "
+                 f"a finding.</p>")
+    return (f"<p>Of the paper's {len(card)} claims, this run finds: {escape(summary)}.</p>{intro}"
+            f"<table class='table'><thead><tr>{head}</tr></thead>"
             f"<tbody>{rows}</tbody></table>{paragraphs}")

@@ -139,6 +139,12 @@ class SFTConfig:
     group_by_length: bool = True
     """Batches of examples of similar length (less padding: about 10% faster on a CPU, same data
     and epochs); the paper does not say. False: plain random batches."""
+    pretrain_mix: float = 0.0
+    """Share of the SFT training rows that are pre-training documents (world only): documents of
+    every domain and genre, drawn from the pre-training distribution with a stream of their own,
+    trained on every token. Keeps SFT on ID demonstrations from overwriting what the base knows
+    about the held-out domains (as InstructGPT's PPO-ptx mixes pre-training data into RL). 0: the
+    paper's SFT, demonstrations only."""
 
 
 @dataclass(frozen=True)
@@ -399,6 +405,11 @@ def _validate(cfg: Config) -> None:
     for name in ("pretrain_summary_share", "pretrain_comment_share"):
         if not 0.0 <= getattr(d, name) <= 1.0:
             raise ConfigError(f"data.{name} must lie in [0, 1], got {getattr(d, name)}.")
+    if not 0.0 <= cfg.sft.pretrain_mix < 1.0:
+        raise ConfigError(f"sft.pretrain_mix must lie in [0, 1), got {cfg.sft.pretrain_mix}.")
+    if cfg.sft.pretrain_mix and d.source != "world":
+        raise ConfigError(f"sft.pretrain_mix ({cfg.sft.pretrain_mix}) mixes the miniature world's pre-training "
+                          f"documents into SFT; data.source {d.source!r} has none: set sft.pretrain_mix: 0.")
     if d.pretrain_summary_share + d.pretrain_comment_share > 1.0:
         raise ConfigError(f"data.pretrain_summary_share ({d.pretrain_summary_share}) plus "
                           f"data.pretrain_comment_share ({d.pretrain_comment_share}) must be at most 1.")

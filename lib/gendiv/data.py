@@ -245,19 +245,21 @@ def pretraining_document(ex: Example, kind: str = "post", comment: str = "") -> 
     raise ValueError(f"Unknown pre-training document kind {kind!r}; choose from {PRETRAINING_KINDS}.")
 
 
-def pretraining_corpus(world: World, cfg: Config) -> list[str]:
+def pretraining_corpus(world: World, cfg: Config, n: int | None = None, stream: str = "pretrain") -> list[str]:
     """Documents over all domains and both genres (2 forum : 1 news): a share
     (``data.pretrain_summary_share``) ends in a TL;DR, a share (``data.pretrain_comment_share``)
     in a comment that quotes the post, the rest is the bare post or report.
 
     The base model thus sees the OOD language, as a pretrained LLM has, and text that rewards
-    reading a post back (as quoting replies do in a real forum corpus).
+    reading a post back (as quoting replies do in a real forum corpus). ``n`` documents
+    (default ``data.n_pretrain_docs``) from the random stream ``stream``: another stream draws
+    other documents from the same distribution (SFT's mix, ``sft.pretrain_mix``).
     """
-    rng = random.Random(f"{cfg.seed}/pretrain")
+    rng = random.Random(f"{cfg.seed}/{stream}")
     d = cfg.data
     names = list(world.lex.domains)
     docs = []
-    for i in range(d.n_pretrain_docs):
+    for i in range(d.n_pretrain_docs if n is None else n):
         genre = "news" if i % 3 == 2 else "forum"
         ex = world.make_example(rng, rng.choice(names), genre, f"pre-{i}", "pretrain")
         u = rng.random()
@@ -268,6 +270,18 @@ def pretraining_corpus(world: World, cfg: Config) -> list[str]:
         else:
             docs.append(pretraining_document(ex, "post"))
     return docs
+
+
+def sft_mix_records(world: World, cfg: Config, n_demonstrations: int) -> list[dict]:
+    """The pre-training documents mixed into SFT (``sft.pretrain_mix`` of the rows, so
+    ``n * mix / (1 - mix)`` for ``n`` demonstrations), as records with an empty prompt and the
+    document as the completion, so every token is trained. Drawn from the stream "sft-mix" of the
+    run's seed: not the base's own documents, the same distribution."""
+    mix = cfg.sft.pretrain_mix
+    if not mix:
+        return []
+    n = round(n_demonstrations * mix / (1.0 - mix))
+    return [{"prompt": "", "document": doc} for doc in pretraining_corpus(world, cfg, n, stream="sft-mix")]
 
 
 def split_sizes(cfg: Config) -> dict[tuple[str, str], int]:

@@ -22,11 +22,14 @@ from gendiv.models import load_causal_lm, load_policy, load_tokenizer, pick_devi
 
 
 def sft_dataset(tokenizer, records: list[dict], max_prompt_tokens: int) -> Dataset:
-    """A prompt-completion ``datasets.Dataset`` of the records' prompts and references."""
+    """A prompt-completion ``datasets.Dataset`` of the records' prompts and references; a record
+    with a ``document`` (:func:`gendiv.data.sft_mix_records`) has an empty prompt and the document
+    as its completion, so the loss covers all of it."""
     prompts = left_truncate(tokenizer, [r["prompt"] for r in records], max_prompt_tokens)
     eos = tokenizer.eos_token
-    return Dataset.from_dict({"prompt": prompts,
-                              "completion": [data.sft_target(r["reference"], eos) for r in records]})
+    completions = [r["document"] + eos if "document" in r else data.sft_target(r["reference"], eos)
+                   for r in records]
+    return Dataset.from_dict({"prompt": prompts, "completion": completions})
 
 
 def _length_grouping(config_cls, on: bool) -> dict:
@@ -80,6 +83,11 @@ def build_sft(cfg: Config, force: bool = False) -> dict[str, Path]:
         train = data.load_split(cfg, "id", "sft_train")
         val = data.load_split(cfg, "id", "sft_val")
         s = cfg.sft
+        if s.pretrain_mix:
+            mixed = data.sft_mix_records(data.make_world(cfg), cfg, len(train))
+            print(f"SFT mixes {len(mixed)} pre-training documents into {len(train)} demonstrations "
+                  f"(sft.pretrain_mix {s.pretrain_mix}).")
+            train = train + mixed
         log = train_sft(model, tok, train, val, root / "models" / "sft", epochs=s.epochs, lr=s.lr,
                         batch_size=s.batch_size, scheduler=s.scheduler, max_length=cfg.model.max_length,
                         max_prompt_tokens=cfg.max_prompt_tokens, seed=cfg.seed, group_by_length=s.group_by_length)
