@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from gendiv import cli, models, pretraining
-from gendiv.config import load_profile
+from gendiv.config import ConfigError, load_profile
 
 DOCS = [f"SUBREDDIT: r/test\nTITLE: post {i}\nPOST: My landlord raised the rent{' again' * (i % 7)}.\n"
         f"TL;DR: landlord raised rent {i}" for i in range(40)]
@@ -131,3 +131,28 @@ def test_gendiv_pretrain_runs_on_smoke_and_is_deterministic(tmp_path):
 def test_gendiv_pretrain_without_out_needs_a_shipped_base(capsys):
     assert cli.main(["pretrain", "--profile", "smoke"]) == 1
     assert "pass --out DIR" in capsys.readouterr().err
+
+
+def test_shipped_base_matches_its_profile_world_and_tokenizer():
+    cfg = load_profile("tiny")
+    folder = pretraining.shipped_dir(cfg.model.base)
+    manifest = pretraining.check_shipped(cfg, folder)  # raises if the recipe or the world changed
+    assert manifest["recipe_hash"] == pretraining.recipe_hash(cfg)
+    tok = models.load_tokenizer(folder)
+    assert len(tok) == cfg.model.vocab_size and tok.pad_token_id != tok.eos_token_id
+    model = models.load_causal_lm(folder, torch.device("cpu"))
+    assert model.config.hidden_size == cfg.model.hidden_size
+    assert model.config.num_hidden_layers == cfg.model.n_layers
+    assert model.config.vocab_size == len(tok)
+    # the tokenizer was trained on this world: its words are mostly single tokens
+    from gendiv.world import lexicon
+    vocabulary = sorted(lexicon().vocabulary)
+    single = sum(len(tok.tokenize(" " + w)) == 1 for w in vocabulary) / len(vocabulary)
+    assert single > 0.45, single  # half of the 1,479 words at 2,048 tokens
+
+
+def test_a_changed_recipe_is_named_with_the_fix():
+    cfg = load_profile("tiny", **{"pretrain.lr": 1.0e-4, "model.hidden_size": 64})
+    with pytest.raises(ConfigError, match=r"model.hidden_size: profile 64.*pretrain.lr: profile 0.0001.*"
+                                          r"gendiv pretrain --profile tiny"):
+        pretraining.check_shipped(cfg, pretraining.shipped_dir("tiny"))
