@@ -8,8 +8,9 @@ inconclusive. A claim made of several comparisons is supported when all of them 
 supported when any contradicts it, and inconclusive otherwise.
 
 C1-C3 use the head-to-head verdicts against SFT where the paper's wording allows (a small policy
-rarely beats a reference, and win rates pinned near zero cannot show a difference); the win
-rates against the reference and the generalisation gaps are reported beside them. For the same
+beats a human reference rarely, on the far shift hardly ever, and win rates near the floor have
+little power to show a difference); the win rates against the reference and the generalisation
+gaps are reported beside them. For the same
 reason C6 measures performance by the judge's gold utility of each output (paired over inputs),
 not by the win rate against the reference.
 """
@@ -92,8 +93,8 @@ def scorecard(cfg: Config) -> pd.DataFrame:
         return v.set_index("uid")["verdict"]
 
     # C2: PPO's head-to-head advantage over SFT on the biggest shift minus in distribution.
-    # Head to head rather than against the reference: a weak policy rarely beats a reference, and
-    # win rates pinned near zero cannot show a growing advantage.
+    # Head to head rather than against the reference: a small policy rarely beats a reference, and
+    # win rates near the floor have little power to show a growing advantage.
     ev, res = [], []
     if ood:
         far = ood[-1]
