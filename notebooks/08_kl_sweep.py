@@ -104,12 +104,11 @@ _ = plots.scatter(train.assign(kl_coef=train["kl_coef"].astype(str)), "train_kl"
 # of them (C5, "on some metrics", needs one).
 #
 # A verdict is a finding only if the models are competent and the samples large enough. Before
-# the verdicts, the run checks itself (`gendiv.claims.competence`): does SFT beat the human
-# reference often enough (at least 20% in distribution, 10% on each shift) and the base model
-# clearly, is the RM right about the judge's preferences (at least 70% in distribution, every
-# interval above 60%), did PPO's proxy reward flatten, do the sweep's runs end at clearly
-# different KL, and are the samples as large as the book promises? Each verdict then names the
-# failed checks it rests on.
+# the verdicts, the run checks itself (`gendiv.claims.competence`; each check's threshold is in
+# the table): does SFT beat the human reference often enough, and the base model clearly, is the
+# RM right about the judge's preferences, did PPO's proxy reward flatten, do the sweep's runs end
+# at clearly different KL, and are the samples as large as the book promises? Each verdict then
+# names the failed checks it rests on.
 
 # %%
 claim_paths = claims.build_claims(cfg)

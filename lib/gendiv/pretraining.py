@@ -89,8 +89,7 @@ def corpus(cfg: Config) -> list[str]:
 def heldout_documents(cfg: Config, n: int) -> list[str]:
     """``n`` documents of the corpus's kinds and shares that the pre-training never saw (their own
     random stream), for measuring a base model's perplexity in the run."""
-    small = replace(cfg, seed=cfg.pretrain.seed + 1_000_003, data=replace(cfg.data, n_pretrain_docs=n))
-    return data.pretraining_corpus(data.make_world(cfg), small)
+    return data.pretraining_corpus(data.make_world(cfg), replace(cfg, seed=cfg.pretrain.seed + 1_000_003), n)
 
 
 # ------------------------------------------------------------------ packing and the loop
