@@ -17,7 +17,7 @@ ORDER = ["world", "stats", "config", "stages", "runs", "embeddings", "plots", "d
          "artifacts", "outputs", "judges",
          # the stages, in pipeline order
          "pretraining", "sft", "reward", "ppo", "bon", "evaluation", "diversity", "sweep", "claims",
-         "cli"]
+         "cli", "__main__"]
 """The library's modules from the ground up: each may import only modules before it."""
 
 

@@ -5,6 +5,8 @@
     gendiv profiles                                        list the shipped profiles
     gendiv pretrain --profile tiny [--out DIR]             pre-train the tiny base model (the shipped one
                                                            by default: lib/gendiv/pretrained/<model.base>)
+    gendiv stage NAME --profile tiny [--run-dir DIR]       run one stage (the entry for launchers:
+                                                           accelerate launch -m gendiv stage sft ...)
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from gendiv import pretraining, runs
+from gendiv import pretraining, runs, stages
 from gendiv.config import ConfigError, available_profiles, load_profile
 
 
@@ -153,6 +155,37 @@ def pretrain(profile: str, out: str = "") -> Path:
     return pretraining.pretrain_base(cfg, target)
 
 
+DATA_PARALLEL = ("sft", "reward", "ppo")
+"""Stages that train data-parallel under a launcher (``ppo_kl<beta>`` too); the others sample and
+score on one process."""
+
+
+def run_one_stage(name: str, profile: str, run_dir: str = "", force: bool = False) -> dict[str, Path]:
+    """``gendiv stage``: run stage ``name`` of the table of stages (gendiv.stages) on ``profile``,
+    into the run folder the notebooks read (``run_dir``, default runs/<profile>), so that the
+    notebooks then find it finished. Under ``accelerate launch`` with several processes, the
+    training stages (:data:`DATA_PARALLEL`) train data-parallel and only the main process writes."""
+    try:
+        row = stages.stage(name)
+    except KeyError as err:
+        raise ConfigError(f"{err.args[0]} A KL sweep run is ppo_kl<kl_coef>, e.g. ppo_kl0.5.") from None
+    kl_coef = None
+    if name.startswith(stages.SWEEP_PREFIX):
+        try:
+            kl_coef = float(name[len(stages.SWEEP_PREFIX):])
+        except ValueError:
+            raise ConfigError(f"Stage {name!r}: a KL sweep run is ppo_kl<kl_coef>, e.g. ppo_kl0.5.") from None
+    base = name if kl_coef is None else "ppo"
+    if runs.world_size() > 1 and base not in DATA_PARALLEL:
+        raise ConfigError(f"Stage {name!r} samples and scores on one process; {runs.world_size()} were launched. "
+                          f"Run it without a launcher (`gendiv stage {name} --profile ...`); the stages that "
+                          f"train data-parallel are {', '.join(DATA_PARALLEL)} and ppo_kl<kl_coef>.")
+    cfg = load_profile(profile, run_dir=run_dir or None)
+    runs.seed_everything(cfg.seed)
+    build = stages.builder(row.name)
+    return build(cfg, force=force) if kl_coef is None else build(cfg, force=force, kl_coef=kl_coef)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gendiv", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -170,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     p_pre.add_argument("--profile", default="tiny", help="profile name or YAML path (default: tiny)")
     p_pre.add_argument("--out", default="", help="output folder (default: the package's shipped base "
                                                   "named by the profile's model.base)")
+    p_stage = sub.add_parser("stage", help="run one stage into the run folder (the entry for accelerate launch)")
+    p_stage.add_argument("name", help=f"a stage: {', '.join(stages.BY_NAME)}, or ppo_kl<kl_coef>")
+    p_stage.add_argument("--profile", default="tiny", help="profile name or YAML path (default: tiny)")
+    p_stage.add_argument("--run-dir", default="", help="run folder (default: runs/<profile> in the project)")
+    p_stage.add_argument("--force", action="store_true", help="redo the stage even if it finished")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -178,11 +216,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"All {len(times)} notebook(s) done in {sum(times.values()):.1f}s.")
         elif args.command == "book":
             build_book(strict=not args.no_strict)
+        elif args.command == "stage":
+            paths = run_one_stage(args.name, args.profile, str(Path(args.run_dir).resolve()) if args.run_dir else "",
+                                  args.force)
+            if runs.is_main_process():
+                print(f"Stage {args.name} finished: {len(paths)} artifact(s) in "
+                      f"{runs.run_dir(load_profile(args.profile, run_dir=args.run_dir or None))}.")
         elif args.command == "pretrain":
             print(f"Base model written to {pretrain(args.profile, args.out)}.")
         else:
             print("\n".join(available_profiles()))
-    except (RunFailed, ConfigError) as err:
+    except (RunFailed, ConfigError, runs.StageMissingError) as err:
         print(f"gendiv {args.command}: {err}", file=sys.stderr)
         return 1
     return 0

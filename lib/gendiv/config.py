@@ -135,6 +135,7 @@ class SFTConfig:
     epochs: float = 1.0
     lr: float = 3e-5
     batch_size: int = 16
+    """Rows of one optimiser step, global: under a launcher each process takes its share."""
     scheduler: str = "cosine"
     group_by_length: bool = True
     """Batches of examples of similar length (less padding: about 10% faster on a CPU, same data
@@ -154,6 +155,7 @@ class RewardConfig:
     epochs: float = 1.0
     lr: float = 1e-5
     batch_size: int = 16
+    """Pairs of one optimiser step, global: under a launcher each process takes its share."""
     heldout_share: float = 0.2
     """Share of comparison prompts held out to measure RM accuracy in distribution."""
     n_normalisation: int = 500

@@ -27,7 +27,7 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig,
                           LlamaForCausalLM, PreTrainedTokenizerFast)
 
-from gendiv import data
+from gendiv import data, runs
 from gendiv.lm import tokenizer_sides
 
 
@@ -42,9 +42,12 @@ class ModelUnavailableError(RuntimeError):
 
 
 def pick_device(preference: str = "auto") -> torch.device:
-    """'auto' picks CUDA when available, else CPU."""
+    """'auto' picks CUDA when available, else CPU; under a launcher each process takes the GPU of
+    its local rank (``LOCAL_RANK``)."""
     if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        preference = "cuda" if torch.cuda.is_available() else "cpu"
+    if preference == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device(preference)
 
 
@@ -151,16 +154,20 @@ def resolve_base(name: str) -> Path | str:
 
 
 def save_pretrained_atomic(model, tokenizer, out_dir: Path) -> Path:
-    """save_pretrained into a sibling folder, then swap it in: no half-written checkpoint."""
+    """save_pretrained into a sibling folder, then swap it in: no half-written checkpoint. Under
+    a launcher only the main process writes, and every process waits until it has (so that all
+    of them can load the checkpoint next)."""
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    if runs.is_main_process():
+        tmp = out_dir.with_name(out_dir.name + ".partial")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    runs.barrier()
     return out_dir
 
 

@@ -208,7 +208,8 @@ def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
         out = root / "models" / "rm"
         device = pick_device(cfg.model.device)
         log = train_reward_model(artifacts.sft_path(cfg), train, out, epochs=cfg.reward.epochs, lr=cfg.reward.lr,
-                                 batch_size=cfg.reward.batch_size, max_length=cfg.model.max_length,
+                                 batch_size=runs.per_process(cfg.reward.batch_size, "reward.batch_size"),
+                                 max_length=cfg.model.max_length,
                                  seed=cfg.seed, freeze_fraction=cfg.model.freeze_fraction,
                                  adapter=cfg.model.adapter, lora_r=cfg.model.lora_r,
                                  lora_alpha=cfg.model.lora_alpha, device=device)

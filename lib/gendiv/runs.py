@@ -11,6 +11,11 @@ Layout of ``runs/<profile>/``::
 A stage is finished when its manifest exists, its config hash matches and every artifact it
 lists exists. Artifacts are written to a temporary name and renamed, so an interrupted run never
 leaves a half-written file that looks complete; rerunning continues from the last finished stage.
+
+Under a launcher (``accelerate launch``, torchrun: ``RANK`` and ``WORLD_SIZE`` in the environment)
+every process runs the same stage, and only the main process writes: the writers below, model
+checkpoints (:func:`gendiv.models.save_pretrained_atomic`, which then waits for every process)
+and the manifest.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import pandas as pd
 import torch
 
 from gendiv import stages
-from gendiv.config import Config, describe, load_profile
+from gendiv.config import Config, ConfigError, describe, load_profile
 
 def notebook_for(stage: str) -> str | None:
     """The notebook that runs ``stage`` (from the table of stages), or None for an unknown name."""
@@ -82,9 +87,44 @@ def figures_dir(cfg: Config) -> Path:
     return path
 
 
+# ------------------------------------------------------------------ processes
+def process_rank() -> int:
+    """This process's global rank under a launcher (``RANK``, set by accelerate launch and
+    torchrun), 0 otherwise."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    """The number of processes of the launch (``WORLD_SIZE``), 1 without a launcher."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return process_rank() == 0
+
+
+def per_process(batch_size: int, key: str) -> int:
+    """A profile's batch size is global (the rows of one optimiser step, whatever the number of
+    processes, as PPO's sizes); TRL's trainers take a per-device size: this is its share. A
+    ConfigError names the fix when it does not divide."""
+    n = world_size()
+    if batch_size % n:
+        raise ConfigError(f"{key} ({batch_size}) must divide by the {n} processes of this launch (the sizes are "
+                          f"global); set it to a multiple of {n}.")
+    return batch_size // n
+
+
+def barrier() -> None:
+    """Wait for every process of the launch (a no-op in one process, or before the process group
+    exists: the trainers create it)."""
+    if world_size() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds
+    and this is the main process (the others' copies are dropped: see the module docstring)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -92,7 +132,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
+        if is_main_process():
+            os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -205,7 +246,8 @@ def require_stage(cfg: Config, stage: str) -> Manifest:
         what = f"its artifacts {missing} are missing" if m else f"{manifest_path(cfg, stage)} does not exist"
         raise StageMissingError(
             f"Stage {stage!r} has not been run for profile {cfg.profile!r} ({what}). "
-            f"Run notebook {nb} first, e.g. `gendiv run --profile {cfg.profile} --stages {nb[:2]}`.")
+            f"Run notebook {nb} first, e.g. `gendiv run --profile {cfg.profile} --stages {nb[:2]}` "
+            f"(or the stage alone: `gendiv stage {stage} --profile {cfg.profile}`).")
     return m
 
 
@@ -248,6 +290,7 @@ def run_stage(cfg: Config, stage: str, body: Callable[[Path], dict[str, Path]], 
                         round(wall, 2), time.strftime("%Y-%m-%d %H:%M:%S"), device_name(),
                         package_versions())
     write_json(manifest_path(cfg, stage), manifest.__dict__)
+    barrier()  # under a launcher, no process goes on before the main one has written the manifest
     print(f"[{stage}] done in {wall:.1f}s", flush=True)
     return paths
 

@@ -89,7 +89,8 @@ def build_sft(cfg: Config, force: bool = False) -> dict[str, Path]:
                   f"(sft.pretrain_mix {s.pretrain_mix}).")
             train = train + mixed
         log = train_sft(model, tok, train, val, root / "models" / "sft", epochs=s.epochs, lr=s.lr,
-                        batch_size=s.batch_size, scheduler=s.scheduler, max_length=cfg.model.max_length,
+                        batch_size=runs.per_process(s.batch_size, "sft.batch_size"), scheduler=s.scheduler,
+                        max_length=cfg.model.max_length,
                         max_prompt_tokens=cfg.max_prompt_tokens, seed=cfg.seed, group_by_length=s.group_by_length)
         if cfg.model.adapter == "lora":  # merge the adapters: later stages load a plain checkpoint
             save_pretrained_atomic(model.merge_and_unload(), tok, root / "models" / "sft")
