@@ -13,7 +13,7 @@ TORCH ?= torch==2.13.0
 unexport PYTHONDONTWRITEBYTECODE
 PIP := -m pip install -q --disable-pip-version-check --no-compile
 
-.PHONY: venv book notebooks html test lint sync clean peer-ppo
+.PHONY: venv book notebooks html test test-smol lint sync clean peer-ppo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ html: venv
 ## test: the test suite (unit tests, notebooks on the smoke profile, the strict book build)
 test: venv
 	$(BIN)/python -m pytest
+
+## test-smol: the smol profile (SmolLM2-135M) through every stage at micro sizes on the CPU
+test-smol: venv
+	$(BIN)/python -m pytest -m smol
 
 lint: venv
 	$(BIN)/ruff check lib tests

@@ -66,7 +66,8 @@ def train_reward_model(sft_path: Path, comparisons: list[dict], out_dir: Path, *
         args = RewardConfig(output_dir=scratch, num_train_epochs=epochs, learning_rate=lr,
                             per_device_train_batch_size=batch_size, max_length=max_length,
                             bf16=use_bf16(device), fp16=False, use_cpu=device.type == "cpu",
-                            logging_steps=5, save_strategy="no", report_to="none", seed=seed,
+                            logging_steps=5, logging_first_step=True, save_strategy="no", report_to="none",
+                            seed=seed,
                             data_seed=seed, lr_scheduler_type="linear", warmup_steps=0,
                             dataloader_num_workers=0)
         with tokenizer_sides(tok, "right", tok.truncation_side):  # TRL pads its batches on the right

@@ -52,7 +52,7 @@ def make_trainer(model, tokenizer, train_records: list[dict], val_records: list[
                          lr_scheduler_type=scheduler, warmup_steps=0, per_device_train_batch_size=batch_size,
                          per_device_eval_batch_size=batch_size, max_length=max_length,
                          completion_only_loss=True, bf16=use_bf16(device), fp16=False,
-                         use_cpu=device.type == "cpu", logging_steps=5, save_strategy="no",
+                         use_cpu=device.type == "cpu", logging_steps=5, logging_first_step=True, save_strategy="no",
                          eval_strategy="epoch" if val_records else "no", report_to="none", seed=seed,
                          data_seed=seed, disable_tqdm=False, dataloader_num_workers=0,
                          **_length_grouping(SFTConfig, group_by_length))
