@@ -100,8 +100,9 @@ _ = plots.scatter(train.assign(kl_coef=train["kl_coef"].astype(str)), "train_kl"
 # Each verdict is computed from this run's results by the rule in `gendiv.claims`: a 95%
 # bootstrap interval of a difference (paired over inputs where the two sides share inputs) that
 # excludes zero in the claimed direction supports a claim, one that excludes zero the other way
-# contradicts it, anything else is inconclusive; a claim resting on several comparisons needs all
-# of them (C5, "on some metrics", needs one).
+# contradicts it, anything else is inconclusive. How each claim combines its comparisons (the
+# table below, generated from the code) decides between supported, not supported, mixed
+# (comparisons pointing in opposite directions) and inconclusive.
 #
 # A verdict is a finding only if the models are competent and the samples large enough. Before
 # the verdicts, the run checks itself (`gendiv.claims.competence`; each check's threshold is in
@@ -109,6 +110,11 @@ _ = plots.scatter(train.assign(kl_coef=train["kl_coef"].astype(str)), "train_kl"
 # RM right about the judge's preferences, did PPO's proxy reward flatten, do the sweep's runs end
 # at clearly different KL, and are the samples as large as the book promises? Each verdict then
 # names the failed checks it rests on.
+
+# %%
+rules = claims.rules_frame()
+display(rules)
+glue("claim_rules", HTML(rules.to_html(index=False)), display=False)
 
 # %%
 claim_paths = claims.build_claims(cfg)
@@ -124,6 +130,29 @@ for row in card.itertuples():
     display(Markdown(f"**{row.claim}: {row.verdict}.** {row.statement}\n\nEvidence: {row.evidence}{caveat}"))
 # For the book's scorecard and intro pages (pasted there with myst-nb's glue).
 glue("scorecard", HTML(claims.scorecard_html(card, checks)), display=False)
+
+# %% [markdown]
+# ## Across seeds
+#
+# One seed's verdict can be a draw. `gendiv seeds --profile <profile> --seeds 0 1 2` runs every
+# stage again for each further seed, reusing nothing across seeds, and pools the evidence: a
+# two-level bootstrap that draws seeds, then each drawn seed's estimate from its own interval
+# (`gendiv.claims.pool_evidence`), so a pooled interval is wide when the seeds disagree. The
+# table shows each seed's verdict and the pooled one, by the same rules.
+
+# %%
+seeds_file = claims.seeds_root(cfg) / "claims_seeds.csv"
+if seeds_file.exists():
+    seeds_table = pd.read_csv(seeds_file)
+    seeds_html = claims.across_seeds_html(seeds_table)
+    display(HTML(seeds_html))
+    display(seeds_table)
+else:
+    command = f"gendiv seeds --profile {cfg.profile} --seeds {cfg.seed} {cfg.seed + 1} {cfg.seed + 2}"
+    seeds_html = (f"<p>No seeds run for this profile yet ({seeds_file} does not exist): run "
+                  f"<code>{command}</code>; each further seed costs about the stage time below.</p>")
+    display(HTML(seeds_html))
+glue("across_seeds", HTML(seeds_html), display=False)
 
 # %% [markdown]
 # ## Where the time went

@@ -1,5 +1,7 @@
 """The claim rules: one interval's outcome, and how comparisons combine into a verdict."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from gendiv import claims
@@ -15,12 +17,93 @@ def test_claim_rule_for_one_interval(low, high, sign, expected):
 def test_claim_rule_combines_comparisons():
     assert claims.combine(["supports", "supports"]) == "supported"
     assert claims.combine(["supports", "inconclusive"]) == "inconclusive"
-    assert claims.combine(["supports", "contradicts"]) == "not supported"
+    assert claims.combine(["contradicts", "inconclusive"]) == "not supported"
     assert claims.combine([]) == "inconclusive"
+    # comparisons pointing in opposite directions are mixed, whichever the rule
+    assert claims.combine(["supports", "contradicts"]) == "mixed"
+    assert claims.combine(["inconclusive", "supports", "contradicts"], any_supports=True) == "mixed"
     # "on some metrics": one support is enough; all contradicting is a no
-    assert claims.combine(["inconclusive", "supports", "contradicts"], any_supports=True) == "supported"
+    assert claims.combine(["inconclusive", "supports"], any_supports=True) == "supported"
     assert claims.combine(["contradicts", "contradicts"], any_supports=True) == "not supported"
     assert claims.combine(["inconclusive", "contradicts"], any_supports=True) == "inconclusive"
+
+
+def test_the_rules_in_words_match_the_code():
+    assert "at least one comparison supports" in claims.rule_text("C5")
+    assert all("every comparison supports" in claims.rule_text(c) for c in ("C1", "C2", "C3", "C4", "C6"))
+    assert list(claims.rules_frame()["claim"]) == list(claims.STATEMENTS)
+
+
+def evidence_rows(claim: str, value: float, half_width: float, sign: int = -1, null: float = 0.0,
+                  comparison: str = "id ead PPO - SFT") -> pd.DataFrame:
+    lo, hi = value - half_width, value + half_width
+    return pd.DataFrame([{"claim": claim, "comparison": comparison, "value": value, "ci_low": lo, "ci_high": hi,
+                          "null": null, "sign": sign, "outcome": claims.outcome(lo - null, hi - null, sign)}])
+
+
+def test_pooling_over_seeds_averages_agreeing_seeds_and_widens_for_disagreeing_ones():
+    # two seeds that agree, each with interval +-0.0392 (standard error 0.02): the pooled value is
+    # their mean and the interval narrower than either seed's (two draws averaged)
+    agree = {0: evidence_rows("C4", -0.10, 0.0392), 1: evidence_rows("C4", -0.12, 0.0392)}
+    pooled = claims.pool_evidence(agree, n_boot=20000)
+    row = pooled.iloc[0]
+    assert row["value"] == pytest.approx(-0.11)
+    assert row["outcome"] == "supports"
+    assert 0.02 < row["ci_high"] - row["ci_low"] < 2 * 0.0392
+    # seeds that each find a clear effect but in opposite directions pool to inconclusive
+    disagree = {0: evidence_rows("C4", -0.10, 0.02), 1: evidence_rows("C4", +0.10, 0.02)}
+    row = claims.pool_evidence(disagree, n_boot=20000).iloc[0]
+    assert row["value"] == pytest.approx(0.0) and row["outcome"] == "inconclusive"
+    assert row["ci_low"] < -0.08 and row["ci_high"] > 0.08  # the spread between seeds, not within
+    # win rates pool around their null (0.5) and keep it
+    wins = {0: evidence_rows("C1", 0.70, 0.05, +1, 0.5, "id PPO vs SFT win rate"),
+            1: evidence_rows("C1", 0.66, 0.05, +1, 0.5, "id PPO vs SFT win rate")}
+    row = claims.pool_evidence(wins).iloc[0]
+    assert row["value"] == pytest.approx(0.68) and row["null"] == 0.5 and row["outcome"] == "supports"
+
+
+def test_across_seeds_gives_each_seed_and_the_pool_a_verdict_per_claim():
+    per_seed = {0: pd.concat([evidence_rows("C4", -0.10, 0.02), evidence_rows("C6", 0.1, 0.02, comparison="u"),
+                              evidence_rows("C6", -0.1, 0.02, comparison="ead")]),
+                1: pd.concat([evidence_rows("C4", -0.01, 0.05), evidence_rows("C6", 0.1, 0.02, comparison="u"),
+                              evidence_rows("C6", -0.1, 0.02, comparison="ead")]),
+                2: evidence_rows("C4", -0.12, 0.02)}  # seed 2 lacks C6's comparisons: not pooled
+    table, pooled = claims.across_seeds(per_seed, n_boot=2000)
+    assert list(table.columns) == claims.CLAIMS_SEEDS_COLUMNS
+    verdict = table.set_index(["claim", "seed"])["verdict"]
+    assert (verdict["C4", 0], verdict["C4", 1], verdict["C4", 2]) == ("supported", "inconclusive", "supported")
+    assert verdict["C6", 0] == "mixed" and verdict["C6", claims.POOLED] == "inconclusive"
+    assert set(pooled["claim"]) == {"C4"}
+    assert verdict["C1", claims.POOLED] == "inconclusive"  # no evidence at all
+    html = claims.across_seeds_html(table)
+    assert "3 seeds" in html and "seed 2" in html and "pooled" in html
+
+
+def test_seeds_runs_every_stage_per_seed_in_its_own_folder(tmp_path, monkeypatch):
+    from gendiv import cli, stages
+    from gendiv.config import load_profile
+
+    calls = []
+
+    def fake_stage(name, profile, run_dir="", force=False, seed=None):
+        calls.append((name, run_dir, seed))
+        if name == "claims":
+            results = Path(run_dir) / "results"
+            results.mkdir(parents=True, exist_ok=True)
+            evidence_rows("C4", -0.1 * (seed + 1), 0.02).to_csv(results / "claims_evidence.csv", index=False)
+        return {}
+
+    monkeypatch.setattr(cli, "run_one_stage", fake_stage)
+    out = cli.run_seeds("smoke", [0, 3], str(tmp_path / "run"))
+    names = [row.name for row in stages.STAGES]
+    assert [c[0] for c in calls] == names * 2
+    assert {c[2] for c in calls[: len(names)]} == {0} and {c[2] for c in calls[len(names):]} == {3}
+    # the profile's own seed is the book's run folder; the others sit in seeds/seed<k> inside it
+    assert {c[1] for c in calls[: len(names)]} == {str(tmp_path / "run")}
+    assert {c[1] for c in calls[len(names):]} == {str(tmp_path / "run" / "seeds" / "seed3")}
+    table = pd.read_csv(out)
+    assert out == claims.seeds_root(load_profile("smoke", run_dir=str(tmp_path / "run"))) / "claims_seeds.csv"
+    assert set(table["seed"].astype(str)) == {"0", "3", claims.POOLED}
 
 
 def test_each_verdict_names_the_failed_checks_it_rests_on():

@@ -8,7 +8,7 @@ import jupytext
 import pandas as pd
 import pytest
 from conftest import ROOT
-from gendiv import cli, data
+from gendiv import claims, cli, data
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -117,7 +117,11 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
     assert measured["value"].notna().all() and {"per_input", "across_input"} == set(measured["scope"])
     verdicts = pd.read_csv(results / "claims.csv")
     assert list(verdicts["claim"]) == ["C1", "C2", "C3", "C4", "C5", "C6"]
-    assert set(verdicts["verdict"]) <= {"supported", "not supported", "inconclusive"}
+    assert set(verdicts["verdict"]) <= set(claims.VERDICTS)
+    # every verdict follows from its comparisons (results/claims_evidence.csv) by the claim's rule
+    evidence = pd.read_csv(results / "claims_evidence.csv")
+    assert list(evidence.columns) == claims.EVIDENCE_COLUMNS
+    assert claims.verdicts_from(evidence) == dict(zip(verdicts["claim"], verdicts["verdict"]))
     executed = json.loads((tmp_path / "book" / "notebooks" / "01_data_splits.ipynb").read_text())
     text = json.dumps(executed)
     assert "judge preferred the reference on at least" in text
@@ -131,6 +135,8 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
     scorecard = (html / "scorecard.html").read_text()
     for row in verdicts.itertuples():
         assert f"{row.claim} is {row.verdict}" in scorecard
+    assert claims.rule_text("C5") in scorecard  # the combination rules, generated from the code
+    assert "No seeds run for this profile yet" in scorecard and "gendiv seeds --profile smoke" in scorecard
     # smoke's micro models and samples fail the competence checks, and every verdict says so
     checks = pd.read_csv(results / "competence.csv")
     evaluated = checks[checks["check"] == "evaluation inputs"]

@@ -4,8 +4,11 @@ from this run's ``results/*.csv`` and per-input logs by stated rules, never writ
 The rule for every comparison: a 95% bootstrap interval of a difference (paired over inputs
 wherever the two sides share inputs) that excludes zero in the claimed direction supports the
 claim; one that excludes zero in the other direction contradicts it; otherwise the evidence is
-inconclusive. A claim made of several comparisons is supported when all of them support it, not
-supported when any contradicts it, and inconclusive otherwise.
+inconclusive. A claim made of several comparisons is mixed when some support it and some
+contradict it, supported when all of them support it (C5, "on some metrics": when one does), not
+supported when one contradicts it (C5: when all do), and inconclusive otherwise (:data:`RULES`,
+:func:`combine`). Every comparison is kept in ``results/claims_evidence.csv``; several seeds'
+evidence is pooled by :func:`across_seeds`.
 
 C1-C3 use the head-to-head verdicts against SFT where the paper's wording allows (a small policy
 beats a human reference rarely, on the far shift hardly ever, and win rates near the floor have
@@ -20,6 +23,7 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from gendiv import artifacts, data, ppo, runs, stats
@@ -27,7 +31,12 @@ from gendiv.config import Config
 from gendiv.outputs import expected_utilities
 
 CLAIMS_COLUMNS = ["claim", "statement", "evidence", "verdict"]
+EVIDENCE_COLUMNS = ["claim", "comparison", "value", "ci_low", "ci_high", "null", "sign", "outcome"]
+"""One row per comparison a verdict rests on (``results/claims_evidence.csv``): the estimate and
+its 95% interval, the value of no effect (``null``: 0 for a difference, 0.5 for a head-to-head
+win rate), the claimed direction (``sign`` +1 / -1) and the outcome."""
 METHOD_NAMES = {"ppo": "PPO", "bon": "BoN"}
+VERDICT_COLOURS = {"supported": "#1a7f37", "not supported": "#cf222e", "mixed": "#8250df", "inconclusive": "#9a6700"}
 STATEMENTS = {
     "C1": "RLHF (PPO) beats SFT in distribution and out of distribution, judged by the simulated human.",
     "C2": "RLHF's advantage over SFT grows as the distribution shift grows.",
@@ -36,6 +45,9 @@ STATEMENTS = {
     "C5": "RLHF reduces across-input diversity against SFT on some metrics.",
     "C6": "Raising the KL coefficient lowers performance and also lowers per-input diversity.",
 }
+RULES = {"C1": "all", "C2": "all", "C3": "all", "C4": "all", "C5": "any", "C6": "all"}
+"""How each claim's comparisons combine: 'all' must support it, or 'any' one ("on some metrics")."""
+VERDICTS = ("supported", "not supported", "mixed", "inconclusive")
 
 
 def outcome(low: float, high: float, sign: int) -> str:
@@ -46,47 +58,78 @@ def outcome(low: float, high: float, sign: int) -> str:
 
 
 def combine(results: list[str], any_supports: bool = False) -> str:
-    """All support -> supported (or any, for an "on some metrics" claim); any contradicts ->
-    not supported; else inconclusive. No evidence at all is inconclusive."""
+    """The verdict from a claim's comparison outcomes: comparisons that point in opposite
+    directions (some support, some contradict) -> mixed; else all support (or any, for an "on
+    some metrics" claim) -> supported; any contradicts -> not supported (for an "on some
+    metrics" claim: all contradict); else inconclusive. No evidence at all is inconclusive."""
     if not results:
         return "inconclusive"
-    if (any_supports and "supports" in results) or (not any_supports and all(r == "supports" for r in results)):
+    if "supports" in results and "contradicts" in results:
+        return "mixed"
+    if (any_supports and "supports" in results) or all(r == "supports" for r in results):
         return "supported"
-    if "contradicts" in results and not any_supports:
-        return "not supported"
-    if any_supports and all(r == "contradicts" for r in results):
+    if "contradicts" in results and (not any_supports or all(r == "contradicts" for r in results)):
         return "not supported"
     return "inconclusive"
+
+
+def rule_text(claim: str) -> str:
+    """The combination rule of ``claim`` in words (the scorecard page shows it), from :data:`RULES`
+    and :func:`combine`."""
+    need = "at least one comparison" if RULES[claim] == "any" else "every comparison"
+    fail = ("every comparison contradicts it" if RULES[claim] == "any" else "any comparison contradicts it")
+    return (f"supported when {need} supports it and none contradicts it; mixed when some support it and some "
+            f"contradict it; not supported when {fail} and none supports it; inconclusive otherwise")
+
+
+def rules_frame() -> pd.DataFrame:
+    return pd.DataFrame([{"claim": c, "statement": STATEMENTS[c], "rule": rule_text(c)} for c in STATEMENTS])
+
+
+def verdicts_from(evidence: pd.DataFrame) -> dict[str, str]:
+    """{claim: verdict} from evidence rows (``EVIDENCE_COLUMNS``), by each claim's rule."""
+    return {c: combine(list(evidence.loc[evidence["claim"] == c, "outcome"]), any_supports=RULES[c] == "any")
+            for c in STATEMENTS}
 
 
 def _fmt(name: str, d: float, lo: float, hi: float, outcome: str) -> str:
     return f"{name}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}] ({outcome})"
 
 
-def scorecard(cfg: Config) -> pd.DataFrame:
-    """The six claims with their evidence and verdicts (``CLAIMS_COLUMNS``)."""
+def describe_evidence(row) -> str:
+    """One evidence row as the scorecard's text: a win rate with its interval, or a difference."""
+    if row.null:
+        return f"{row.comparison} {row.value:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}] ({row.outcome})"
+    return _fmt(row.comparison, row.value, row.ci_low, row.ci_high, row.outcome)
+
+
+def evidence(cfg: Config) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Every comparison behind the six claims (``EVIDENCE_COLUMNS``), and for each claim a note
+    naming its sources (and for C2 the generalisation gaps, reported beside the comparison)."""
     splits = data.available_splits(cfg)
     ood = [s for s in splits if s != "id"]
     verdicts = pd.read_csv(runs.artifact(cfg, "evaluation", "verdicts"))
     judge = "world" if "world" in set(verdicts["judge"]) else sorted(set(verdicts["judge"]))[0]
     winrates = pd.read_csv(runs.artifact(cfg, "evaluation", "winrates"))
-    rows = []
+    rows, notes = [], {}
 
-    def beats_sft(method: str, split: str, ev: list[str], res: list[str]) -> None:
+    def add(claim: str, comparison: str, value: float, lo: float, hi: float, sign: int, null: float = 0.0) -> None:
+        rows.append({"claim": claim, "comparison": comparison, "value": value, "ci_low": lo, "ci_high": hi,
+                     "null": null, "sign": sign, "outcome": outcome(lo - null, hi - null, sign)})
+
+    def beats_sft(claim: str, method: str, split: str) -> None:
         """The head-to-head win rate of ``method`` against SFT (winrates.csv): above one half?"""
         w = winrates[(winrates["method"] == method) & (winrates["opponent"] == "sft") & (winrates["split"] == split)
                      & (winrates["judge"] == judge)]
         if len(w):
             r = w.iloc[0]
-            res.append(outcome(r["ci_low"] - 0.5, r["ci_high"] - 0.5, +1))
-            ev.append(f"{split} {METHOD_NAMES[method]} vs SFT win rate {r['win_rate']:.3f} "
-                      f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] ({res[-1]})")
+            add(claim, f"{split} {METHOD_NAMES[method]} vs SFT win rate", r["win_rate"], r["ci_low"], r["ci_high"],
+                +1, null=0.5)
 
     # C1: head-to-head PPO vs SFT above one half on every split.
-    ev, res = [], []
     for split in splits:
-        beats_sft("ppo", split, ev, res)
-    rows.append(("C1", "; ".join(ev) + f" (winrates.csv, judge {judge}; rule: interval above 0.5)", combine(res)))
+        beats_sft("C1", "ppo", split)
+    notes["C1"] = f"winrates.csv, judge {judge}; rule: interval above 0.5"
 
     def head_to_head(method: str, split: str) -> pd.Series:
         v = verdicts[(verdicts["method"] == method) & (verdicts["opponent"] == "sft") & (verdicts["split"] == split)
@@ -96,51 +139,39 @@ def scorecard(cfg: Config) -> pd.DataFrame:
     # C2: PPO's head-to-head advantage over SFT on the biggest shift minus in distribution.
     # Head to head rather than against the reference: a small policy rarely beats a reference, and
     # win rates near the floor have little power to show a growing advantage.
-    ev, res = [], []
+    notes["C2"] = ""
     if ood:
         far = ood[-1]
         d, lo, hi = stats.difference_ci(head_to_head("ppo", far).to_numpy(), head_to_head("ppo", "id").to_numpy(),
                                         seed=cfg.seed)
-        res.append(outcome(lo, hi, +1))
-        ev.append(_fmt(f"PPO's win rate against SFT on {far} minus on id", d, lo, hi, res[-1]))
+        add("C2", f"PPO's win rate against SFT on {far} minus on id", d, lo, hi, +1)
         gaps = pd.read_csv(runs.artifact(cfg, "evaluation", "gaps"))
         g = gaps[(gaps["split"] == far) & (gaps["judge"] == judge)]
-        ev.append("generalisation gaps (win rate vs reference) id - " + far + ": " + ", ".join(
-            f"{r.method} {r.gap:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]" for r in g.itertuples()) + " (gaps.csv)")
-    rows.append(("C2", "; ".join(ev), combine(res)))
+        notes["C2"] = "generalisation gaps (win rate vs reference) id - " + far + ": " + ", ".join(
+            f"{r.method} {r.gap:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]" for r in g.itertuples()) + " (gaps.csv)"
 
     # C3: BoN beats SFT head to head, and beats PPO (paired: BoN's verdict against SFT minus PPO's
     # on the same input), on every split.
-    ev, res = [], []
     for split in splits:
-        beats_sft("bon", split, ev, res)
-        bon, ppo = head_to_head("bon", split), head_to_head("ppo", split)
-        common = bon.index.intersection(ppo.index)
-        d, lo, hi = stats.paired_difference(bon[common].to_numpy(), ppo[common].to_numpy(), seed=cfg.seed)
-        res.append(outcome(lo, hi, +1))
-        ev.append(_fmt(f"{split} BoN minus PPO win rate against SFT", d, lo, hi, res[-1]))
-    rows.append(("C3", "; ".join(ev) + f" (N = {cfg.bon.n}: {cfg.bon.n} samples per output)", combine(res)))
+        beats_sft("C3", "bon", split)
+        bon, ppo_v = head_to_head("bon", split), head_to_head("ppo", split)
+        common = bon.index.intersection(ppo_v.index)
+        d, lo, hi = stats.paired_difference(bon[common].to_numpy(), ppo_v[common].to_numpy(), seed=cfg.seed)
+        add("C3", f"{split} BoN minus PPO win rate against SFT", d, lo, hi, +1)
+    notes["C3"] = f"N = {cfg.bon.n}: {cfg.bon.n} samples per output"
 
     diffs = pd.read_csv(runs.artifact(cfg, "diversity", "diversity_vs_sft"))
-
-    def diversity_evidence(scope: str, metrics: tuple[str, ...]):
-        ev, res = [], []
+    for claim, scope, metrics in (("C4", "per_input", ("ead", "sbert")),
+                                  ("C5", "across_input", ("ead", "sbert", "nli", "oracle"))):
         sub = diffs[(diffs["method"] == "ppo") & (diffs["scope"] == scope) & (diffs["metric"].isin(metrics))]
         for r in sub.itertuples():
-            res.append(outcome(r.ci_low, r.ci_high, -1))
-            ev.append(_fmt(f"{r.split} {r.metric} PPO - SFT", r.difference, r.ci_low, r.ci_high, res[-1]))
-        return ev, res
-
-    ev, res = diversity_evidence("per_input", ("ead", "sbert"))
-    rows.append(("C4", "; ".join(ev) + " (diversity_vs_sft.csv, paired over inputs)", combine(res)))
-    ev, res = diversity_evidence("across_input", ("ead", "sbert", "nli", "oracle"))
-    rows.append(("C5", "; ".join(ev) + " (diversity_vs_sft.csv, paired bootstrap over inputs)",
-                 combine(res, any_supports=True)))
+            add(claim, f"{r.split} {r.metric} PPO - SFT", r.difference, r.ci_low, r.ci_high, -1)
+    notes["C4"] = "diversity_vs_sft.csv, paired over inputs"
+    notes["C5"] = "diversity_vs_sft.csv, paired bootstrap over inputs"
 
     # C6: the largest kl_coef against the smallest, paired over inputs, on every split.
     per_input = pd.read_csv(runs.artifact(cfg, "kl_sweep", "per_input"))
     lo_k, hi_k = min(cfg.ppo.kl_grid), max(cfg.ppo.kl_grid)
-    ev, res = [], []
     for split in splits:
         for measure, label in (("gold_utility", "performance (gold utility)"), ("per_input_ead", "per-input EAD"),
                                ("per_input_sbert", "per-input Sentence-BERT")):
@@ -149,11 +180,120 @@ def scorecard(cfg: Config) -> pd.DataFrame:
             if lo_k not in wide or hi_k not in wide:
                 continue
             d, lo, hi = stats.paired_difference(wide[hi_k].to_numpy(), wide[lo_k].to_numpy(), seed=cfg.seed)
-            res.append(outcome(lo, hi, -1))
-            ev.append(_fmt(f"{split} {label} at kl_coef {hi_k:g} - at {lo_k:g}", d, lo, hi, res[-1]))
-    rows.append(("C6", "; ".join(ev) + " (logs/kl_sweep_per_input.csv)", combine(res)))
-    return pd.DataFrame([{"claim": c, "statement": STATEMENTS[c], "evidence": e, "verdict": v} for c, e, v in rows],
-                        columns=CLAIMS_COLUMNS)
+            add("C6", f"{split} {label} at kl_coef {hi_k:g} - at {lo_k:g}", d, lo, hi, -1)
+    notes["C6"] = "logs/kl_sweep_per_input.csv"
+    return pd.DataFrame(rows, columns=EVIDENCE_COLUMNS), notes
+
+
+def scorecard(cfg: Config, ev: pd.DataFrame | None = None, notes: dict[str, str] | None = None) -> pd.DataFrame:
+    """The six claims with their evidence and verdicts (``CLAIMS_COLUMNS``), from :func:`evidence`."""
+    if ev is None or notes is None:
+        ev, notes = evidence(cfg)
+    verdict = verdicts_from(ev)
+    rows = []
+    for claim, statement in STATEMENTS.items():
+        text = "; ".join(describe_evidence(r) for r in ev[ev["claim"] == claim].itertuples())
+        note = notes.get(claim, "")
+        if claim == "C2":  # the gaps are reported beside the comparison, as evidence of their own
+            text = "; ".join(t for t in (text, note) if t)
+        elif note:
+            text = f"{text} ({note})"
+        rows.append({"claim": claim, "statement": statement, "evidence": text, "verdict": verdict[claim]})
+    return pd.DataFrame(rows, columns=CLAIMS_COLUMNS)
+
+
+# ------------------------------------------------------------------ across seeds
+CLAIMS_SEEDS_COLUMNS = ["claim", "seed", "verdict", "supports", "contradicts", "inconclusive"]
+POOLED = "pooled"
+
+
+def pool_evidence(per_seed: dict[int, pd.DataFrame], n_boot: int = 4000, seed: int = 0) -> pd.DataFrame:
+    """Evidence pooled over seeds (``EVIDENCE_COLUMNS``), for the comparisons every seed made.
+
+    A two-level bootstrap: each replicate draws the seeds with replacement, then for each drawn
+    seed a fresh estimate from its own interval (normal, with the standard error its 95% bootstrap
+    interval implies: (high - low) / 3.92, standing in for resampling that seed's inputs), and
+    averages them. The pooled value is the mean over seeds; its interval the replicates' 2.5% and
+    97.5% quantiles. So a pooled interval is wide when the seeds disagree, even if each seed's own
+    interval is narrow."""
+    frames = list(per_seed.values())
+    if not frames:
+        return pd.DataFrame(columns=EVIDENCE_COLUMNS)
+    keys = [tuple(k) for k in frames[0][["claim", "comparison"]].to_numpy()]
+    keys = [k for k in keys if all(((f["claim"] == k[0]) & (f["comparison"] == k[1])).any() for f in frames)]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for claim, comparison in keys:
+        picked = [f[(f["claim"] == claim) & (f["comparison"] == comparison)].iloc[0] for f in frames]
+        null, sign = float(picked[0]["null"]), int(picked[0]["sign"])
+        d = np.array([p["value"] - null for p in picked], dtype=float)
+        se = np.array([(p["ci_high"] - p["ci_low"]) / (2 * 1.959964) for p in picked], dtype=float)
+        if np.isnan(d).any() or np.isnan(se).any():
+            lo = hi = value = float("nan")
+        else:
+            idx = rng.integers(0, len(d), size=(n_boot, len(d)))
+            draws = (d[idx] + se[idx] * rng.standard_normal(idx.shape)).mean(axis=1)
+            lo, hi = (float(q) for q in np.quantile(draws, [0.025, 0.975]))
+            value = float(d.mean())
+        rows.append({"claim": claim, "comparison": comparison, "value": value + null, "ci_low": lo + null,
+                     "ci_high": hi + null, "null": null, "sign": sign, "outcome": outcome(lo, hi, sign)})
+    return pd.DataFrame(rows, columns=EVIDENCE_COLUMNS)
+
+
+def across_seeds(per_seed: dict[int, pd.DataFrame], n_boot: int = 4000) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(``claims_seeds.csv``, pooled evidence): each seed's verdict on each claim, with how many of
+    its comparisons support, contradict or are inconclusive, then the pooled verdict
+    (:func:`pool_evidence`) by the same rules."""
+    pooled = pool_evidence(per_seed, n_boot=n_boot)
+    rows = []
+    for label, ev in [*per_seed.items(), (POOLED, pooled)]:
+        verdict = verdicts_from(ev)
+        for claim in STATEMENTS:
+            outcomes = list(ev.loc[ev["claim"] == claim, "outcome"])
+            rows.append({"claim": claim, "seed": label, "verdict": verdict[claim],
+                         **{o: outcomes.count(o) for o in ("supports", "contradicts", "inconclusive")}})
+    return pd.DataFrame(rows, columns=CLAIMS_SEEDS_COLUMNS), pooled
+
+
+def seeds_root(cfg: Config) -> Path:
+    """Where ``gendiv seeds`` puts the runs of the other seeds (``seed<k>/``) and the pooled
+    tables: ``seeds/`` in the run folder (the profile's own seed is the run folder itself)."""
+    return runs.run_dir(cfg) / "seeds"
+
+
+def seed_run_dir(cfg: Config, seed: int) -> Path:
+    return runs.run_dir(cfg) if seed == cfg.seed else seeds_root(cfg) / f"seed{seed}"
+
+
+def write_across_seeds(cfg: Config, seeds: list[int]) -> dict[str, Path]:
+    """Pool the finished runs of ``seeds`` (each one's ``results/claims_evidence.csv``) into
+    ``claims_seeds.csv`` and ``claims_seeds_evidence.csv`` under :func:`seeds_root`."""
+    per_seed = {}
+    for k in seeds:
+        path = seed_run_dir(cfg, k) / "results" / "claims_evidence.csv"
+        if not path.exists():
+            raise runs.StageMissingError(f"Seed {k} has no {path}; run `gendiv seeds --profile {cfg.profile} "
+                                         f"--seeds {' '.join(map(str, seeds))}` to finish it.")
+        per_seed[k] = pd.read_csv(path)
+    table, pooled = across_seeds(per_seed)
+    root = seeds_root(cfg)
+    return {"claims_seeds": runs.write_csv(root / "claims_seeds.csv", table),
+            "evidence": runs.write_csv(root / "claims_seeds_evidence.csv", pooled)}
+
+
+def across_seeds_html(table: pd.DataFrame) -> str:
+    """The across-seeds table for the book: one row per claim, a column per seed and the pooled
+    verdict, coloured as the scorecard."""
+    wide = table.pivot(index="claim", columns="seed", values="verdict")
+    seeds = [c for c in table["seed"].drop_duplicates() if c != POOLED] + [POOLED]
+    head = "".join(f"<th>{'pooled' if s == POOLED else f'seed {s}'}</th>" for s in seeds)
+    body = "".join(
+        f"<tr><td><b>{escape(c)}</b></td>" + "".join(
+            f"<td style='color:{VERDICT_COLOURS.get(wide.loc[c, s], 'inherit')}'>{escape(str(wide.loc[c, s]))}</td>"
+            for s in seeds) + "</tr>" for c in wide.index)
+    agree = sum(len(set(wide.loc[c, [s for s in seeds if s != POOLED]])) == 1 for c in wide.index)
+    return (f"<p>{len(seeds) - 1} seeds; the per-seed verdicts agree on {agree} of {len(wide)} claims.</p>"
+            f"<table class='table'><thead><tr><th>claim</th>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
 # ------------------------------------------------------------------ can this run carry the claims?
@@ -243,18 +383,20 @@ def caveats(card: pd.DataFrame, checks: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def build_claims(cfg: Config, force: bool = False) -> dict[str, Path]:
-    """Stage ``claims``: ``results/claims.csv`` from the evaluation, diversity and sweep results,
-    and ``results/competence.csv``, the checks of whether the run can carry them (:func:`competence`).
-    Always recomputed (it takes milliseconds), so it can never lag behind the results it reads;
-    ``force`` is accepted for the notebooks' uniform calls."""
+    """Stage ``claims``: ``results/claims.csv`` from the evaluation, diversity and sweep results
+    (each comparison in ``results/claims_evidence.csv``), and ``results/competence.csv``, the
+    checks of whether the run can carry them (:func:`competence`). Always recomputed (it takes
+    milliseconds), so it can never lag behind the results it reads; ``force`` is accepted for
+    the notebooks' uniform calls."""
     def body(root: Path) -> dict[str, Path]:
-        return {"claims": runs.write_csv(runs.results_dir(cfg) / "claims.csv", scorecard(cfg)),
+        ev, notes = evidence(cfg)
+        return {"claims": runs.write_csv(runs.results_dir(cfg) / "claims.csv", scorecard(cfg, ev, notes)),
+                "evidence": runs.write_csv(runs.results_dir(cfg) / "claims_evidence.csv", ev),
                 "competence": runs.write_csv(runs.results_dir(cfg) / "competence.csv", competence(cfg))}
 
     return runs.run_stage(cfg, "claims", body, force=True)
 
 
-VERDICT_COLOURS = {"supported": "#1a7f37", "not supported": "#cf222e", "inconclusive": "#9a6700"}
 
 
 def scorecard_html(card: pd.DataFrame, checks: pd.DataFrame | None = None) -> str:

@@ -7,6 +7,8 @@
                                                            by default: lib/gendiv/pretrained/<model.base>)
     gendiv stage NAME --profile tiny [--run-dir DIR]       run one stage (the entry for launchers:
                                                            accelerate launch -m gendiv stage sft ...)
+    gendiv seeds --profile tiny --seeds 0 1 2              every stage per seed, then per-seed and
+                                                           pooled verdicts (runs/<profile>/seeds/)
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
-from gendiv import pretraining, runs, stages
+from gendiv import claims, pretraining, runs, stages
 from gendiv.config import ConfigError, available_profiles, load_profile
 
 
@@ -160,7 +163,8 @@ DATA_PARALLEL = ("sft", "reward", "ppo")
 score on one process."""
 
 
-def run_one_stage(name: str, profile: str, run_dir: str = "", force: bool = False) -> dict[str, Path]:
+def run_one_stage(name: str, profile: str, run_dir: str = "", force: bool = False,
+                  seed: int | None = None) -> dict[str, Path]:
     """``gendiv stage``: run stage ``name`` of the table of stages (gendiv.stages) on ``profile``,
     into the run folder the notebooks read (``run_dir``, default runs/<profile>), so that the
     notebooks then find it finished. Under ``accelerate launch`` with several processes, the
@@ -180,10 +184,30 @@ def run_one_stage(name: str, profile: str, run_dir: str = "", force: bool = Fals
         raise ConfigError(f"Stage {name!r} samples and scores on one process; {runs.world_size()} were launched. "
                           f"Run it without a launcher (`gendiv stage {name} --profile ...`); the stages that "
                           f"train data-parallel are {', '.join(DATA_PARALLEL)} and ppo_kl<kl_coef>.")
-    cfg = load_profile(profile, run_dir=run_dir or None)
+    cfg = load_profile(profile, run_dir=run_dir or None, seed=seed)
     runs.seed_everything(cfg.seed)
     build = stages.builder(row.name)
     return build(cfg, force=force) if kl_coef is None else build(cfg, force=force, kl_coef=kl_coef)
+
+
+def run_seeds(profile: str, seeds: list[int], run_dir: str = "") -> Path:
+    """``gendiv seeds``: every stage of ``profile`` for each seed, each seed in a run folder of its
+    own (the profile's own seed in its run folder, which ``make book`` fills; the others in
+    ``seeds/seed<k>`` inside it), reusing nothing across seeds; then the per-seed and pooled
+    verdicts (:func:`gendiv.claims.across_seeds`) in ``seeds/claims_seeds.csv``, which chapter 8's
+    "Across seeds" section shows."""
+    if len(set(seeds)) < 2:
+        raise ConfigError(f"gendiv seeds needs at least two different seeds, got {seeds}.")
+    cfg = load_profile(profile, run_dir=run_dir or None)
+    for i, k in enumerate(seeds, 1):
+        folder = claims.seed_run_dir(cfg, k)
+        print(f"== seed {k} ({i}/{len(seeds)}) into {folder}", flush=True)
+        for row in stages.STAGES:
+            run_one_stage(row.name, profile, str(folder), seed=k)
+    paths = claims.write_across_seeds(cfg, seeds)
+    table = pd.read_csv(paths["claims_seeds"])
+    print(table.pivot(index="claim", columns="seed", values="verdict").to_string())
+    return paths["claims_seeds"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     p_stage.add_argument("--profile", default="tiny", help="profile name or YAML path (default: tiny)")
     p_stage.add_argument("--run-dir", default="", help="run folder (default: runs/<profile> in the project)")
     p_stage.add_argument("--force", action="store_true", help="redo the stage even if it finished")
+    p_seeds = sub.add_parser("seeds", help="every stage for several seeds, then per-seed and pooled verdicts")
+    p_seeds.add_argument("--profile", default="tiny", help="profile name or YAML path (default: tiny)")
+    p_seeds.add_argument("--seeds", nargs="+", type=int, required=True, help="the seeds, e.g. 0 1 2")
+    p_seeds.add_argument("--run-dir", default="", help="run folder of the profile's own seed (default: runs/<profile>)")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -222,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             if runs.is_main_process():
                 print(f"Stage {args.name} finished: {len(paths)} artifact(s) in "
                       f"{runs.run_dir(load_profile(args.profile, run_dir=args.run_dir or None))}.")
+        elif args.command == "seeds":
+            print(f"Per-seed and pooled verdicts: {run_seeds(args.profile, args.seeds, args.run_dir)}")
         elif args.command == "pretrain":
             print(f"Base model written to {pretrain(args.profile, args.out)}.")
         else:
