@@ -45,10 +45,12 @@ test-smol: venv
 lint: venv
 	$(BIN)/ruff check lib tests
 
-## sync: stamp the book's repository URL (book/_config.yml) into the Colab cells, then
-## regenerate each notebook's .ipynb from its percent-format .py (the .py is the source)
+## sync: stamp the book's repository URL (book/_config.yml) into the Colab cells, format the
+## notebooks' code to the book's column (notebooks/ruff.toml), then regenerate each notebook's
+## .ipynb from its percent-format .py (the .py is the source)
 sync: venv
 	$(BIN)/python -c "from gendiv import cli; cli.stamp_repository_url()"
+	$(BIN)/ruff format -q notebooks/[0-9]*.py
 	$(BIN)/jupytext --sync notebooks/[0-9]*.py
 
 ## peer-ppo: our PPO beside TRL 1.12's (the last TRL with PPO), in its own venv; needs notebooks 02-03 run

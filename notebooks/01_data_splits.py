@@ -37,8 +37,12 @@
 import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
-    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
-                   "pip install -q -e /content/gendiv", shell=True, check=True)
+    subprocess.run(
+        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+        "pip install -q -e /content/gendiv",
+        shell=True,
+        check=True,
+    )
     os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
@@ -89,8 +93,12 @@ display(splits[["split", "role", "genre", "n"]])
 for split in data.available_splits(cfg):
     record = data.load_split(cfg, split, "test")[0]
     quoted = "\n".join("> " + line for line in record["prompt"].splitlines())
-    display(Markdown(f"### {plots.SPLIT_LABELS[split]} ({record['genre']})\n\n**Prompt**\n\n{quoted}\n\n"
-                     f"**Reference:** {record['reference']}"))
+    display(
+        Markdown(
+            f"### {plots.SPLIT_LABELS[split]} ({record['genre']})\n\n**Prompt**\n\n{quoted}\n\n"
+            f"**Reference:** {record['reference']}"
+        )
+    )
     if record.get("facts"):
         display(pd.DataFrame(record["facts"]))
 
@@ -147,23 +155,37 @@ if world is not None:
 if world is not None:
     checks = pd.read_csv(paths["judge_checks"])
     variants = list(world_module.CORRUPTIONS + world_module.EXTRACTIVE)
-    display(checks.pivot(index="variant", columns="split", values="reference_preferred_rate")
-            .reindex(variants)[data.available_splits(cfg)].round(3))
+    display(
+        checks.pivot(index="variant", columns="split", values="reference_preferred_rate")
+        .reindex(variants)[data.available_splits(cfg)]
+        .round(3)
+    )
     plots.judge_checks_figure(checks, cfg)
     corrupted = checks[checks["variant"].isin(world_module.CORRUPTIONS)]
     worst = corrupted.loc[corrupted["reference_preferred_rate"].idxmin()]
-    copy = checks[checks["variant"] == "post_copy"].set_index("split")["reference_preferred_rate"]
+    copy = checks[checks["variant"] == "post_copy"].set_index("split")[
+        "reference_preferred_rate"
+    ]
     leads = checks[checks["variant"].str.startswith("lead_")]
-    lines = [f"- Against {len(corrupted)} split-variant pairs of corrupted references the judge preferred the "
-             f"reference on at least **{worst.reference_preferred_rate:.1%}** of posts (lowest: "
-             f"`{worst.variant}` on `{worst.split}`, n = {worst.n}).",
-             "- Against a verbatim copy of the post it preferred the reference on "
-             + ", ".join(f"{r:.1%} ({plots.SPLIT_LABELS[s]})" for s, r in copy.items()) + " of posts.",
-             "- Against the lead sentences: "
-             + "; ".join(f"{plots.SPLIT_LABELS[s]} " + ", ".join(
-                 f"{k} {g.set_index('variant').loc[f'lead_{k}', 'reference_preferred_rate']:.0%}" for k in (1, 2, 3))
-                 for s, g in leads.groupby("split", sort=False))
-             + " (sentences 1, 2, 3: the share of posts where the reference is preferred)."]
+    lines = [
+        f"- Against {len(corrupted)} split-variant pairs of corrupted references the judge "
+        "preferred the "
+        f"reference on at least **{worst.reference_preferred_rate:.1%}** of posts (lowest: "
+        f"`{worst.variant}` on `{worst.split}`, n = {worst.n}).",
+        "- Against a verbatim copy of the post it preferred the reference on "
+        + ", ".join(f"{r:.1%} ({plots.SPLIT_LABELS[s]})" for s, r in copy.items())
+        + " of posts.",
+        "- Against the lead sentences: "
+        + "; ".join(
+            f"{plots.SPLIT_LABELS[s]} "
+            + ", ".join(
+                f"{k} {g.set_index('variant').loc[f'lead_{k}', 'reference_preferred_rate']:.0%}"
+                for k in (1, 2, 3)
+            )
+            for s, g in leads.groupby("split", sort=False)
+        )
+        + " (sentences 1, 2, 3: the share of posts where the reference is preferred).",
+    ]
     display(Markdown("\n".join(lines)))
 
 # %% [markdown]
@@ -180,10 +202,16 @@ measures = [c for c in data.SPLITS_COLUMNS[4:] if tests[c].notna().any()]
 display(tests[measures].round(3))
 plots.shift_figure(splits, cfg)
 order = tests["embedding_distance_from_id"].sort_values().index.tolist()
-display(Markdown(
-    "By embedding distance from the ID training prompts the splits order as "
-    + " < ".join(f"{plots.SPLIT_LABELS.get(s, s)} ({tests.loc[s, 'embedding_distance_from_id']:.3f})"
-                 for s in order) + "."))
+display(
+    Markdown(
+        "By embedding distance from the ID training prompts the splits order as "
+        + " < ".join(
+            f"{plots.SPLIT_LABELS.get(s, s)} ({tests.loc[s, 'embedding_distance_from_id']:.3f})"
+            for s in order
+        )
+        + "."
+    )
+)
 
 # %% [markdown]
 # ## What this chapter produced

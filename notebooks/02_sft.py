@@ -36,8 +36,12 @@
 import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
-    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
-                   "pip install -q -e /content/gendiv", shell=True, check=True)
+    subprocess.run(
+        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+        "pip install -q -e /content/gendiv",
+        shell=True,
+        check=True,
+    )
     os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
@@ -69,33 +73,63 @@ cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 base_paths = pretraining.build_base(cfg, force=force)
 base_info = json.loads(base_paths["base_ref"].read_text())
 base = models.load_causal_lm(artifacts.base_path(cfg), models.pick_device(cfg.model.device))
-print(f"Base model: {type(base).__name__}, {models.count_parameters(base).total:,} parameters, from {base_info['path']}")
+print(
+    f"Base model: {type(base).__name__}, {models.count_parameters(base).total:,} parameters, "
+    f"from {base_info['path']}"
+)
 del base
 
 # %%
 if "pretrain_log" in base_paths:
     made = base_info["manifest"]
     pretrain_log = pd.read_csv(base_paths["pretrain_log"])
-    plots.curves(pretrain_log, "tokens", "train_loss", name="pretrain_loss", cfg=cfg,
-                 xlabel="training tokens", ylabel="next-token loss (nats)",
-                 title="Pre-training the base model on the world's corpus")
+    plots.curves(
+        pretrain_log,
+        "tokens",
+        "train_loss",
+        name="pretrain_loss",
+        cfg=cfg,
+        xlabel="training tokens",
+        ylabel="next-token loss (nats)",
+        title="Pre-training the base model on the world's corpus",
+    )
     probe_cols = [c for c in pretrain_log.columns if c.endswith("_utility")]
     if probe_cols:
         probe = pretrain_log.dropna(subset=probe_cols).melt(
-            id_vars="tokens", value_vars=probe_cols, var_name="split", value_name="utility")
+            id_vars="tokens", value_vars=probe_cols, var_name="split", value_name="utility"
+        )
         probe["split"] = probe["split"].str.removesuffix("_utility").map(plots.SPLIT_LABELS)
-        plots.curves(probe, "tokens", "utility", hue="split", name="pretrain_probe", cfg=cfg,
-                     xlabel="training tokens", ylabel="mean gold utility of its TL;DRs",
-                     title="The base model learning to summarise while it pre-trains")
-    origin = (f"shipped with the package, made by `{made['command']}` on {made['device']} in "
-              f"{made['wall_time_s'] / 60:.0f} minutes ({made['finished_at']})") if base_info["shipped"] else \
-        f"pre-trained in this run in {made['wall_time_s']:.0f} s"
-    display(Markdown(
-        f"The base model ({made['parameters']:,} parameters) was {origin}: {made['steps']:,} steps over "
-        f"{made['tokens']:,} tokens of {made['documents']:,} documents. Its held-out perplexity was "
-        f"{made['val_perplexity']:.2f} at the end of pre-training; measured in this run on "
-        f"{base_info['heldout_documents']} documents it never saw, it is **{base_info['heldout_perplexity']:.2f}** "
-        f"(a uniform guess over the vocabulary would score {cfg.model.vocab_size:,})."))
+        plots.curves(
+            probe,
+            "tokens",
+            "utility",
+            hue="split",
+            name="pretrain_probe",
+            cfg=cfg,
+            xlabel="training tokens",
+            ylabel="mean gold utility of its TL;DRs",
+            title="The base model learning to summarise while it pre-trains",
+        )
+    origin = (
+        (
+            f"shipped with the package, made by `{made['command']}` on {made['device']} in "
+            f"{made['wall_time_s'] / 60:.0f} minutes ({made['finished_at']})"
+        )
+        if base_info["shipped"]
+        else f"pre-trained in this run in {made['wall_time_s']:.0f} s"
+    )
+    display(
+        Markdown(
+            f"The base model ({made['parameters']:,} parameters) was {origin}: "
+            f"{made['steps']:,} steps over "
+            f"{made['tokens']:,} tokens of {made['documents']:,} documents. Its held-out "
+            "perplexity was "
+            f"{made['val_perplexity']:.2f} at the end of pre-training; measured in this run on "
+            f"{base_info['heldout_documents']} documents it never saw, it is "
+            f"**{base_info['heldout_perplexity']:.2f}** "
+            f"(a uniform guess over the vocabulary would score {cfg.model.vocab_size:,})."
+        )
+    )
 
 # %% [markdown]
 # ## Supervised fine-tuning
@@ -117,16 +151,29 @@ if "pretrain_log" in base_paths:
 # %%
 sft_paths = sft.build_sft(cfg, force=force)
 counts = json.loads(sft_paths["trainable"].read_text())
-print(f"SFT trained {counts['trainable']:,} of {counts['total']:,} parameters "
-      f"({counts['trainable'] / counts['total']:.1%}).")
+print(
+    f"SFT trained {counts['trainable']:,} of {counts['total']:,} parameters "
+    f"({counts['trainable'] / counts['total']:.1%})."
+)
 
 # %%
 sft_log = pd.read_csv(sft_paths["sft_log"])
 train_curve = sft_log.dropna(subset=["loss"]).assign(kind="train")[["step", "loss", "kind"]]
-val_curve = sft_log.dropna(subset=["eval_loss"])[["step", "eval_loss"]].rename(columns={"eval_loss": "loss"})
+val_curve = sft_log.dropna(subset=["eval_loss"])[["step", "eval_loss"]].rename(
+    columns={"eval_loss": "loss"}
+)
 curve = pd.concat([train_curve, val_curve.assign(kind="validation")], ignore_index=True)
-_ = plots.curves(curve, "step", "loss", hue="kind", name="sft_loss", cfg=cfg, xlabel="optimiser step",
-                 ylabel="completion loss (nats/token)", title="SFT on the ID demonstrations")
+_ = plots.curves(
+    curve,
+    "step",
+    "loss",
+    hue="kind",
+    name="sft_loss",
+    cfg=cfg,
+    xlabel="optimiser step",
+    ylabel="completion loss (nats/token)",
+    title="SFT on the ID demonstrations",
+)
 
 # %% [markdown]
 # ## Base and SFT samples, judged
@@ -142,23 +189,42 @@ splits = data.available_splits(cfg)
 gold = pd.read_csv(eval_paths["gold_utility"])
 if len(gold):
     display(gold.pivot(index="method", columns="split", values="mean_utility")[splits].round(3))
-    plots.bars_with_intervals(gold, "split", "mean_utility", "method", name="sft_gold_utility", cfg=cfg,
-                              xlabel="test split", ylabel="mean gold utility (95% CI)",
-                              title="Gold utility of base, SFT and reference summaries",
-                              order=splits, hue_order=["base", "sft", "reference"])
+    plots.bars_with_intervals(
+        gold,
+        "split",
+        "mean_utility",
+        "method",
+        name="sft_gold_utility",
+        cfg=cfg,
+        xlabel="test split",
+        ylabel="mean gold utility (95% CI)",
+        title="Gold utility of base, SFT and reference summaries",
+        order=splits,
+        hue_order=["base", "sft", "reference"],
+    )
 else:
-    display(Markdown("No gold judge exists for this profile's data, so gold utility is not computed."))
+    display(
+        Markdown(
+            "No gold judge exists for this profile's data, so gold utility is not computed."
+        )
+    )
 
 # %%
 for split in splits:
     rows = runs.read_jsonl(eval_paths[f"sft_{split}"])[:3]
     base_rows = runs.read_jsonl(eval_paths[f"base_{split}"])[:3]
-    table = pd.DataFrame({"reference": [r["reference"] for r in rows],
-                          "base sample": [r["output"] for r in base_rows],
-                          "SFT sample": [r["output"] for r in rows]})
+    table = pd.DataFrame(
+        {
+            "reference": [r["reference"] for r in rows],
+            "base sample": [r["output"] for r in base_rows],
+            "SFT sample": [r["output"] for r in rows],
+        }
+    )
     if "utility" in rows[0]:
-        table["utility (ref / base / SFT)"] = [f"{r['reference_utility']:.2f} / {b['utility']:.2f} / {r['utility']:.2f}"
-                                               for r, b in zip(rows, base_rows)]
+        table["utility (ref / base / SFT)"] = [
+            f"{r['reference_utility']:.2f} / {b['utility']:.2f} / {r['utility']:.2f}"
+            for r, b in zip(rows, base_rows)
+        ]
     display(Markdown(f"### {plots.SPLIT_LABELS[split]}"))
     with pd.option_context("display.max_colwidth", 200):
         display(table)
@@ -183,13 +249,24 @@ for split in splits:
 if "context_reliance" in eval_paths:
     reliance = pd.read_csv(eval_paths["context_reliance"])
     display(reliance.round(3))
-    plots.bars_with_intervals(reliance, "split", "gain", "method", name="context_reliance", cfg=cfg,
-                              xlabel="test split", ylabel="NLL gain from the right post (nats/token)",
-                              title="How much each model reads the post", order=splits,
-                              hue_order=["base", "sft"])
+    plots.bars_with_intervals(
+        reliance,
+        "split",
+        "gain",
+        "method",
+        name="context_reliance",
+        cfg=cfg,
+        xlabel="test split",
+        ylabel="NLL gain from the right post (nats/token)",
+        title="How much each model reads the post",
+        order=splits,
+        hue_order=["base", "sft"],
+    )
 else:
-    print("This run's sft_eval stage finished before the probe existed; run this chapter with "
-          "force=True to compute it.")
+    print(
+        "This run's sft_eval stage finished before the probe existed; run this chapter with "
+        "force=True to compute it."
+    )
     reliance = None
 
 # %% [markdown]
@@ -206,22 +283,34 @@ if len(gold):
         base_u = outputs.expected_utilities(runs.read_jsonl(eval_paths[f"base_{s}"]))
         diff, lo, hi = stats.paired_difference(sft_u, base_u, seed=cfg.seed)
         outcome[s] = stats.direction(lo, hi)
-        lines.append(f"- {plots.SPLIT_LABELS[s]}: SFT {wide.loc[s, 'sft']:.3f} vs base {wide.loc[s, 'base']:.3f} "
-                     f"(references {wide.loc[s, 'reference']:.3f}); SFT - base = {diff:+.3f}, 95% CI "
-                     f"{lo:+.3f} to {hi:+.3f}, n = {len(sft_u)}: {outcome[s]}.")
+        lines.append(
+            f"- {plots.SPLIT_LABELS[s]}: SFT {wide.loc[s, 'sft']:.3f} vs base "
+            f"{wide.loc[s, 'base']:.3f} "
+            f"(references {wide.loc[s, 'reference']:.3f}); SFT - base = {diff:+.3f}, 95% CI "
+            f"{lo:+.3f} to {hi:+.3f}, n = {len(sft_u)}: {outcome[s]}."
+        )
     ahead = [s for s in splits if wide.loc[s, "sft"] > wide.loc[s, "base"]]
     clear = [plots.SPLIT_LABELS[s] for s in splits if outcome[s] == "higher"]
     clear = " and ".join([", ".join(clear[:-1]), clear[-1]] if len(clear) > 1 else clear)
-    verdict = ("SFT's mean is above the base model's on every split" if len(ahead) == len(splits) else
-               f"SFT's mean is above the base model's on {len(ahead)} of {len(splits)} splits")
-    verdict += (f"; the paired interval excludes zero on {clear}" if clear else
-                "; on no split does the paired interval exclude zero")
+    verdict = (
+        "SFT's mean is above the base model's on every split"
+        if len(ahead) == len(splits)
+        else f"SFT's mean is above the base model's on {len(ahead)} of {len(splits)} splits"
+    )
+    verdict += (
+        f"; the paired interval excludes zero on {clear}"
+        if clear
+        else "; on no split does the paired interval exclude zero"
+    )
     display(Markdown(f"By gold utility, {verdict}:\n\n" + "\n".join(lines)))
 
 if reliance is not None:
     r = reliance.set_index(["method", "split"])
-    lines = [f"- {plots.SPLIT_LABELS[s]}: reference NLL {r.loc[('base', s), 'nll_own']:.2f} (base) and "
-             f"{r.loc[('sft', s), 'nll_own']:.2f} (SFT) nats/token; gain from the right post "
-             f"{r.loc[('base', s), 'gain']:+.3f} (base) and {r.loc[('sft', s), 'gain']:+.3f} "
-             f"[{r.loc[('sft', s), 'ci_low']:+.3f}, {r.loc[('sft', s), 'ci_high']:+.3f}] (SFT)" for s in splits]
+    lines = [
+        f"- {plots.SPLIT_LABELS[s]}: reference NLL {r.loc[('base', s), 'nll_own']:.2f} (base) and "
+        f"{r.loc[('sft', s), 'nll_own']:.2f} (SFT) nats/token; gain from the right post "
+        f"{r.loc[('base', s), 'gain']:+.3f} (base) and {r.loc[('sft', s), 'gain']:+.3f} "
+        f"[{r.loc[('sft', s), 'ci_low']:+.3f}, {r.loc[('sft', s), 'ci_high']:+.3f}] (SFT)"
+        for s in splits
+    ]
     display(Markdown("How much each model reads the post:\n\n" + "\n".join(lines)))

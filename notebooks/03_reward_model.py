@@ -34,8 +34,12 @@
 import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
-    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
-                   "pip install -q -e /content/gendiv", shell=True, check=True)
+    subprocess.run(
+        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+        "pip install -q -e /content/gendiv",
+        shell=True,
+        check=True,
+    )
     os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
@@ -76,22 +80,37 @@ everything = pd.concat([train.assign(part="train"), heldout.assign(part="held ou
 if "utility_a" in everything:
     decided = everything[everything["preferred"] >= 0]
     agreement = float((decided["label"] == decided["preferred"]).mean())
-    everything["sft_utility"] = np.where(everything["sft_side"] == "a", everything["utility_a"],
-                                         everything["utility_b"])
-    everything["other_utility"] = np.where(everything["sft_side"] == "a", everything["utility_b"],
-                                           everything["utility_a"])
-    everything["agrees"] = (everything["label"] == everything["preferred"]).where(everything["preferred"] >= 0)
+    everything["sft_utility"] = np.where(
+        everything["sft_side"] == "a", everything["utility_a"], everything["utility_b"]
+    )
+    everything["other_utility"] = np.where(
+        everything["sft_side"] == "a", everything["utility_b"], everything["utility_a"]
+    )
+    everything["agrees"] = (everything["label"] == everything["preferred"]).where(
+        everything["preferred"] >= 0
+    )
     summary = everything.groupby("kind").agg(
-        pairs=("uid", "size"), judge_ties=("preferred", lambda p: float((p < 0).mean())),
-        sft_sample_utility=("sft_utility", "mean"), other_side_utility=("other_utility", "mean"),
-        labeller_agrees=("agrees", "mean"))
+        pairs=("uid", "size"),
+        judge_ties=("preferred", lambda p: float((p < 0).mean())),
+        sft_sample_utility=("sft_utility", "mean"),
+        other_side_utility=("other_utility", "mean"),
+        labeller_agrees=("agrees", "mean"),
+    )
     display(summary.round(3))
-    display(Markdown(f"Where the judge is not tied, the labeller agrees with it on **{agreement:.1%}** of "
-                     f"{len(decided):,} pairs (tau = {cfg.world.labeller_temperature}); "
-                     f"{float((everything['preferred'] < 0).mean()):.1%} of pairs are ties for the judge "
-                     "(two equally good or equally bad summaries)."))
+    display(
+        Markdown(
+            f"Where the judge is not tied, the labeller agrees with it on **{agreement:.1%}** of "
+            f"{len(decided):,} pairs (tau = {cfg.world.labeller_temperature}); "
+            f"{float((everything['preferred'] < 0).mean()):.1%} of pairs are ties for the judge "
+            "(two equally good or equally bad summaries)."
+        )
+    )
 else:
-    display(Markdown(f"{len(train):,} training and {len(heldout):,} held-out human comparisons from the hub."))
+    display(
+        Markdown(
+            f"{len(train):,} training and {len(heldout):,} held-out human comparisons from the hub."
+        )
+    )
 
 # %% [markdown]
 # ## Training the reward model
@@ -99,13 +118,28 @@ else:
 # %%
 reward_paths = reward.build_reward(cfg, force=force)
 rm_log = pd.read_csv(reward_paths["rm_log"])
-long = rm_log.melt(id_vars=["step"], value_vars=[c for c in ("loss", "accuracy") if c in rm_log],
-                   var_name="measure", value_name="value").dropna()
-plots.curves(long, "step", "value", hue="measure", name="rm_training", cfg=cfg, xlabel="optimiser step",
-             ylabel="Bradley-Terry loss / batch accuracy", title="Reward-model training (TRL RewardTrainer)")
+long = rm_log.melt(
+    id_vars=["step"],
+    value_vars=[c for c in ("loss", "accuracy") if c in rm_log],
+    var_name="measure",
+    value_name="value",
+).dropna()
+plots.curves(
+    long,
+    "step",
+    "value",
+    hue="measure",
+    name="rm_training",
+    cfg=cfg,
+    xlabel="optimiser step",
+    ylabel="Bradley-Terry loss / batch accuracy",
+    title="Reward-model training (TRL RewardTrainer)",
+)
 normalisation = json.loads((reward_paths["rm"] / "normalisation.json").read_text())
-print(f"Normalisation on {normalisation['n']} held-out summaries: mean {normalisation['mean']:.4f}, "
-      f"std {normalisation['std']:.4f}")
+print(
+    f"Normalisation on {normalisation['n']} held-out summaries: mean {normalisation['mean']:.4f}, "
+    f"std {normalisation['std']:.4f}"
+)
 
 # %% [markdown]
 # ## Reward-model accuracy in and out of distribution
@@ -121,13 +155,29 @@ accuracy = pd.read_csv(reward_paths["rm_accuracy"])
 display(accuracy.round(3))
 if "rm_accuracy_by_kind" in reward_paths:
     by_kind = pd.read_csv(reward_paths["rm_accuracy_by_kind"])
-    display(Markdown("By kind of pair (the SFT-against-SFT pairs are the ones Best-of-N and PPO lean on):"))
-    display(by_kind.pivot(index="kind", columns="split", values="accuracy")
-            .reindex(columns=[s for s in data.SPLITS if s in set(by_kind["split"])]).round(3))
-_ = plots.bars_with_intervals(accuracy.assign(model="reward model"), "split", "accuracy", "model",
-                              name="rm_accuracy", cfg=cfg, xlabel="split of the pairs",
-                              ylabel="agreement with the judge (95% CI)", title="Reward-model accuracy",
-                              order=list(accuracy["split"]), chance=0.5)
+    display(
+        Markdown(
+            "By kind of pair (the SFT-against-SFT pairs are the ones Best-of-N and PPO lean on):"
+        )
+    )
+    display(
+        by_kind.pivot(index="kind", columns="split", values="accuracy")
+        .reindex(columns=[s for s in data.SPLITS if s in set(by_kind["split"])])
+        .round(3)
+    )
+_ = plots.bars_with_intervals(
+    accuracy.assign(model="reward model"),
+    "split",
+    "accuracy",
+    "model",
+    name="rm_accuracy",
+    cfg=cfg,
+    xlabel="split of the pairs",
+    ylabel="agreement with the judge (95% CI)",
+    title="Reward-model accuracy",
+    order=list(accuracy["split"]),
+    chance=0.5,
+)
 
 # %% [markdown]
 # ## Normalised RM score against gold utility
@@ -138,13 +188,31 @@ _ = plots.bars_with_intervals(accuracy.assign(model="reward model"), "split", "a
 # %%
 rm_vs_gold = pd.read_csv(reward_paths["rm_vs_gold"])
 if len(rm_vs_gold):
-    plots.scatter(rm_vs_gold.assign(split=rm_vs_gold["split"].map(plots.SPLIT_LABELS)), "gold_utility",
-                  "rm_score", "split", name="rm_vs_gold", cfg=cfg, xlabel="gold utility",
-                  ylabel="normalised RM score", title="The RM as a proxy for the gold utility")
+    plots.scatter(
+        rm_vs_gold.assign(split=rm_vs_gold["split"].map(plots.SPLIT_LABELS)),
+        "gold_utility",
+        "rm_score",
+        "split",
+        name="rm_vs_gold",
+        cfg=cfg,
+        xlabel="gold utility",
+        ylabel="normalised RM score",
+        title="The RM as a proxy for the gold utility",
+    )
     spearman = rm_vs_gold.groupby("split").apply(
-        lambda g: g["rm_score"].rank().corr(g["gold_utility"].rank()), include_groups=False)
-    display(Markdown("Spearman rank correlation between RM score and gold utility: " + ", ".join(
-        f"{plots.SPLIT_LABELS[s]} {spearman[s]:.2f}" for s in data.SPLITS if s in spearman) + "."))
+        lambda g: g["rm_score"].rank().corr(g["gold_utility"].rank()), include_groups=False
+    )
+    display(
+        Markdown(
+            "Spearman rank correlation between RM score and gold utility: "
+            + ", ".join(
+                f"{plots.SPLIT_LABELS[s]} {spearman[s]:.2f}"
+                for s in data.SPLITS
+                if s in spearman
+            )
+            + "."
+        )
+    )
 
 # %% [markdown]
 # ## What this chapter showed
@@ -156,8 +224,15 @@ for split, row in rows.iterrows():
     if np.isnan(row["accuracy"]):
         lines.append(f"- {plots.SPLIT_LABELS[split]}: not measurable (no judge for this data)")
         continue
-    side = ("above chance" if row["ci_low"] > 0.5 else
-            "below chance" if row["ci_high"] < 0.5 else "not distinguishable from chance")
-    lines.append(f"- {plots.SPLIT_LABELS[split]}: {row['accuracy']:.1%} "
-                 f"(95% CI {row['ci_low']:.1%} to {row['ci_high']:.1%}, n = {int(row['n'])}), {side}")
+    side = (
+        "above chance"
+        if row["ci_low"] > 0.5
+        else "below chance"
+        if row["ci_high"] < 0.5
+        else "not distinguishable from chance"
+    )
+    lines.append(
+        f"- {plots.SPLIT_LABELS[split]}: {row['accuracy']:.1%} "
+        f"(95% CI {row['ci_low']:.1%} to {row['ci_high']:.1%}, n = {int(row['n'])}), {side}"
+    )
 display(Markdown("Reward-model accuracy against the judge:\n\n" + "\n".join(lines)))

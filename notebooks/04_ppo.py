@@ -35,8 +35,12 @@
 import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
-    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
-                   "pip install -q -e /content/gendiv", shell=True, check=True)
+    subprocess.run(
+        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+        "pip install -q -e /content/gendiv",
+        shell=True,
+        check=True,
+    )
     os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
@@ -84,11 +88,17 @@ cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 
 # %%
 p = cfg.ppo
-display(Markdown(
-    f"In this run: $\\beta$ = {p.kl_coef:g} ({'adaptive' if p.adaptive_kl else 'fixed'}), estimator "
-    f"$k_{{{1 if p.kl_estimator == 'log_ratio' else 2}}}$, $\\gamma$ = {p.gamma:g}, $\\lambda$ = {p.lam:g}, "
-    f"$\\epsilon$ = {p.clip:g}, $\\epsilon_v$ = {p.value_clip:g}, $c_v$ = {p.vf_coef:g}, "
-    f"{p.ppo_epochs} PPO epochs over minibatches of {p.minibatch_size}, Adam at {p.lr:g} decayed linearly to 0."))
+display(
+    Markdown(
+        f"In this run: $\\beta$ = {p.kl_coef:g} ({'adaptive' if p.adaptive_kl else 'fixed'}), "
+        "estimator "
+        f"$k_{{{1 if p.kl_estimator == 'log_ratio' else 2}}}$, $\\gamma$ = {p.gamma:g}, "
+        f"$\\lambda$ = {p.lam:g}, "
+        f"$\\epsilon$ = {p.clip:g}, $\\epsilon_v$ = {p.value_clip:g}, $c_v$ = {p.vf_coef:g}, "
+        f"{p.ppo_epochs} PPO epochs over minibatches of {p.minibatch_size}, Adam at {p.lr:g} "
+        "decayed linearly to 0."
+    )
+)
 
 # %% [markdown]
 # ## Training
@@ -99,28 +109,62 @@ display(Markdown(
 # %%
 ppo_paths = ppo.build_ppo(cfg, force=force)
 log = pd.read_csv(ppo_paths["log"])
-display(Markdown(f"{len(log)} steps of {p.rollout_batch_size} prompts ({int(log['episodes'].iloc[-1]):,} "
-                 f"episodes), {p.ppo_epochs} PPO epochs over minibatches of {p.minibatch_size}, lr {p.lr:g}, "
-                 f"kl_coef {p.kl_coef:g} ({'adaptive' if p.adaptive_kl else 'fixed'}), KL estimator "
-                 f"`{p.kl_estimator}`, {log['wall_s'].sum():.0f} s in all."))
+display(
+    Markdown(
+        f"{len(log)} steps of {p.rollout_batch_size} prompts ({int(log['episodes'].iloc[-1]):,} "
+        f"episodes), {p.ppo_epochs} PPO epochs over minibatches of {p.minibatch_size}, lr "
+        f"{p.lr:g}, "
+        f"kl_coef {p.kl_coef:g} ({'adaptive' if p.adaptive_kl else 'fixed'}), KL estimator "
+        f"`{p.kl_estimator}`, {log['wall_s'].sum():.0f} s in all."
+    )
+)
 
 # %%
-_ = plots.panels(log, "step", {"proxy_reward": "proxy reward (normalised RM)", "kl": "KL to SFT (nats/sequence)",
-                               "total_reward": "total reward (RM - beta KL)", "entropy": "entropy (nats/token)",
-                               "response_length": "response length (tokens)", "eos_share": "share ending with EOS"},
-                 name="ppo_training", cfg=cfg, xlabel="PPO step", title="PPO training: reward, KL and outputs")
+_ = plots.panels(
+    log,
+    "step",
+    {
+        "proxy_reward": "proxy reward (normalised RM)",
+        "kl": "KL to SFT (nats/sequence)",
+        "total_reward": "total reward (RM - beta KL)",
+        "entropy": "entropy (nats/token)",
+        "response_length": "response length (tokens)",
+        "eos_share": "share ending with EOS",
+    },
+    name="ppo_training",
+    cfg=cfg,
+    xlabel="PPO step",
+    title="PPO training: reward, KL and outputs",
+)
 
 # %%
-_ = plots.panels(log, "step", {"policy_loss": "policy loss", "value_loss": "value loss",
-                               "explained_variance": "explained variance", "clip_fraction": "clip fraction",
-                               "approx_kl": "approx. KL(old || new)", "lr": "learning rate"},
-                 name="ppo_optimisation", cfg=cfg, xlabel="PPO step", title="PPO optimisation diagnostics")
+_ = plots.panels(
+    log,
+    "step",
+    {
+        "policy_loss": "policy loss",
+        "value_loss": "value loss",
+        "explained_variance": "explained variance",
+        "clip_fraction": "clip fraction",
+        "approx_kl": "approx. KL(old || new)",
+        "lr": "learning rate",
+    },
+    name="ppo_optimisation",
+    cfg=cfg,
+    xlabel="PPO step",
+    title="PPO optimisation diagnostics",
+)
 
 # %%
 throughput = log[["rollout_tokens_per_s", "update_tokens_per_s"]].median()
-display(Markdown(f"Median throughput on {runs.device_name()}: rollouts generate "
-                 f"**{throughput['rollout_tokens_per_s']:,.0f}** response tokens/s; updates process "
-                 f"**{throughput['update_tokens_per_s']:,.0f}** tokens/s (prompt and response, every PPO epoch)."))
+display(
+    Markdown(
+        f"Median throughput on {runs.device_name()}: rollouts generate "
+        f"**{throughput['rollout_tokens_per_s']:,.0f}** response tokens/s; updates process "
+        f"**{throughput['update_tokens_per_s']:,.0f}** tokens/s (prompt and response, every "
+        "PPO epoch)."
+    )
+)
 
 # %% [markdown]
 # ## Samples during training
@@ -129,7 +173,9 @@ display(Markdown(f"Median throughput on {runs.device_name()}: rollouts generate 
 samples = pd.DataFrame(runs.read_jsonl(ppo_paths["samples"]))
 if len(samples):
     shown = samples.groupby("step").head(1)
-    shown = shown.assign(post=shown["prompt"].str.slice(-160))[["step", "post", "response", "proxy_reward"]]
+    shown = shown.assign(post=shown["prompt"].str.slice(-160))[
+        ["step", "post", "response", "proxy_reward"]
+    ]
     with pd.option_context("display.max_colwidth", 160):
         display(shown.round(2))
 
@@ -145,26 +191,47 @@ if len(samples):
 eval_paths = ppo.evaluate_ppo(cfg, force=force)
 splits = data.available_splits(cfg)
 sft_eval = runs.artifact(cfg, "sft_eval", "gold_utility")
-gold = pd.concat([pd.read_csv(sft_eval), pd.read_csv(eval_paths["gold_utility"])], ignore_index=True)
+gold = pd.concat(
+    [pd.read_csv(sft_eval), pd.read_csv(eval_paths["gold_utility"])], ignore_index=True
+)
 if len(gold):
     gold = gold[gold["method"].isin(["sft", "ppo", "reference"])]
-    plots.bars_with_intervals(gold, "split", "mean_utility", "method", name="ppo_gold_utility", cfg=cfg,
-                              xlabel="test split", ylabel="mean gold utility (95% CI)",
-                              title="Gold utility of SFT and PPO summaries", order=splits,
-                              hue_order=["sft", "ppo", "reference"])
+    plots.bars_with_intervals(
+        gold,
+        "split",
+        "mean_utility",
+        "method",
+        name="ppo_gold_utility",
+        cfg=cfg,
+        xlabel="test split",
+        ylabel="mean gold utility (95% CI)",
+        title="Gold utility of SFT and PPO summaries",
+        order=splits,
+        hue_order=["sft", "ppo", "reference"],
+    )
 else:
-    display(Markdown("No gold judge exists for this profile's data, so gold utility is not computed."))
+    display(
+        Markdown(
+            "No gold judge exists for this profile's data, so gold utility is not computed."
+        )
+    )
 
 # %%
 for split in splits:
     sft_rows = runs.read_jsonl(runs.artifact(cfg, "sft_eval", f"sft_{split}"))[:3]
     ppo_rows = runs.read_jsonl(eval_paths[f"ppo_{split}"])[:3]
-    table = pd.DataFrame({"reference": [r["reference"] for r in sft_rows],
-                          "SFT sample": [r["output"] for r in sft_rows],
-                          "PPO sample": [r["output"] for r in ppo_rows]})
+    table = pd.DataFrame(
+        {
+            "reference": [r["reference"] for r in sft_rows],
+            "SFT sample": [r["output"] for r in sft_rows],
+            "PPO sample": [r["output"] for r in ppo_rows],
+        }
+    )
     if "utility" in sft_rows[0]:
-        table["utility (ref / SFT / PPO)"] = [f"{s['reference_utility']:.2f} / {s['utility']:.2f} / {q['utility']:.2f}"
-                                              for s, q in zip(sft_rows, ppo_rows)]
+        table["utility (ref / SFT / PPO)"] = [
+            f"{s['reference_utility']:.2f} / {s['utility']:.2f} / {q['utility']:.2f}"
+            for s, q in zip(sft_rows, ppo_rows)
+        ]
     display(Markdown(f"### {plots.SPLIT_LABELS[split]}"))
     with pd.option_context("display.max_colwidth", 200):
         display(table)
@@ -174,21 +241,34 @@ for split in splits:
 
 # %%
 first, last = log.head(max(1, len(log) // 5)), log.tail(max(1, len(log) // 5))
-lines = [f"- Proxy reward: {first['proxy_reward'].mean():.2f} over the first fifth of training, "
-         f"{last['proxy_reward'].mean():.2f} over the last; KL to the SFT policy {first['kl'].mean():.2f} -> "
-         f"{last['kl'].mean():.2f} nats per summary (max {log['kl'].max():.2f}); responses "
-         f"{first['response_length'].mean():.1f} -> {last['response_length'].mean():.1f} tokens."]
+lines = [
+    f"- Proxy reward: {first['proxy_reward'].mean():.2f} over the first fifth of training, "
+    f"{last['proxy_reward'].mean():.2f} over the last; KL to the SFT policy "
+    f"{first['kl'].mean():.2f} -> "
+    f"{last['kl'].mean():.2f} nats per summary (max {log['kl'].max():.2f}); responses "
+    f"{first['response_length'].mean():.1f} -> {last['response_length'].mean():.1f} tokens."
+]
 if len(log) >= 5:
     trend = ppo.reward_trend(log)
-    shape = ("has flattened: the last fifth of training added" if trend["flattened"] else
-             "has not flattened: the last fifth of training added")
-    lines.append(f"- The proxy reward's rise {shape} {trend['last_rise']:+.2f} of its {trend['rise']:+.2f} "
-                 "(first fifth to last fifth; it counts as flattened below a fifth of the rise).")
+    shape = (
+        "has flattened: the last fifth of training added"
+        if trend["flattened"]
+        else "has not flattened: the last fifth of training added"
+    )
+    lines.append(
+        f"- The proxy reward's rise {shape} {trend['last_rise']:+.2f} of its {trend['rise']:+.2f} "
+        "(first fifth to last fifth; it counts as flattened below a fifth of the rise)."
+    )
 if len(gold):
     for split in splits:
-        sft_u = outputs.expected_utilities(runs.read_jsonl(runs.artifact(cfg, "sft_eval", f"sft_{split}")))
+        sft_u = outputs.expected_utilities(
+            runs.read_jsonl(runs.artifact(cfg, "sft_eval", f"sft_{split}"))
+        )
         ppo_u = outputs.expected_utilities(runs.read_jsonl(eval_paths[f"ppo_{split}"]))
         diff, lo, hi = stats.paired_difference(ppo_u, sft_u, seed=cfg.seed)
-        lines.append(f"- {plots.SPLIT_LABELS[split]}: PPO's gold utility is {stats.direction(lo, hi)} than SFT's "
-                     f"(PPO - SFT = {diff:+.3f}, 95% CI {lo:+.3f} to {hi:+.3f}, n = {len(ppo_u)}).")
+        lines.append(
+            f"- {plots.SPLIT_LABELS[split]}: PPO's gold utility is {stats.direction(lo, hi)} "
+            "than SFT's "
+            f"(PPO - SFT = {diff:+.3f}, 95% CI {lo:+.3f} to {hi:+.3f}, n = {len(ppo_u)})."
+        )
 display(Markdown("\n".join(lines)))

@@ -33,8 +33,12 @@
 import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
-    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
-                   "pip install -q -e /content/gendiv", shell=True, check=True)
+    subprocess.run(
+        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+        "pip install -q -e /content/gendiv",
+        shell=True,
+        check=True,
+    )
     os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
@@ -79,23 +83,46 @@ display(scaling.pivot_table(index=["measure", "split"], columns="n", values="val
 # shows how far the RM can be trusted, in distribution and out of it.
 
 # %%
-curve = scaling.assign(split=scaling["split"].map(plots.SPLIT_LABELS),
-                       measure=scaling["measure"].map({"rm_score": "normalised RM score (proxy)",
-                                                       "gold_utility": "gold utility"}))
-_ = plots.panels(curve.pivot_table(index=["n", "split"], columns="measure", values="value").reset_index(),
-                 "n", {"normalised RM score (proxy)": "normalised RM score (proxy)", "gold utility": "gold utility"},
-                 hue="split", name="bon_scaling", cfg=cfg, xlabel="N (samples per kept output)",
-                 title="Best-of-N: the kept output against N", ncols=2)
+curve = scaling.assign(
+    split=scaling["split"].map(plots.SPLIT_LABELS),
+    measure=scaling["measure"].map(
+        {"rm_score": "normalised RM score (proxy)", "gold_utility": "gold utility"}
+    ),
+)
+_ = plots.panels(
+    curve.pivot_table(index=["n", "split"], columns="measure", values="value").reset_index(),
+    "n",
+    {
+        "normalised RM score (proxy)": "normalised RM score (proxy)",
+        "gold utility": "gold utility",
+    },
+    hue="split",
+    name="bon_scaling",
+    cfg=cfg,
+    xlabel="N (samples per kept output)",
+    title="Best-of-N: the kept output against N",
+    ncols=2,
+)
 
 # %% [markdown]
 # ## Cost
 
 # %%
-cost = scaling[scaling["measure"] == "rm_score"].pivot_table(index="n", columns="split", values="tokens_per_output")
+cost = scaling[scaling["measure"] == "rm_score"].pivot_table(
+    index="n", columns="split", values="tokens_per_output"
+)
 display(cost.round(1).rename(columns=plots.SPLIT_LABELS))
-display(Markdown(f"At N = {cfg.bon.n}, every kept output costs {cfg.bon.n} samples: "
-                 + ", ".join(f"{cost.loc[cfg.bon.n, s]:.0f} generated tokens on {plots.SPLIT_LABELS[s]}"
-                             for s in splits if s in cost) + " (and as many RM evaluations)."))
+display(
+    Markdown(
+        f"At N = {cfg.bon.n}, every kept output costs {cfg.bon.n} samples: "
+        + ", ".join(
+            f"{cost.loc[cfg.bon.n, s]:.0f} generated tokens on {plots.SPLIT_LABELS[s]}"
+            for s in splits
+            if s in cost
+        )
+        + " (and as many RM evaluations)."
+    )
+)
 
 # %% [markdown]
 # ## Examples
@@ -103,10 +130,23 @@ display(Markdown(f"At N = {cfg.bon.n}, every kept output costs {cfg.bon.n} sampl
 # %%
 for split in splits:
     cands = runs.read_jsonl(bon_paths[f"sft_candidates_{split}"])[0]
-    table = pd.DataFrame({"candidate": cands["outputs"], "RM score": cands["rm_scores"],
-                          "gold utility": cands["utilities"]}).sort_values("RM score", ascending=False).head(5)
-    display(Markdown(f"### {plots.SPLIT_LABELS[split]}: the top five of {len(cands['outputs'])} candidates "
-                     f"for one input (reference: *{cands['reference']}*)"))
+    table = (
+        pd.DataFrame(
+            {
+                "candidate": cands["outputs"],
+                "RM score": cands["rm_scores"],
+                "gold utility": cands["utilities"],
+            }
+        )
+        .sort_values("RM score", ascending=False)
+        .head(5)
+    )
+    display(
+        Markdown(
+            f"### {plots.SPLIT_LABELS[split]}: the top five of {len(cands['outputs'])} candidates "
+            f"for one input (reference: *{cands['reference']}*)"
+        )
+    )
     with pd.option_context("display.max_colwidth", 200):
         display(table.round(3))
 
@@ -118,9 +158,15 @@ lines = []
 for split in splits:
     s = scaling[scaling["split"] == split].set_index(["measure", "n"])["value"]
     if ("gold_utility", 1) in s and not pd.isna(s["gold_utility", 1]):
-        lines.append(f"- {plots.SPLIT_LABELS[split]}: from N = 1 to N = {cfg.bon.n}, the kept output's RM score "
-                     f"goes {s['rm_score', 1]:+.2f} -> {s['rm_score', cfg.bon.n]:+.2f} and its gold utility "
-                     f"{s['gold_utility', 1]:.3f} -> {s['gold_utility', cfg.bon.n]:.3f}.")
+        lines.append(
+            f"- {plots.SPLIT_LABELS[split]}: from N = 1 to N = {cfg.bon.n}, the kept output's "
+            "RM score "
+            f"goes {s['rm_score', 1]:+.2f} -> {s['rm_score', cfg.bon.n]:+.2f} and its gold utility "
+            f"{s['gold_utility', 1]:.3f} -> {s['gold_utility', cfg.bon.n]:.3f}."
+        )
     else:
-        lines.append(f"- {plots.SPLIT_LABELS[split]}: RM score {s['rm_score', 1]:+.2f} -> {s['rm_score', cfg.bon.n]:+.2f}.")
+        lines.append(
+            f"- {plots.SPLIT_LABELS[split]}: RM score {s['rm_score', 1]:+.2f} -> "
+            f"{s['rm_score', cfg.bon.n]:+.2f}."
+        )
 display(Markdown("\n".join(lines)))

@@ -44,8 +44,12 @@
 import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
-    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
-                   "pip install -q -e /content/gendiv", shell=True, check=True)
+    subprocess.run(
+        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+        "pip install -q -e /content/gendiv",
+        shell=True,
+        check=True,
+    )
     os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
@@ -75,11 +79,25 @@ methods = [m for m in evaluation.METHODS if m in set(winrates["method"])]
 # %%
 for judge in judges:
     vs_ref = winrates[(winrates["opponent"] == "reference") & (winrates["judge"] == judge)]
-    display(vs_ref.pivot(index="method", columns="split", values="win_rate").reindex(methods)[splits].round(3))
-    plots.bars_with_intervals(vs_ref, "split", "win_rate", "method", name=f"winrate_vs_reference_{judge}".replace(":", "_"),
-                              cfg=cfg, xlabel="test split", ylabel="win rate vs reference (95% CI)",
-                              title=f"Win rate against the reference ({judge} judge)", order=splits,
-                              hue_order=methods, chance=0.5)
+    display(
+        vs_ref.pivot(index="method", columns="split", values="win_rate")
+        .reindex(methods)[splits]
+        .round(3)
+    )
+    plots.bars_with_intervals(
+        vs_ref,
+        "split",
+        "win_rate",
+        "method",
+        name=f"winrate_vs_reference_{judge}".replace(":", "_"),
+        cfg=cfg,
+        xlabel="test split",
+        ylabel="win rate vs reference (95% CI)",
+        title=f"Win rate against the reference ({judge} judge)",
+        order=splits,
+        hue_order=methods,
+        chance=0.5,
+    )
 
 # %% [markdown]
 # ## Head to head against SFT
@@ -88,9 +106,20 @@ for judge in judges:
 for judge in judges:
     vs_sft = winrates[(winrates["opponent"] == "sft") & (winrates["judge"] == judge)]
     order = [m for m in methods if m != "sft"]
-    plots.bars_with_intervals(vs_sft, "split", "win_rate", "method", name=f"winrate_vs_sft_{judge}".replace(":", "_"),
-                              cfg=cfg, xlabel="test split", ylabel="win rate vs SFT (95% CI)",
-                              title=f"Win rate against SFT ({judge} judge)", order=splits, hue_order=order, chance=0.5)
+    plots.bars_with_intervals(
+        vs_sft,
+        "split",
+        "win_rate",
+        "method",
+        name=f"winrate_vs_sft_{judge}".replace(":", "_"),
+        cfg=cfg,
+        xlabel="test split",
+        ylabel="win rate vs SFT (95% CI)",
+        title=f"Win rate against SFT ({judge} judge)",
+        order=splits,
+        hue_order=order,
+        chance=0.5,
+    )
 
 # %% [markdown]
 # ## Generalisation gaps
@@ -103,10 +132,20 @@ gaps = pd.read_csv(paths["gaps"])
 if len(gaps):
     for judge in judges:
         g = gaps[gaps["judge"] == judge]
-        plots.bars_with_intervals(g, "split", "gap", "method", name=f"generalisation_gap_{judge}".replace(":", "_"),
-                                  cfg=cfg, xlabel="OOD split", ylabel="ID minus OOD win rate (95% CI)",
-                                  title=f"Generalisation gap ({judge} judge)", order=[s for s in splits if s != "id"],
-                                  hue_order=methods, chance=0.0)
+        plots.bars_with_intervals(
+            g,
+            "split",
+            "gap",
+            "method",
+            name=f"generalisation_gap_{judge}".replace(":", "_"),
+            cfg=cfg,
+            xlabel="OOD split",
+            ylabel="ID minus OOD win rate (95% CI)",
+            title=f"Generalisation gap ({judge} judge)",
+            order=[s for s in splits if s != "id"],
+            hue_order=methods,
+            chance=0.0,
+        )
 
 # %% [markdown]
 # ## Proxy reward beside gold utility
@@ -118,13 +157,27 @@ if len(gaps):
 
 # %%
 scores = pd.read_csv(paths["scores"])
-display(scores.pivot_table(index="method", columns=["measure", "split"], values="value").reindex(methods).round(3))
+display(
+    scores.pivot_table(index="method", columns=["measure", "split"], values="value")
+    .reindex(methods)
+    .round(3)
+)
 for measure, label in (("rm_score", "normalised RM score"), ("gold_utility", "gold utility")):
     sub = scores[scores["measure"] == measure]
     if len(sub):
-        plots.bars_with_intervals(sub, "split", "value", "method", name=f"scores_{measure}", cfg=cfg,
-                                  xlabel="test split", ylabel=f"mean {label} (95% CI)", title=f"{label.capitalize()} by method",
-                                  order=splits, hue_order=methods)
+        plots.bars_with_intervals(
+            sub,
+            "split",
+            "value",
+            "method",
+            name=f"scores_{measure}",
+            cfg=cfg,
+            xlabel="test split",
+            ylabel=f"mean {label} (95% CI)",
+            title=f"{label.capitalize()} by method",
+            order=splits,
+            hue_order=methods,
+        )
 
 # %% [markdown]
 # ## What this chapter showed
@@ -135,7 +188,14 @@ wr = winrates[winrates["judge"] == judge].set_index(["method", "opponent", "spli
 lines = []
 for split in splits:
     ranked = sorted(methods, key=lambda m: -wr.loc[(m, "reference", split), "win_rate"])
-    lines.append(f"- {plots.SPLIT_LABELS[split]}: against the reference, " + ", ".join(
-        f"{m.upper()} {wr.loc[(m, 'reference', split), 'win_rate']:.1%}" for m in ranked) + "; PPO against SFT "
-        f"{wr.loc[('ppo', 'sft', split), 'win_rate']:.1%} ({stats.direction(wr.loc[('ppo', 'sft', split), 'ci_low'] - 0.5, wr.loc[('ppo', 'sft', split), 'ci_high'] - 0.5).replace('higher', 'above one half').replace('lower', 'below one half')}).")
+    h2h = wr.loc[("ppo", "sft", split)]
+    side = stats.direction(h2h["ci_low"] - 0.5, h2h["ci_high"] - 0.5)
+    side = side.replace("higher", "above one half").replace("lower", "below one half")
+    lines.append(
+        f"- {plots.SPLIT_LABELS[split]}: against the reference, "
+        + ", ".join(
+            f"{m.upper()} {wr.loc[(m, 'reference', split), 'win_rate']:.1%}" for m in ranked
+        )
+        + f"; PPO against SFT {h2h['win_rate']:.1%} ({side})."
+    )
 display(Markdown(f"With the {judge} judge:\n\n" + "\n".join(lines)))

@@ -59,8 +59,12 @@
 import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
-    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
-                   "pip install -q -e /content/gendiv", shell=True, check=True)
+    subprocess.run(
+        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+        "pip install -q -e /content/gendiv",
+        shell=True,
+        check=True,
+    )
     os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
@@ -84,23 +88,46 @@ frame = pd.read_csv(paths["diversity"])
 unavailable = frame[frame["note"].notna() & (frame["note"] != "")]
 measured = frame[frame["value"].notna()]
 methods = [m for m in ("base", "sft", "bon", "ppo") if m in set(measured["method"])]
-for metric, why in unavailable.drop_duplicates("metric")[["metric", "note"]].itertuples(index=False):
+for metric, why in unavailable.drop_duplicates("metric")[["metric", "note"]].itertuples(
+    index=False
+):
     display(Markdown(f"**{metric.upper()} is not reported in this run:** {why}."))
 
 # %% [markdown]
 # ## Per-input diversity (the paper's Fig. 5)
 
 # %%
-metric_labels = {"ead": "EAD", "sbert": "Sentence-BERT", "nli": "NLI", "oracle": "oracle (facts)"}
-for scope, title in (("per_input", "Per-input diversity"), ("across_input", "Across-input diversity")):
+metric_labels = {
+    "ead": "EAD",
+    "sbert": "Sentence-BERT",
+    "nli": "NLI",
+    "oracle": "oracle (facts)",
+}
+for scope, title in (
+    ("per_input", "Per-input diversity"),
+    ("across_input", "Across-input diversity"),
+):
     sub = measured[measured["scope"] == scope]
     display(Markdown(f"### {title}"))
-    display(sub.pivot_table(index="method", columns=["metric", "split"], values="value").reindex(methods).round(3))
+    display(
+        sub.pivot_table(index="method", columns=["metric", "split"], values="value")
+        .reindex(methods)
+        .round(3)
+    )
     for metric in [m for m in diversity.METRICS if m in set(sub["metric"])]:
-        plots.bars_with_intervals(sub[sub["metric"] == metric], "split", "value", "method",
-                                  name=f"diversity_{scope}_{metric}", cfg=cfg, xlabel="test split",
-                                  ylabel=f"{metric_labels[metric]} diversity (95% CI)",
-                                  title=f"{title}: {metric_labels[metric]}", order=splits, hue_order=methods)
+        plots.bars_with_intervals(
+            sub[sub["metric"] == metric],
+            "split",
+            "value",
+            "method",
+            name=f"diversity_{scope}_{metric}",
+            cfg=cfg,
+            xlabel="test split",
+            ylabel=f"{metric_labels[metric]} diversity (95% CI)",
+            title=f"{title}: {metric_labels[metric]}",
+            order=splits,
+            hue_order=methods,
+        )
 
 # %% [markdown]
 # ## Across-input diversity (the paper's Fig. 6)
@@ -110,7 +137,11 @@ for scope, title in (("per_input", "Per-input diversity"), ("across_input", "Acr
 
 # %%
 diffs = pd.read_csv(paths["diversity_vs_sft"])
-display(diffs.pivot_table(index=["scope", "method"], columns=["metric", "split"], values="difference").round(3))
+display(
+    diffs.pivot_table(
+        index=["scope", "method"], columns=["metric", "split"], values="difference"
+    ).round(3)
+)
 
 # %% [markdown]
 # ## K samples for one input
@@ -118,7 +149,11 @@ display(diffs.pivot_table(index=["scope", "method"], columns=["metric", "split"]
 # %%
 for method in ("sft", "ppo"):
     rows = runs.read_jsonl(paths[f"{method}_{splits[0]}"])
-    display(Markdown(f"**{method.upper()}**, {len(rows[0]['outputs'])} samples for the first ID input:"))
+    display(
+        Markdown(
+            f"**{method.upper()}**, {len(rows[0]['outputs'])} samples for the first ID input:"
+        )
+    )
     display(Markdown("\n".join(f"{i + 1}. {t}" for i, t in enumerate(rows[0]["outputs"][:8]))))
 
 # %% [markdown]
@@ -131,16 +166,32 @@ for method in ("sft", "ppo"):
 per_input = pd.read_csv(paths["per_input"])
 wide = per_input.pivot_table(index=["method", "split", "uid"], columns="metric", values="value")
 if "oracle" in wide:
-    agreement = pd.DataFrame({m: [wide[m].rank().corr(wide["oracle"].rank())] for m in wide if m != "oracle"},
-                             index=["Spearman with oracle"])
+    agreement = pd.DataFrame(
+        {m: [wide[m].rank().corr(wide["oracle"].rank())] for m in wide if m != "oracle"},
+        index=["Spearman with oracle"],
+    )
     display(agreement.round(3))
-    plots.scatter(wide.reset_index(), "oracle", "sbert", "method", name="sbert_vs_oracle", cfg=cfg,
-                  xlabel="oracle diversity (Jaccard distance of facts)", ylabel="Sentence-BERT diversity",
-                  title="Per-input diversity: Sentence-BERT against the oracle")
+    plots.scatter(
+        wide.reset_index(),
+        "oracle",
+        "sbert",
+        "method",
+        name="sbert_vs_oracle",
+        cfg=cfg,
+        xlabel="oracle diversity (Jaccard distance of facts)",
+        ylabel="Sentence-BERT diversity",
+        title="Per-input diversity: Sentence-BERT against the oracle",
+    )
 
 # %%
 timing = pd.read_csv(paths["timing"])
-display(Markdown("Time spent per metric: " + ", ".join(f"{r.metric} {r.seconds:.1f} s" for r in timing.itertuples()) + "."))
+display(
+    Markdown(
+        "Time spent per metric: "
+        + ", ".join(f"{r.metric} {r.seconds:.1f} s" for r in timing.itertuples())
+        + "."
+    )
+)
 
 # %% [markdown]
 # ## What this chapter showed
@@ -149,8 +200,17 @@ display(Markdown("Time spent per metric: " + ", ".join(f"{r.metric} {r.seconds:.
 lines = []
 for scope in ("per_input", "across_input"):
     for metric in [m for m in diversity.METRICS if m in set(diffs["metric"])]:
-        sub = diffs[(diffs["method"] == "ppo") & (diffs["scope"] == scope) & (diffs["metric"] == metric)]
-        parts = [f"{plots.SPLIT_LABELS[r.split]} {r.difference:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}], "
-                 f"{stats.direction(r.ci_low, r.ci_high)}" for r in sub.itertuples()]
-        lines.append(f"- {scope.replace('_', '-')} {metric_labels[metric]}, PPO minus SFT: " + "; ".join(parts))
+        sub = diffs[
+            (diffs["method"] == "ppo") & (diffs["scope"] == scope) & (diffs["metric"] == metric)
+        ]
+        parts = [
+            f"{plots.SPLIT_LABELS[r.split]} {r.difference:+.3f} [{r.ci_low:+.3f}, "
+            f"{r.ci_high:+.3f}], "
+            f"{stats.direction(r.ci_low, r.ci_high)}"
+            for r in sub.itertuples()
+        ]
+        lines.append(
+            f"- {scope.replace('_', '-')} {metric_labels[metric]}, PPO minus SFT: "
+            + "; ".join(parts)
+        )
 display(Markdown("PPO's diversity against SFT's (95% intervals):\n\n" + "\n".join(lines)))

@@ -39,8 +39,12 @@
 import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
-    subprocess.run("git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
-                   "pip install -q -e /content/gendiv", shell=True, check=True)
+    subprocess.run(
+        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+        "pip install -q -e /content/gendiv",
+        shell=True,
+        check=True,
+    )
     os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
@@ -62,7 +66,9 @@ cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 paths = sweep.build_kl_sweep(cfg, force=force)
 splits = data.available_splits(cfg)
 frame = pd.read_csv(paths["kl_sweep"])
-display(frame.pivot_table(index="kl_coef", columns=["measure", "split"], values="value").round(3))
+display(
+    frame.pivot_table(index="kl_coef", columns=["measure", "split"], values="value").round(3)
+)
 
 # %% [markdown]
 # ## Performance against per-input diversity
@@ -70,29 +76,61 @@ display(frame.pivot_table(index="kl_coef", columns=["measure", "split"], values=
 # One point per coefficient (the paper's appendix figure), per metric and split.
 
 # %%
-wide = frame[frame["split"].isin(splits)].pivot_table(index=["kl_coef", "split"], columns="measure",
-                                                        values="value").reset_index()
+wide = (
+    frame[frame["split"].isin(splits)]
+    .pivot_table(index=["kl_coef", "split"], columns="measure", values="value")
+    .reset_index()
+)
 # The judge's gold utility (continuous) where the world has one; C6 uses it too (win rates against
 # the reference sit at the floor for small policies). Otherwise the proxy RM score.
 performance = "gold_utility" if "gold_utility" in wide else "proxy_reward"
-diversity_measures = [m for m in ("per_input_ead", "per_input_sbert", "per_input_nli", "per_input_oracle") if m in wide]
-long = wide.melt(id_vars=["kl_coef", "split", performance], value_vars=diversity_measures,
-                 var_name="metric", value_name="per_input_diversity")
+diversity_measures = [
+    m
+    for m in ("per_input_ead", "per_input_sbert", "per_input_nli", "per_input_oracle")
+    if m in wide
+]
+long = wide.melt(
+    id_vars=["kl_coef", "split", performance],
+    value_vars=diversity_measures,
+    var_name="metric",
+    value_name="per_input_diversity",
+)
 long["split"] = long["split"].map(plots.SPLIT_LABELS)
 long["metric"] = long["metric"].str.replace("per_input_", "")
-_ = plots.tradeoff(long, "per_input_diversity", performance, hue="split", size="kl_coef", col="metric",
-                   name="kl_sweep_tradeoff", cfg=cfg, xlabel="per-input diversity",
-                   ylabel=performance.replace("_", " "), title="KL sweep: performance against per-input diversity")
+_ = plots.tradeoff(
+    long,
+    "per_input_diversity",
+    performance,
+    hue="split",
+    size="kl_coef",
+    col="metric",
+    name="kl_sweep_tradeoff",
+    cfg=cfg,
+    xlabel="per-input diversity",
+    ylabel=performance.replace("_", " "),
+    title="KL sweep: performance against per-input diversity",
+)
 
 # %% [markdown]
 # ## Reward and KL frontier
 
 # %%
-train = frame[frame["measure"].isin(["train_kl", "train_proxy_reward"])].pivot_table(
-    index="kl_coef", columns="measure", values="value").reset_index()
-_ = plots.scatter(train.assign(kl_coef=train["kl_coef"].astype(str)), "train_kl", "train_proxy_reward", "kl_coef",
-                  name="kl_sweep_frontier", cfg=cfg, xlabel="KL to SFT at the end of training (nats/sequence)",
-                  ylabel="proxy reward at the end of training", title="Reward-KL frontier of the sweep")
+train = (
+    frame[frame["measure"].isin(["train_kl", "train_proxy_reward"])]
+    .pivot_table(index="kl_coef", columns="measure", values="value")
+    .reset_index()
+)
+_ = plots.scatter(
+    train.assign(kl_coef=train["kl_coef"].astype(str)),
+    "train_kl",
+    "train_proxy_reward",
+    "kl_coef",
+    name="kl_sweep_frontier",
+    cfg=cfg,
+    xlabel="KL to SFT at the end of training (nats/sequence)",
+    ylabel="proxy reward at the end of training",
+    title="Reward-KL frontier of the sweep",
+)
 
 # %% [markdown]
 # ## Claims scorecard
@@ -125,9 +163,16 @@ display(Markdown(f"{int(checks['passed'].sum())} of {len(checks)} checks pass.")
 display(card[["claim", "statement", "verdict"]])
 notes = claims.caveats(card, checks)
 for row in card.itertuples():
-    caveat = f"\n\n*Not yet a finding: rests on failed checks: {'; '.join(notes[row.claim])}.*" \
-        if notes[row.claim] else ""
-    display(Markdown(f"**{row.claim}: {row.verdict}.** {row.statement}\n\nEvidence: {row.evidence}{caveat}"))
+    caveat = (
+        f"\n\n*Not yet a finding: rests on failed checks: {'; '.join(notes[row.claim])}.*"
+        if notes[row.claim]
+        else ""
+    )
+    display(
+        Markdown(
+            f"**{row.claim}: {row.verdict}.** {row.statement}\n\nEvidence: {row.evidence}{caveat}"
+        )
+    )
 # For the book's scorecard and intro pages (pasted there with myst-nb's glue).
 glue("scorecard", HTML(claims.scorecard_html(card, checks)), display=False)
 
@@ -148,9 +193,13 @@ if seeds_file.exists():
     display(HTML(seeds_html))
     display(seeds_table)
 else:
-    command = f"gendiv seeds --profile {cfg.profile} --seeds {cfg.seed} {cfg.seed + 1} {cfg.seed + 2}"
-    seeds_html = (f"<p>No seeds run for this profile yet ({seeds_file} does not exist): run "
-                  f"<code>{command}</code>; each further seed costs about the stage time below.</p>")
+    command = (
+        f"gendiv seeds --profile {cfg.profile} --seeds {cfg.seed} {cfg.seed + 1} {cfg.seed + 2}"
+    )
+    seeds_html = (
+        f"<p>No seeds run for this profile yet ({seeds_file} does not exist): run "
+        f"<code>{command}</code>; each further seed costs about the stage time below.</p>"
+    )
     display(HTML(seeds_html))
 glue("across_seeds", HTML(seeds_html), display=False)
 
@@ -164,6 +213,11 @@ times = runs.stage_times(cfg)
 display(times)
 per_notebook = times.groupby("notebook")["wall_time_s"].sum().round(1)
 display(per_notebook.to_frame("wall time (s)"))
-display(Markdown(f"All stages together: {times['wall_time_s'].sum() / 60:.1f} minutes on {times['device'].iloc[0]}."))
+display(
+    Markdown(
+        f"All stages together: {times['wall_time_s'].sum() / 60:.1f} minutes on "
+        f"{times['device'].iloc[0]}."
+    )
+)
 glue("run_info", HTML(runs.run_info_html(cfg)), display=False)
 glue("stage_times", HTML(per_notebook.to_frame("wall time (s)").to_html()), display=False)

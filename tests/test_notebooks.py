@@ -3,6 +3,8 @@ then the strict book build over the executed notebooks."""
 
 import json
 import shutil
+import subprocess
+import sys
 
 import jupytext
 import pandas as pd
@@ -11,6 +13,7 @@ from conftest import ROOT
 from gendiv import claims, cli, data
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOK_SOURCES = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 
 
 def _cells(nb):
@@ -129,7 +132,10 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
 
     index = cli.build_book(tmp_path)
     assert index.exists()
-    assert (tmp_path / "book" / "_build" / "html" / "notebooks" / "01_data_splits.html").exists()
+    chapter1 = (tmp_path / "book" / "_build" / "html" / "notebooks" / "01_data_splits.html").read_text()
+    # the page opens with its text and a collapsed config, not the parameter cells
+    assert "tag_injected-parameters" not in chapter1 and "tag_parameters" not in chapter1
+    assert "settings differ from the defaults" in chapter1
     # The scorecard and intro pages paste notebook 8's generated verdicts and run description.
     html = tmp_path / "book" / "_build" / "html"
     scorecard = (html / "scorecard.html").read_text()
@@ -148,3 +154,50 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
     assert "produced by the <b>smoke</b> profile" in intro
     assert "colab.research.google.com/github/gendiv/gendiv/blob/main/notebooks/01_data_splits.ipynb" in \
         (html / "notebooks" / "01_data_splits.html").read_text()
+
+
+def test_notebook_code_reads_at_the_column_width():
+    """Code lines of the notebooks fit the book's column (black-style at 96, `make sync` formats)."""
+    result = subprocess.run([sys.executable, "-m", "ruff", "format", "--check", *map(str, NOTEBOOK_SOURCES)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for path in NOTEBOOK_SOURCES:
+        long = [i for i, line in enumerate(path.read_text().splitlines(), 1)
+                if len(line) > 100 and not line.lstrip().startswith("#")]
+        assert not long, f"{path.name}: code lines over 100 characters: {long}"
+
+
+def test_executed_notebooks_leave_the_parameter_cells_out_of_the_book(tmp_path):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("profile = 'tiny'", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("profile = 'smoke'", metadata={"tags": ["injected-parameters"]}),
+                nbformat.v4.new_code_cell("x = 1")]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, str(path))
+    cli.hide_parameter_cells(path)
+    tags = [c.metadata.get("tags", []) for c in nbformat.read(str(path), as_version=4).cells]
+    assert tags == [["parameters", "remove-cell"], ["injected-parameters", "remove-cell"], []]
+
+
+def test_the_config_opens_a_chapter_collapsed_with_what_differs_from_the_defaults():
+    from gendiv import runs
+    from gendiv.config import differences, load_profile
+
+    cfg = load_profile("smoke")
+    changed = differences(cfg)
+    assert "model.base: \"scratch\"" in changed and "ppo.steps: 2" in changed
+    assert not any(line.startswith("ppo.kl_coef") for line in changed)  # smoke keeps the paper's 0.05
+    html = runs.config_html(cfg)
+    assert html.startswith("<details>") and f"{len(changed)} settings differ from the defaults" in html
+    assert html.count("<details>") == 2  # the full config is a second click away
+
+
+def test_an_empty_bar_chart_says_why():
+    from gendiv import plots
+
+    zeros = pd.DataFrame({"method": ["sft", "ppo"], "split": ["id", "id"], "win_rate": [0.0, 0.0]})
+    assert plots.empty_bars_reason(zeros, "win_rate", "win rate vs reference (95% CI)") == (
+        "Every bar is 0: the win rate vs reference is 0 for every group (2 of them), so there is nothing to draw.")
+    assert plots.empty_bars_reason(zeros.assign(win_rate=[0.0, 0.1]), "win_rate", "win rate") == ""

@@ -76,7 +76,25 @@ def execute_notebook(nb: Path, out_dir: Path, profile: str, force: bool, log_out
     except pm.PapermillExecutionError as err:
         raise RunFailed(f"Notebook {nb.stem} failed in cell {err.exec_count} (cell index {err.cell_index}): "
                         f"{err.ename}: {err.evalue}\nThe partly executed notebook is {out_dir / nb.name}.") from None
+    hide_parameter_cells(out_dir / nb.name)
     return time.perf_counter() - start
+
+
+HIDDEN_IN_THE_BOOK = ("parameters", "injected-parameters")
+"""Cells of the executed notebooks the book leaves out: the notebook's parameters and papermill's
+injected ones (the run's profile and config open every chapter as a collapsed block instead)."""
+
+
+def hide_parameter_cells(path: Path) -> None:
+    """Tag the parameter cells of an executed notebook ``remove-cell`` (Jupyter Book drops them)."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if any(t in tags for t in HIDDEN_IN_THE_BOOK) and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    nbformat.write(nb, str(path))
 
 
 def run(profile: str, stages: list[str] | None = None, force: bool = False, log_output: bool = False,

@@ -525,6 +525,18 @@ def load_profile(name_or_path: str | Path = "tiny", **overrides: Any) -> Config:
     return cfg
 
 
+def differences(cfg: Config) -> list[str]:
+    """``section.key: value`` for every setting of ``cfg`` that differs from the defaults declared
+    here (what a profile changes), in declaration order."""
+    mine, default = cfg.to_dict(), Config().to_dict()
+    out = []
+    for section in SECTIONS:
+        for key, value in mine[section].items():
+            if value != default[section][key]:
+                out.append(f"{section}.{key}: {json.dumps(value, default=list)}")
+    return out
+
+
 def describe(cfg: Config) -> str:
     """The resolved config as YAML, for printing in notebooks."""
     return yaml.safe_dump(json.loads(json.dumps(cfg.to_dict(), default=list)), sort_keys=False)

@@ -111,9 +111,25 @@ def bars_with_intervals(frame: pd.DataFrame, x: str, y: str, hue: str, *, name: 
         ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend(fontsize=8, loc="best")
+    why = empty_bars_reason(frame, y, ylabel)
+    if why:  # bars of height zero draw nothing: say so on the figure rather than show an empty frame
+        ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center", wrap=True, fontsize=10,
+                bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "grey"})
     fig.tight_layout()
     save(fig, frame, name, cfg)
     return fig
+
+
+def empty_bars_reason(frame: pd.DataFrame, y: str, ylabel: str) -> str:
+    """A sentence for a bar chart with nothing to show (every value 0 or missing), from its
+    numbers; empty when some bar has a height."""
+    values = pd.to_numeric(frame[y], errors="coerce")
+    if values.notna().any() and (values.fillna(0) != 0).any():
+        return ""
+    what = ylabel.split(" (")[0]
+    if values.isna().all():
+        return f"No {what} could be measured: every value is missing."
+    return f"Every bar is 0: the {what} is 0 for every group ({len(values)} of them), so there is nothing to draw."
 
 
 def scatter(frame: pd.DataFrame, x: str, y: str, hue: str, *, name: str, cfg: Config, xlabel: str,

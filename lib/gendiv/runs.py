@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 
 from gendiv import stages
-from gendiv.config import Config, ConfigError, describe, load_profile
+from gendiv.config import Config, ConfigError, describe, differences, load_profile
 
 def notebook_for(stage: str) -> str | None:
     """The notebook that runs ``stage`` (from the table of stages), or None for an unknown name."""
@@ -295,7 +295,30 @@ def run_stage(cfg: Config, stage: str, body: Callable[[Path], dict[str, Path]], 
     return paths
 
 
+def config_html(cfg: Config) -> str:
+    """The run's configuration for the book: one line of provenance, then a collapsed block with
+    the settings that differ from the defaults and, collapsed inside it, the full config."""
+    changed = differences(cfg)
+    versions = ", ".join(f"{k} {v}" for k, v in package_versions().items())
+    return (f"<details><summary><small>Run configuration: profile <b>{escape(cfg.profile)}</b>, seed {cfg.seed}, "
+            f"{escape(device_name())}; {len(changed)} settings differ from the defaults (click to show)."
+            f"</small></summary><small><p>Run folder: <code>{escape(str(run_dir(cfg)))}</code><br>"
+            f"Versions: {escape(versions)}</p><pre>{escape(chr(10).join(changed))}</pre>"
+            f"<details><summary>The full configuration</summary><pre>{escape(describe(cfg))}</pre></details>"
+            f"</small></details>")
+
+
 def print_config(cfg: Config) -> None:
+    """In a notebook, :func:`config_html` (collapsed); elsewhere the full config as text."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import HTML, display
+        in_kernel = get_ipython() is not None and hasattr(get_ipython(), "kernel")
+    except ImportError:
+        in_kernel = False
+    if in_kernel:
+        display(HTML(config_html(cfg)))
+        return
     print(describe(cfg))
     print(environment_report(cfg))
     sys.stdout.flush()
