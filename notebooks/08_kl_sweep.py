@@ -65,7 +65,9 @@ cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 # %%
 paths = sweep.build_kl_sweep(cfg, force=force)
 splits = data.available_splits(cfg)
-frame = pd.read_csv(paths["kl_sweep"])
+everything = pd.read_csv(paths["kl_sweep"])
+# The paper's sweep: kl_coef alone, with the profile's estimator (the estimator axis comes below).
+frame = sweep.main_estimator(everything, cfg)
 display(
     frame.pivot_table(index="kl_coef", columns=["measure", "split"], values="value").round(3)
 )
@@ -131,6 +133,75 @@ _ = plots.scatter(
     ylabel="proxy reward at the end of training",
     title="Reward-KL frontier of the sweep",
 )
+
+# %% [markdown]
+# ## The form of the penalty: k1 against the paper's k2
+#
+# The paper's per-token penalty is $k_2 = \tfrac{1}{2}(\log \pi - \log \pi_\text{SFT})^2$; the
+# textbook one is $k_1 = \log \pi - \log \pi_\text{SFT}$, whose optimum is known
+# ($\pi_\text{SFT}\, e^{r/\beta} / Z$; chapter 4's bandit test). The two reach different KL at the
+# same coefficient, so they are compared at equal **true** KL: for every run, the sequence
+# log-ratio $\log \pi(y \mid x) - \log \pi_\text{SFT}(y \mid x)$ averaged over its own samples on the
+# evaluation inputs (an unbiased estimate of $\mathrm{KL}(\pi \,\|\, \pi_\text{SFT})$, the same
+# for every run whichever estimator trained it). Does k2 trace the same frontier of diversity
+# and gold utility against true KL as k1, or does it lose diversity at equal KL (claim C7)? The
+# run without a penalty (coefficient 0) is one run for every estimator, so each line starts there.
+
+# %%
+axis = sweep.by_estimator(everything, cfg)
+estimators = list(dict.fromkeys(axis["estimator"]))
+if len(estimators) < 2:
+    display(
+        Markdown(
+            "This profile's sweep runs one estimator (`ppo.sweep_estimators` is empty), so "
+            "there is no estimator axis to draw."
+        )
+    )
+else:
+    points = (
+        axis[axis["split"].isin(splits)]
+        .pivot_table(index=["estimator", "kl_coef", "split"], columns="measure", values="value")
+        .reset_index()
+    )
+    points["estimator"] = points["estimator"].map(claims.ESTIMATOR_LABELS)
+    display(
+        points.set_index(["split", "estimator", "kl_coef"])
+        .sort_index()[
+            [
+                c
+                for c in (
+                    "true_kl",
+                    "gold_utility",
+                    "per_input_ead",
+                    "per_input_sbert",
+                    "per_input_oracle",
+                )
+                if c in points
+            ]
+        ]
+        .round(3)
+    )
+    measures = {
+        m: label
+        for m, label in (
+            ("per_input_ead", "per-input EAD"),
+            ("per_input_sbert", "per-input Sentence-BERT"),
+            ("per_input_oracle", "per-input oracle (facts)"),
+            ("gold_utility", "gold utility"),
+        )
+        if m in points
+    }
+    _ = plots.panels(
+        points[points["split"] == "id"].sort_values("true_kl"),
+        "true_kl",
+        measures,
+        hue="estimator",
+        ncols=4,
+        name="kl_estimator_frontier",
+        cfg=cfg,
+        xlabel="true KL to SFT (nats/sequence)",
+        title="In distribution: each estimator's runs against their true KL",
+    )
 
 # %% [markdown]
 # ## Claims scorecard

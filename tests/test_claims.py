@@ -116,3 +116,28 @@ def test_each_verdict_names_the_failed_checks_it_rests_on():
                                             "C6": ["SFT win rate (id)", "diversity inputs (id)"]}
     html = claims.scorecard_html(card.assign(statement="s", evidence="e", verdict="supported"), checks)
     assert "1 of 3 checks pass" in html and html.count("Not yet a finding") == 3
+
+
+def test_c7_reads_k2_at_k1s_true_kl_by_interpolation():
+    """k2 runs at kl_coef 0, 0.05, 1 end at true KL 10, 4, 1 nats; k1 at 0.05 ends at 6. k2 at 6
+    nats is 1/3 of the way from its run at 4 to its run at 10: per-input EAD 0.6 + (0.9 - 0.6) / 3
+    = 0.7 against k1's 0.8, so k2 is 0.1 less diverse at equal KL."""
+    from gendiv.config import load_profile
+
+    cfg = load_profile("smoke", **{"ppo.sweep_estimators": ["log_ratio"]})
+    rows = []
+    for beta, est, kl, ead in ((0.0, "squared", 10.0, 0.9), (0.05, "squared", 4.0, 0.6), (1.0, "squared", 1.0, 0.3),
+                               (0.05, "log_ratio", 6.0, 0.8)):
+        for uid in ("a", "b"):
+            rows.append({"kl_coef": beta, "estimator": est, "split": "id", "measure": "true_kl", "uid": uid,
+                         "value": kl})
+            rows.append({"kl_coef": beta, "estimator": est, "split": "id", "measure": "per_input_ead", "uid": uid,
+                         "value": ead})
+    out = claims.estimator_comparisons(cfg, pd.DataFrame(rows), ["id"], metrics=("ead",))
+    assert len(out) == 1
+    assert out[0]["value"] == pytest.approx(-0.1)
+    assert "6.00 nats" in out[0]["comparison"] and "k1 at kl_coef 0.05" in out[0]["comparison"]
+    # a k1 run beyond k2's range of KL gives no comparison; without the estimator axis, none at all
+    beyond = [dict(r, value=20.0) if r["estimator"] == "log_ratio" and r["measure"] == "true_kl" else r for r in rows]
+    assert claims.estimator_comparisons(cfg, pd.DataFrame(beyond), ["id"]) == []
+    assert claims.estimator_comparisons(load_profile("tldr"), pd.DataFrame(rows), ["id"]) == []

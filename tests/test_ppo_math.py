@@ -158,3 +158,14 @@ def test_reward_trend_tells_a_plateau_from_a_climb():
     assert not ppo.reward_trend(pd.DataFrame({"proxy_reward": -steps / 100.0}))["flattened"]  # a fall is no plateau
     with pytest.raises(ValueError, match="at least 5 steps"):
         ppo.reward_trend(saturating.head(3))
+
+
+def test_k3_penalty_by_hand():
+    """k3 = (r - 1) - log r with r = pi_ref / pi: for log pi = log 0.5 and log pi_ref = log 0.25,
+    r = 0.5, so k3 = -0.5 + log 2 = 0.1931; it is 0 where the policies agree and never negative."""
+    import math
+
+    lp, ref = torch.tensor([math.log(0.5), math.log(0.3)]), torch.tensor([math.log(0.25), math.log(0.3)])
+    k3 = ppo.kl_estimate(lp, ref, "k3")
+    assert k3[0].item() == pytest.approx(-0.5 + math.log(2), abs=1e-6) and k3[1].item() == pytest.approx(0.0)
+    assert (ppo.kl_estimate(torch.randn(100), torch.randn(100), "k3") >= 0).all()

@@ -26,21 +26,40 @@ def sft_path(cfg: Config) -> Path:
     return runs.artifact(cfg, "sft", "sft_model")
 
 
-def with_kl_coef(cfg: Config, kl_coef: float) -> Config:
-    """``cfg`` with ppo.kl_coef replaced (the KL sweep's runs)."""
-    return dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, kl_coef=float(kl_coef)))
+def with_kl_coef(cfg: Config, kl_coef: float, estimator: str | None = None) -> Config:
+    """``cfg`` with ppo.kl_coef (and ppo.kl_estimator, if given) replaced (the KL sweep's runs)."""
+    ppo = dataclasses.replace(cfg.ppo, kl_coef=float(kl_coef), kl_estimator=estimator or cfg.ppo.kl_estimator)
+    return dataclasses.replace(cfg, ppo=ppo)
 
 
-def ppo_stage(cfg: Config, kl_coef: float | None = None) -> str:
-    """'ppo' for the profile's kl_coef, 'ppo_kl<value>' for another coefficient of the sweep."""
-    if kl_coef is None or float(kl_coef) == cfg.ppo.kl_coef:
+def ppo_stage(cfg: Config, kl_coef: float | None = None, estimator: str | None = None) -> str:
+    """'ppo' for the profile's kl_coef and estimator; 'ppo_kl<value>' for another coefficient of
+    the sweep, 'ppo_kl<value>_<estimator>' for another estimator (the sweep's estimator axis)."""
+    beta = cfg.ppo.kl_coef if kl_coef is None else float(kl_coef)
+    own_estimator = estimator is None or estimator == cfg.ppo.kl_estimator or beta == 0
+    if beta == cfg.ppo.kl_coef and own_estimator:
         return "ppo"
-    return f"{stages.SWEEP_PREFIX}{float(kl_coef):g}"
+    name = f"{stages.SWEEP_PREFIX}{beta:g}"
+    return name if own_estimator else f"{name}_{estimator}"
 
 
-def ppo_path(cfg: Config, kl_coef: float | None = None) -> Path:
-    """The PPO policy of chapter 4 (or of the sweep's run for ``kl_coef``)."""
-    return runs.artifact(cfg, ppo_stage(cfg, kl_coef), "policy")
+def ppo_path(cfg: Config, kl_coef: float | None = None, estimator: str | None = None) -> Path:
+    """The PPO policy of chapter 4 (or of the sweep's run for ``kl_coef`` and ``estimator``)."""
+    return runs.artifact(cfg, ppo_stage(cfg, kl_coef, estimator), "policy")
+
+
+def sweep_runs(cfg: Config) -> list[tuple[float, str]]:
+    """The KL sweep's runs as (kl_coef, estimator): every coefficient of ``ppo.kl_grid`` with the
+    profile's estimator, then each of ``ppo.sweep_estimators`` at ``ppo.sweep_estimator_betas``
+    (empty: the whole grid), leaving out coefficient 0 (no penalty: the same run whatever the
+    estimator) and the profile's own estimator."""
+    p = cfg.ppo
+    out = [(float(b), p.kl_estimator) for b in p.kl_grid]
+    for est in p.sweep_estimators:
+        if est == p.kl_estimator:
+            continue
+        out += [(float(b), est) for b in (p.sweep_estimator_betas or p.kl_grid) if b > 0]
+    return list(dict.fromkeys(out))
 
 
 def load_reward_model(cfg: Config) -> RewardModel:

@@ -44,8 +44,11 @@ STATEMENTS = {
     "C4": "RLHF reduces per-input diversity against SFT on EAD and Sentence-BERT.",
     "C5": "RLHF reduces across-input diversity against SFT on some metrics.",
     "C6": "Raising the KL coefficient lowers performance and also lowers per-input diversity.",
+    "C7": "The paper's k2 KL penalty costs per-input diversity beyond what its KL explains: at equal true KL "
+          "to SFT, a policy trained with k2 is less diverse than one trained with k1 (not a claim of the paper: "
+          "a question its choice of estimator leaves open).",
 }
-RULES = {"C1": "all", "C2": "all", "C3": "all", "C4": "all", "C5": "any", "C6": "all"}
+RULES = {"C1": "all", "C2": "all", "C3": "all", "C4": "all", "C5": "any", "C6": "all", "C7": "all"}
 """How each claim's comparisons combine: 'all' must support it, or 'any' one ("on some metrics")."""
 VERDICTS = ("supported", "not supported", "mixed", "inconclusive")
 
@@ -170,7 +173,8 @@ def evidence(cfg: Config) -> tuple[pd.DataFrame, dict[str, str]]:
     notes["C5"] = "diversity_vs_sft.csv, paired bootstrap over inputs"
 
     # C6: the largest kl_coef against the smallest, paired over inputs, on every split.
-    per_input = pd.read_csv(runs.artifact(cfg, "kl_sweep", "per_input"))
+    sweep_per_input = pd.read_csv(runs.artifact(cfg, "kl_sweep", "per_input"))
+    per_input = sweep_per_input[sweep_per_input["estimator"] == cfg.ppo.kl_estimator]
     lo_k, hi_k = min(cfg.ppo.kl_grid), max(cfg.ppo.kl_grid)
     for split in splits:
         for measure, label in (("gold_utility", "performance (gold utility)"), ("per_input_ead", "per-input EAD"),
@@ -182,7 +186,65 @@ def evidence(cfg: Config) -> tuple[pd.DataFrame, dict[str, str]]:
             d, lo, hi = stats.paired_difference(wide[hi_k].to_numpy(), wide[lo_k].to_numpy(), seed=cfg.seed)
             add("C6", f"{split} {label} at kl_coef {hi_k:g} - at {lo_k:g}", d, lo, hi, -1)
     notes["C6"] = "logs/kl_sweep_per_input.csv"
+
+    # C7: k2 against k1 at equal true KL to SFT, on every split and per-input diversity metric.
+    for e in estimator_comparisons(cfg, sweep_per_input, splits):
+        add("C7", e["comparison"], e["value"], e["ci_low"], e["ci_high"], -1)
+    notes["C7"] = ("logs/kl_sweep_per_input.csv; the main estimator's per-input diversity is interpolated "
+                   "linearly in true KL between its two runs around the other estimator's run, the weight "
+                   "held fixed in the bootstrap over inputs" if cfg.ppo.sweep_estimators else
+                   "not measured: the sweep ran one estimator (ppo.sweep_estimators is empty)")
     return pd.DataFrame(rows, columns=EVIDENCE_COLUMNS), notes
+
+
+ESTIMATOR_LABELS = {"squared": "k2", "log_ratio": "k1", "k3": "k3"}
+
+
+def _run_values(values: pd.DataFrame, estimator: str, kl_coef: float) -> pd.Series:
+    """Per-input values (by uid) of the sweep run (kl_coef, estimator); the run at 0 serves every estimator."""
+    sel = values[(values["kl_coef"] == kl_coef) & ((values["estimator"] == estimator) | (values["kl_coef"] == 0))]
+    return sel.drop_duplicates("uid").set_index("uid")["value"]
+
+
+def estimator_comparisons(cfg: Config, per_input: pd.DataFrame, splits: list[str],
+                          metrics: tuple[str, ...] = ("ead", "sbert")) -> list[dict]:
+    """k2 minus k1 in per-input diversity at equal true KL to SFT (claim C7), one row per split,
+    metric and run of the estimator axis: the run of the other estimator (k1 when the profile
+    trains with k2, or the reverse) sits at true KL K; the profile's estimator is read at K by
+    linear interpolation between its two runs whose true KL brackets K (runs outside its range
+    give no comparison). Paired over the diversity inputs, the interpolation weight held fixed."""
+    main = cfg.ppo.kl_estimator
+    if not {main, *cfg.ppo.sweep_estimators} >= {"squared", "log_ratio"}:
+        return []
+    other = "log_ratio" if main == "squared" else "squared"
+    out = []
+    for split in splits:
+        part = per_input[per_input["split"] == split]
+        kl = part[part["measure"] == "true_kl"].groupby(["estimator", "kl_coef"])["value"].mean()
+        frontier = sorted((k, beta) for (est, beta), k in kl.items() if est == main or beta == 0)
+        for (est, beta), k in kl.items():
+            if est != other or beta == 0:
+                continue
+            below = [f for f in frontier if f[0] <= k]
+            above = [f for f in frontier if f[0] >= k]
+            if not below or not above:
+                continue
+            (k_a, b_a), (k_b, b_b) = below[-1], above[0]
+            w = 0.0 if k_b == k_a else (k - k_a) / (k_b - k_a)
+            for metric in metrics:
+                values = part[part["measure"] == f"per_input_{metric}"]
+
+                at_k = (1 - w) * _run_values(values, main, b_a) + w * _run_values(values, main, b_b)
+                theirs = _run_values(values, other, beta)
+                common = at_k.dropna().index.intersection(theirs.index)
+                if not len(common):
+                    continue
+                k2, k1 = (at_k[common], theirs[common]) if main == "squared" else (theirs[common], at_k[common])
+                d, lo, hi = stats.paired_difference(k2.to_numpy(), k1.to_numpy(), seed=cfg.seed)
+                out.append({"comparison": f"{split} per-input {metric}: k2 minus k1 at equal true KL "
+                                          f"({k:.2f} nats; {ESTIMATOR_LABELS[other]} at kl_coef {beta:g})",
+                            "value": d, "ci_low": lo, "ci_high": hi})
+    return out
 
 
 def scorecard(cfg: Config, ev: pd.DataFrame | None = None, notes: dict[str, str] | None = None) -> pd.DataFrame:
@@ -311,7 +373,7 @@ for per-input diversity."""
 KL_SPREAD = 2.0
 """The KL sweep's runs end at clearly different KL: each larger coefficient ends at a lower KL to
 SFT, and the smallest coefficient's KL is at least this many times the largest's."""
-POLICY_CLAIMS, DIVERSITY_CLAIMS, ALL_CLAIMS = "C1 C2 C3 C6", "C4 C5 C6", "C1 C2 C3 C4 C5 C6"
+POLICY_CLAIMS, DIVERSITY_CLAIMS, ALL_CLAIMS = "C1 C2 C3 C6", "C4 C5 C6 C7", "C1 C2 C3 C4 C5 C6 C7"
 """The claims a check carries: a policy check those that compare performance, a diversity check
 those that compare diversity; every claim rests on PPO (C3 compares Best-of-N with it)."""
 
@@ -357,12 +419,13 @@ def competence(cfg: Config) -> pd.DataFrame:
               trend["last_rise"] / trend["rise"] if trend["rise"] > 0 else float("nan"),
               "< 0.20 (flattened)", trend["flattened"], ALL_CLAIMS)
     sweep = pd.read_csv(runs.artifact(cfg, "kl_sweep", "kl_sweep"))
+    sweep = sweep[sweep["estimator"] == cfg.ppo.kl_estimator]
     kl = sweep[sweep["measure"] == "train_kl"].sort_values("kl_coef")["value"].to_numpy()
     if len(kl) >= 2:
         ratio = kl[0] / kl[-1] if kl[-1] > 0 else float("inf")
         check("KL sweep: KL at the smallest coefficient over KL at the largest", "id", ratio,
               f">= {KL_SPREAD:g}, falling as the coefficient rises",
-              ratio >= KL_SPREAD and all(a > b for a, b in zip(kl, kl[1:])), "C6")
+              ratio >= KL_SPREAD and all(a > b for a, b in zip(kl, kl[1:])), "C6 C7")
     for split in splits:
         n = len(outputs["sft"][split])
         check("evaluation inputs", split, n, f">= {MIN_EVAL_INPUTS}", n >= MIN_EVAL_INPUTS, POLICY_CLAIMS)

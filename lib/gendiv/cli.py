@@ -190,13 +190,15 @@ def run_one_stage(name: str, profile: str, run_dir: str = "", force: bool = Fals
     try:
         row = stages.stage(name)
     except KeyError as err:
-        raise ConfigError(f"{err.args[0]} A KL sweep run is ppo_kl<kl_coef>, e.g. ppo_kl0.5.") from None
-    kl_coef = None
+        raise ConfigError(f"{err.args[0]} A KL sweep run is ppo_kl<kl_coef>[_<estimator>], e.g. "
+                          "ppo_kl0.5.") from None
+    kl_coef = estimator = None
     if name.startswith(stages.SWEEP_PREFIX):
         try:
-            kl_coef = float(name[len(stages.SWEEP_PREFIX):])
+            kl_coef, estimator = stages.parse_sweep_run(name)
         except ValueError:
-            raise ConfigError(f"Stage {name!r}: a KL sweep run is ppo_kl<kl_coef>, e.g. ppo_kl0.5.") from None
+            raise ConfigError(f"Stage {name!r}: a KL sweep run is ppo_kl<kl_coef>[_<estimator>], e.g. ppo_kl0.5 "
+                              "or ppo_kl0.05_log_ratio.") from None
     base = name if kl_coef is None else "ppo"
     if runs.world_size() > 1 and base not in DATA_PARALLEL:
         raise ConfigError(f"Stage {name!r} samples and scores on one process; {runs.world_size()} were launched. "
@@ -205,7 +207,9 @@ def run_one_stage(name: str, profile: str, run_dir: str = "", force: bool = Fals
     cfg = load_profile(profile, run_dir=run_dir or None, seed=seed)
     runs.seed_everything(cfg.seed)
     build = stages.builder(row.name)
-    return build(cfg, force=force) if kl_coef is None else build(cfg, force=force, kl_coef=kl_coef)
+    if kl_coef is None:
+        return build(cfg, force=force)
+    return build(cfg, force=force, kl_coef=kl_coef, estimator=estimator)
 
 
 def run_seeds(profile: str, seeds: list[int], run_dir: str = "") -> Path:

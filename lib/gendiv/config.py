@@ -209,7 +209,8 @@ class PPOConfig:
     kl_coef: float = 0.05
     """beta of the per-token KL penalty against the SFT policy (paper: 0.05, fixed)."""
     kl_estimator: str = "squared"
-    """'squared' (0.5 * (log pi_ref - log pi)^2, the paper's code) or 'log_ratio' (log pi - log pi_ref)."""
+    """The per-token KL penalty: 'squared' (k2 = 0.5 * (log pi_ref - log pi)^2, the paper's code),
+    'log_ratio' (k1 = log pi - log pi_ref) or 'k3' ((r - 1) - log r, r = pi_ref / pi)."""
     adaptive_kl: bool = False
     """Ziegler et al.'s adaptive KL controller (off in the paper)."""
     kl_target: float = 6.0
@@ -234,6 +235,12 @@ class PPOConfig:
     """Every so many steps, a checkpoint to resume from after an interruption."""
     kl_grid: tuple[float, ...] = (0.0, 0.01, 0.05, 0.2, 1.0)
     """kl_coef values of the KL sweep (notebook 08)."""
+    sweep_estimators: tuple[str, ...] = ()
+    """KL estimators the sweep also runs, besides ``kl_estimator`` (the sweep's estimator axis, not
+    in the paper): does the penalty's form, not only its size, move diversity? Empty: none."""
+    sweep_estimator_betas: tuple[float, ...] = ()
+    """kl_coef values those estimators run at (empty: all of ``kl_grid``). A coefficient of 0 is
+    the same run for every estimator (no penalty), so it is never run twice."""
 
 
 @dataclass(frozen=True)
@@ -471,8 +478,12 @@ def _validate(cfg: Config) -> None:
     if p.rollout_batch_size % p.minibatch_size:
         raise ConfigError(f"ppo.minibatch_size ({p.minibatch_size}) must divide ppo.rollout_batch_size "
                           f"({p.rollout_batch_size}).")
-    if p.kl_estimator not in ("squared", "log_ratio"):
-        raise ConfigError(f"ppo.kl_estimator must be 'squared' or 'log_ratio', got {p.kl_estimator!r}.")
+    estimators = ("squared", "log_ratio", "k3")
+    for est in (p.kl_estimator, *p.sweep_estimators):
+        if est not in estimators:
+            raise ConfigError(f"ppo.kl_estimator and ppo.sweep_estimators take {', '.join(estimators)}; got {est!r}.")
+    if any(k < 0 for k in p.sweep_estimator_betas):
+        raise ConfigError(f"ppo.sweep_estimator_betas must be >= 0, got {list(p.sweep_estimator_betas)}.")
     if p.lr <= 0 or p.kl_coef < 0 or any(k < 0 for k in p.kl_grid):
         raise ConfigError(f"ppo.lr must be > 0 and every KL coefficient >= 0 (got lr={p.lr}, "
                           f"kl_coef={p.kl_coef}, kl_grid={list(p.kl_grid)}).")

@@ -177,10 +177,11 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def completion_nll(model, tokenizer, prompts: list[str], completions: list[str], max_prompt_tokens: int,
-                   batch_size: int = 32) -> np.ndarray:
-    """Mean negative log-likelihood per token (nats) of each completion, written as SFT trains on
-    it (a space, the text, EOS), given its prompt cut to its last ``max_prompt_tokens`` tokens.
-    The rows are laid out as PPO scores its episodes: left-padded prompt, then the completion."""
+                   batch_size: int = 32, per_token: bool = True) -> np.ndarray:
+    """Mean negative log-likelihood per token (nats) of each completion (``per_token=False``: its
+    sum over the completion's tokens), written as SFT trains on it (a space, the text, EOS), given
+    its prompt cut to its last ``max_prompt_tokens`` tokens. The rows are laid out as PPO scores
+    its episodes: left-padded prompt, then the completion."""
     if len(prompts) != len(completions):
         raise ValueError(f"completion_nll got {len(prompts)} prompts and {len(completions)} completions.")
     targets = [data.sft_target(c, tokenizer.eos_token) for c in completions]
@@ -197,5 +198,6 @@ def completion_nll(model, tokenizer, prompts: list[str], completions: list[str],
         logits, _ = response_outputs(model, torch.cat([enc["input_ids"], response], dim=1),
                                      torch.cat([enc["attention_mask"], comp["attention_mask"]], dim=1),
                                      response.shape[1])
-        out.append((-(gather_logprobs(logits, response) * mask).sum(1) / mask.sum(1)).cpu())
+        nll = -(gather_logprobs(logits, response) * mask).sum(1)
+        out.append((nll / mask.sum(1) if per_token else nll).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0)

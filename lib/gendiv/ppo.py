@@ -29,7 +29,7 @@ from gendiv.config import Config, ConfigError
 from gendiv.lm import entropy_from_logits, gather_logprobs, response_outputs, tokenizer_sides
 from gendiv.models import load_causal_lm, load_policy, pick_device, save_pretrained_atomic
 
-KL_ESTIMATORS = ("log_ratio", "squared")
+KL_ESTIMATORS = ("log_ratio", "squared", "k3")
 
 
 def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
@@ -51,6 +51,8 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: s
       unbiased, but any single token can be negative.
     * ``squared`` (k2): 0.5 * (log pi_ref - log pi)^2, the estimator of the paper's code
       (rlvsil); never negative, low variance, biased for large divergences.
+    * ``k3``: (r - 1) - log r with r = pi_ref / pi; unbiased and never negative (the form GRPO
+      uses as a loss).
 
     The default is ``squared``, the paper's.
     """
@@ -59,6 +61,8 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: s
         return diff
     if estimator == "squared":
         return 0.5 * diff.pow(2)
+    if estimator == "k3":
+        return torch.expm1(-diff) + diff  # (r - 1) - log r with r = pi_ref / pi
     raise ValueError(f"Unknown KL estimator {estimator!r}; choose from {KL_ESTIMATORS}.")
 
 
@@ -451,14 +455,16 @@ def reward_trend(log: pd.DataFrame, column: str = "proxy_reward", windows: int =
 
 
 # ------------------------------------------------------------------ stages
-def build_ppo(cfg: Config, force: bool = False, kl_coef: float | None = None) -> dict[str, Path]:
-    """Stage ``ppo`` (notebook 04; ``ppo_kl<value>`` for the sweep of notebook 08): PPO from the
+def build_ppo(cfg: Config, force: bool = False, kl_coef: float | None = None,
+              estimator: str | None = None) -> dict[str, Path]:
+    """Stage ``ppo`` (notebook 04; ``ppo_kl<value>[_<estimator>]`` for the sweep of notebook 08): PPO from the
     SFT policy against the normalised RM on the ID RL prompts. Saves the policy as an ordinary
     transformers checkpoint (``models/<stage>``, with ``value_head.pt`` beside it), the step log
     (``logs/<stage>.csv``) and logged samples; checkpoints every ``ppo.checkpoint_every`` steps
     under ``checkpoints/<stage>`` and resumes from there after an interruption."""
-    name = artifacts.ppo_stage(cfg, kl_coef)
-    run_cfg = cfg if kl_coef is None else artifacts.with_kl_coef(cfg, kl_coef)
+    name = artifacts.ppo_stage(cfg, kl_coef, estimator)
+    run_cfg = cfg if name == "ppo" else artifacts.with_kl_coef(cfg, cfg.ppo.kl_coef if kl_coef is None else kl_coef,
+                                                                estimator)
 
     def body(root: Path) -> dict[str, Path]:
         sft = artifacts.sft_path(cfg)

@@ -17,6 +17,8 @@ from gendiv.config import SECTIONS
 
 UPSTREAM = ("world", "data", "model", "pretrain")
 """What every model stage depends on: the world, the data, the base model and how it was made."""
+SWEEP_ONLY = ("ppo.kl_grid", "ppo.sweep_estimators", "ppo.sweep_estimator_betas")
+"""PPO keys only the KL sweep reads: the stages before it ignore them."""
 NOT_THE_BASE = ("model.adapter", "model.freeze_fraction", "model.lora_r", "model.lora_alpha", "model.device")
 """Model keys that change how the base is fine-tuned, not the base model itself."""
 
@@ -44,23 +46,33 @@ STAGES = (
     Stage("reward", "03_reward_model", UPSTREAM + ("sft", "reward", "sampling"), "gendiv.reward:build_reward"),
     # A PPO run does not depend on the sweep's grid or on how many test inputs are evaluated.
     Stage("ppo", "04_ppo", UPSTREAM + ("sft", "reward", "sampling", "ppo"), "gendiv.ppo:build_ppo",
-          ignore=("ppo.kl_grid", "sampling.n_eval_inputs")),
+          ignore=SWEEP_ONLY + ("sampling.n_eval_inputs",)),
     Stage("ppo_eval", "04_ppo", UPSTREAM + ("sft", "reward", "sampling", "ppo"), "gendiv.ppo:evaluate_ppo",
-          ignore=("ppo.kl_grid",)),
+          ignore=SWEEP_ONLY),
     Stage("bon", "05_best_of_n", UPSTREAM + ("sft", "reward", "sampling", "bon"), "gendiv.bon:build_best_of_n",
           seed_offset=101),
     Stage("evaluation", "06_evaluation", UPSTREAM + ("sft", "reward", "sampling", "bon", "ppo", "judge"),
-          "gendiv.evaluation:build_evaluation", ignore=("ppo.kl_grid",)),
+          "gendiv.evaluation:build_evaluation", ignore=SWEEP_ONLY),
     # Best-of-N outputs for per-input diversity draw from diversity's seed plus Best-of-N's offset.
     Stage("diversity", "07_diversity", UPSTREAM + ("sft", "reward", "sampling", "bon", "ppo", "diversity"),
-          "gendiv.diversity:build_diversity", ignore=("ppo.kl_grid",), seed_offset=202),
+          "gendiv.diversity:build_diversity", ignore=SWEEP_ONLY, seed_offset=202),
     Stage("kl_sweep", "08_kl_sweep", UPSTREAM + ("sft", "reward", "sampling", "bon", "ppo", "diversity"),
           "gendiv.sweep:build_kl_sweep"),
     Stage("claims", "08_kl_sweep", tuple(SECTIONS), "gendiv.claims:build_claims"),
 )
 BY_NAME = {s.name: s for s in STAGES}
 SWEEP_PREFIX = "ppo_kl"
-"""The KL sweep's PPO runs are stages named ``ppo_kl<beta>``: the ``ppo`` stage at another kl_coef."""
+"""The KL sweep's PPO runs are stages named ``ppo_kl<beta>`` (the ``ppo`` stage at another
+kl_coef), or ``ppo_kl<beta>_<estimator>`` with another KL estimator."""
+
+
+def parse_sweep_run(name: str) -> tuple[float, str | None]:
+    """(kl_coef, estimator or None for the profile's own) of a sweep run's stage name; a
+    ValueError for a name that is not ``ppo_kl<beta>[_<estimator>]``."""
+    if not name.startswith(SWEEP_PREFIX):
+        raise ValueError(f"{name!r} is not a KL sweep run (ppo_kl<kl_coef>[_<estimator>]).")
+    beta, _, estimator = name[len(SWEEP_PREFIX):].partition("_")
+    return float(beta), estimator or None
 
 
 def stage(name: str) -> Stage:

@@ -1,6 +1,10 @@
 """The KL sweep (notebook 08; paper Sec. 6.3 and its appendix): PPO for each coefficient of
 ``ppo.kl_grid``, each evaluated with the same judge and diversity metrics as chapters 6 and 7.
 
+The sweep can also vary the form of the per-token KL penalty (``ppo.sweep_estimators``, not in
+the paper): each run's true sequence KL to SFT is then measured the same way for every run, so
+the estimators' frontiers can be compared at equal KL (claim C7 of the scorecard).
+
 The paper does not publish its grid. Ours is a log grid from 0 (no penalty) through the paper's
 0.05 to well above it (``ppo.kl_grid``), so the sweep spans an unconstrained policy, the paper's
 setting and one held close to SFT. Every run starts from the same SFT model, RM, prompts and seed.
@@ -16,19 +20,33 @@ import pandas as pd
 from gendiv import artifacts, data, judges, runs, stages, stats
 from gendiv.config import Config
 from gendiv.diversity import Metrics
-from gendiv.lm import sample_policy
+from gendiv.lm import completion_nll, sample_policy
 from gendiv.models import load_causal_lm, load_tokenizer, pick_device
 from gendiv.outputs import gold_utilities
 from gendiv.ppo import build_ppo
 
-KL_SWEEP_COLUMNS = ["kl_coef", "split", "measure", "value", "ci_low", "ci_high"]
+KL_SWEEP_COLUMNS = ["kl_coef", "split", "measure", "value", "ci_low", "ci_high", "estimator"]
+
+
+def true_kl(policy, sft, tok, records: list[dict], outputs: list[str], max_prompt_tokens: int,
+            batch_size: int = 32) -> np.ndarray:
+    """Each output's sequence log-ratio log pi(y | x) - log pi_SFT(y | x), for outputs sampled
+    from pi: their mean is an unbiased estimate of the true sequence KL(pi || pi_SFT) on these
+    inputs, whatever estimator trained pi (the response is scored as SFT trains on it, with its
+    EOS, so an output cut at the token limit counts one EOS it did not sample)."""
+    prompts = [r["prompt"] for r in records]
+    nll_sft = completion_nll(sft, tok, prompts, outputs, max_prompt_tokens, batch_size, per_token=False)
+    nll_policy = completion_nll(policy, tok, prompts, outputs, max_prompt_tokens, batch_size, per_token=False)
+    return nll_sft - nll_policy
 
 
 def build_kl_sweep(cfg: Config, force: bool = False) -> dict[str, Path]:
-    """Stage ``kl_sweep``: train (or reuse) PPO for every kl_coef of the grid, then measure on
-    every split: win rate against the reference (world judge), gold utility and proxy RM score
-    of one sample per evaluation input, and per-input diversity of K samples on the diversity
-    inputs. The run at the profile's own kl_coef reuses chapters 4 and 7's samples. Writes
+    """Stage ``kl_sweep``: train (or reuse) PPO for every run of the sweep
+    (:func:`gendiv.artifacts.sweep_runs`: every kl_coef of the grid with the profile's estimator,
+    and the estimator axis), then measure on every split: win rate against the reference (world
+    judge), gold utility, proxy RM score and the true sequence KL to SFT (:func:`true_kl`) of one
+    sample per evaluation input, and per-input diversity of K samples on the diversity inputs.
+    The run at the profile's own kl_coef and estimator reuses chapters 4 and 7's samples. Writes
     ``results/kl_sweep.csv`` and the per-input values (``logs/kl_sweep_per_input.csv``). Each
     run is sampled as chapters 4 and 7 sample PPO: one sample per evaluation input with the run's
     seed, K per diversity input with diversity's seed."""
@@ -40,28 +58,32 @@ def build_kl_sweep(cfg: Config, force: bool = False) -> dict[str, Path]:
         tests, div_tests = artifacts.test_records(cfg), artifacts.test_records(cfg, cfg.diversity.n_inputs)
         rows, per_input = [], []
         device = pick_device(cfg.model.device)
-        for kl_coef in cfg.ppo.kl_grid:
-            paths = build_ppo(cfg, force=force, kl_coef=kl_coef)
+        sft_path = artifacts.sft_path(cfg)
+        sft, sft_tok = load_causal_lm(sft_path, device).eval(), load_tokenizer(sft_path)
+        for kl_coef, estimator in artifacts.sweep_runs(cfg):
+            paths = build_ppo(cfg, force=force, kl_coef=kl_coef, estimator=estimator)
+            tag = f"kl {kl_coef:g}" + ("" if estimator == cfg.ppo.kl_estimator else f" ({estimator})")
             log = pd.read_csv(paths["log"])
             tail = log.tail(max(1, len(log) // 5))
             for measure in ("kl", "proxy_reward"):
                 rows.append({"kl_coef": kl_coef, "split": "id", "measure": f"train_{measure}",
-                             "value": float(tail[measure].mean()), "ci_low": float("nan"), "ci_high": float("nan")})
-            own = float(kl_coef) == cfg.ppo.kl_coef
-            model = tok = None
-            if not own:
-                path = artifacts.ppo_path(cfg, kl_coef)
-                model, tok = load_causal_lm(path, device), load_tokenizer(path)
+                             "value": float(tail[measure].mean()), "ci_low": float("nan"), "ci_high": float("nan"),
+                             "estimator": estimator})
+            own = artifacts.ppo_stage(cfg, kl_coef, estimator) == "ppo"
+            path = artifacts.ppo_path(cfg, kl_coef, estimator)
+            model, tok = load_causal_lm(path, device).eval(), load_tokenizer(path)
             for split, records in tests.items():
                 if own:
                     outputs = [r["output"] for r in runs.read_jsonl(runs.artifact(cfg, "ppo_eval", f"ppo_{split}"))]
                     k_samples = [r["outputs"] for r in runs.read_jsonl(runs.artifact(cfg, "diversity", f"ppo_{split}"))]
                 else:
-                    outputs = sample_policy(cfg, model, tok, records, cfg.seed, f"kl {kl_coef:g}: {split}").first()
+                    outputs = sample_policy(cfg, model, tok, records, cfg.seed, f"{tag}: {split}").first()
                     k_samples = sample_policy(cfg, model, tok, div_tests[split], stages.seed(cfg, "diversity"),
-                                              f"kl {kl_coef:g}: {cfg.diversity.k} samples on {split}",
+                                              f"{tag}: {cfg.diversity.k} samples on {split}",
                                               n_samples=cfg.diversity.k).texts
-                values = {"proxy_reward": rm.score([r["prompt"] for r in records], outputs, cfg.sampling.batch_size)}
+                values = {"proxy_reward": rm.score([r["prompt"] for r in records], outputs, cfg.sampling.batch_size),
+                          "true_kl": true_kl(model, sft, sft_tok, records, outputs, cfg.max_prompt_tokens,
+                                             cfg.sampling.batch_size)}
                 if judge is not None:
                     values["win_rate_vs_reference"] = judges.verdicts(judge, records, outputs,
                                                                       [r["reference"] for r in records])
@@ -72,12 +94,25 @@ def build_kl_sweep(cfg: Config, force: bool = False) -> dict[str, Path]:
                 for measure, v in values.items():
                     mean, lo, hi = stats.bootstrap_ci(v, seed=cfg.seed)
                     rows.append({"kl_coef": kl_coef, "split": split, "measure": measure, "value": mean,
-                                 "ci_low": lo, "ci_high": hi})
+                                 "ci_low": lo, "ci_high": hi, "estimator": estimator})
                     uids = [r["uid"] for r in (div_tests[split] if measure.startswith("per_input") else records)]
-                    per_input += [{"kl_coef": kl_coef, "split": split, "measure": measure, "uid": u, "value": float(x)}
-                                  for u, x in zip(uids, v)]
+                    per_input += [{"kl_coef": kl_coef, "estimator": estimator, "split": split, "measure": measure,
+                                   "uid": u, "value": float(x)} for u, x in zip(uids, v)]
         return {"kl_sweep": runs.write_csv(runs.results_dir(cfg) / "kl_sweep.csv",
                                            pd.DataFrame(rows, columns=KL_SWEEP_COLUMNS)),
                 "per_input": runs.write_csv(root / "logs" / "kl_sweep_per_input.csv", pd.DataFrame(per_input))}
 
     return runs.run_stage(cfg, "kl_sweep", body, force=force)
+
+
+def main_estimator(frame: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """The rows of the profile's own estimator (the paper's sweep over kl_coef alone)."""
+    return frame[frame["estimator"] == cfg.ppo.kl_estimator]
+
+
+def by_estimator(frame: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """The sweep's rows with the run at kl_coef 0 (no penalty: one run for every estimator)
+    repeated under each estimator of the estimator axis, so each estimator's line starts there."""
+    others = [e for e in dict.fromkeys(frame["estimator"]) if e != cfg.ppo.kl_estimator]
+    shared = frame[(frame["kl_coef"] == 0) & (frame["estimator"] == cfg.ppo.kl_estimator)]
+    return pd.concat([frame, *(shared.assign(estimator=e) for e in others)], ignore_index=True)
