@@ -102,6 +102,8 @@ metric_labels = {
     "sbert": "Sentence-BERT",
     "nli": "NLI",
     "oracle": "oracle (facts)",
+    "sbert_effective": "effective Sentence-BERT",
+    "oracle_effective": "effective oracle",
 }
 for scope, title in (
     ("per_input", "Per-input diversity"),
@@ -142,6 +144,50 @@ display(
         index=["scope", "method"], columns=["metric", "split"], values="difference"
     ).round(3)
 )
+
+# %% [markdown]
+# ## Diversity among good outputs
+#
+# Lexical and embedding diversity reward incoherence: a policy that states wrong facts in many
+# ways looks diverse. The **effective** metrics (Shypula et al. 2025) count a pair of outputs only
+# if both are good: the mean over pairs of the pair's distance (Sentence-BERT or the oracle's
+# Jaccard) when both outputs' gold utility reaches a threshold, else 0 (`diversity.quality_threshold`,
+# shown in the tables above as `sbert_effective` and `oracle_effective`). How much hangs on the
+# threshold: per-input effective diversity at several thresholds, with the share of outputs that
+# reach each.
+
+# %%
+if "effective_sensitivity" in paths:
+    sens = pd.read_csv(paths["effective_sensitivity"])
+    if len(sens):
+        display(
+            sens.pivot_table(
+                index=["metric", "method"], columns=["split", "threshold"], values="value"
+            ).round(3)
+        )
+        display(
+            sens.pivot_table(
+                index="method", columns=["split", "threshold"], values="good_share"
+            ).round(2)
+        )
+        _ = plots.panels(
+            sens[(sens["split"] == splits[0]) & (sens["metric"] == "sbert_effective")],
+            "threshold",
+            {
+                "value": "effective Sentence-BERT (ID)",
+                "good_share": "share of outputs that count",
+            },
+            hue="method",
+            ncols=2,
+            name="effective_diversity_thresholds",
+            cfg=cfg,
+            xlabel="gold-utility threshold",
+            title="Per-input effective diversity against its threshold (in distribution)",
+        )
+    else:
+        display(
+            Markdown("Effective diversity needs the world's gold utility; this run has none.")
+        )
 
 # %% [markdown]
 # ## K samples for one input

@@ -109,3 +109,18 @@ def test_prepare_many_matches_one_list_at_a_time(smoke_cfg):
         np.testing.assert_allclose(feats["embeddings"], alone["embeddings"], atol=1e-5)
         assert metrics.compute(feats) == pytest.approx(metrics.compute(alone), abs=1e-5, nan_ok=True)
     assert [f["texts"] for f in together] == groups
+
+
+def test_effective_diversity_counts_only_pairs_of_good_outputs():
+    """Three outputs with distances 1 (0-1), 0.5 (0-2) and 0.2 (1-2); output 1 is bad (utility 0.1
+    below the threshold 0.5): only the pair 0-2 counts, 0.5 over 3 pairs."""
+    from gendiv import diversity
+
+    d = np.array([[0, 1.0, 0.5], [1.0, 0, 0.2], [0.5, 0.2, 0]])
+    q = np.array([0.9, 0.1, 0.8])
+    assert diversity.effective_pairwise(d, q, 0.5) == pytest.approx(0.5 / 3)
+    assert diversity.effective_pairwise(d, q, 0.0) == pytest.approx(1.7 / 3)  # all good: plain mean
+    assert diversity.effective_pairwise(d, q, 0.95) == 0.0  # none good
+    # a bootstrap draw (0, 0, 2) leaves out the pair of item 0 with itself: both pairs left are 0-2
+    assert diversity.effective_pairwise(d, q, 0.5, np.array([0, 0, 2])) == pytest.approx(0.5)
+    assert diversity.effective_pairwise(d, q, 0.5, np.array([0, 1, 1])) == 0.0

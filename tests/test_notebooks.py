@@ -123,7 +123,7 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
     diversity = pd.read_csv(results / "diversity.csv")
     nli = diversity[diversity["metric"] == "nli"]
     assert nli["value"].isna().all() and nli["note"].str.contains("no NLI model").all()
-    measured = diversity[diversity["metric"].isin(["ead", "sbert", "oracle"])]
+    measured = diversity[diversity["metric"].isin(["ead", "sbert", "oracle", "sbert_effective", "oracle_effective"])]
     assert measured["value"].notna().all() and {"per_input", "across_input"} == set(measured["scope"])
     verdicts = pd.read_csv(results / "claims.csv")
     assert list(verdicts["claim"]) == claims.ALL_CLAIMS.split()

@@ -169,7 +169,12 @@ def evidence(cfg: Config) -> tuple[pd.DataFrame, dict[str, str]]:
         sub = diffs[(diffs["method"] == "ppo") & (diffs["scope"] == scope) & (diffs["metric"].isin(metrics))]
         for r in sub.itertuples():
             add(claim, f"{r.split} {r.metric} PPO - SFT", r.difference, r.ci_low, r.ci_high, -1)
-    notes["C4"] = "diversity_vs_sft.csv, paired over inputs"
+    effective = diffs[(diffs["method"] == "ppo") & (diffs["scope"] == "per_input")
+                      & (diffs["metric"].isin(["sbert_effective", "oracle_effective"]))]
+    notes["C4"] = "diversity_vs_sft.csv, paired over inputs" + ("; beside them, not in the verdict, diversity "
+                                                                "among good outputs: " + ", ".join(
+        f"{r.split} {r.metric} PPO - SFT {r.difference:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
+        for r in effective.itertuples()) if len(effective) else "")
     notes["C5"] = "diversity_vs_sft.csv, paired bootstrap over inputs"
 
     # C6: the largest kl_coef against the smallest, paired over inputs, on every split.

@@ -292,6 +292,13 @@ class DiversityConfig:
     """MNLI classifier, a path or hub id (paper: roberta-large-mnli); empty: NLI reported unavailable."""
     n_boot: int = 200
     """Bootstrap resamples for across-input intervals (each recomputes the metric on a resampled set)."""
+    quality_threshold: float = 0.5
+    """Gold utility an output must reach to count in the effective diversity (``sbert_effective``,
+    ``oracle_effective``; Shypula et al. 2025): a pair adds its distance only if both outputs
+    reach it, so incoherent or wrong outputs add none. World only. About the midpoint between a
+    base model's outputs and the references in ``tiny``."""
+    quality_thresholds: tuple[float, ...] = (0.25, 0.5, 0.75)
+    """Thresholds of the effective diversity's sensitivity table (per-input, chapter 7)."""
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,21 @@ from gendiv.config import Config
 from gendiv.embeddings import sentence_model
 from gendiv.lm import sample_policy
 from gendiv.models import load_causal_lm, load_tokenizer, pick_device
+from gendiv.outputs import gold_utilities
 
-METRICS = ("ead", "sbert", "nli", "oracle")
+METRICS = ("ead", "sbert", "nli", "oracle", "sbert_effective", "oracle_effective")
+EFFECTIVE = {"sbert_effective": "sbert", "oracle_effective": "oracle"}
+"""The quality-thresholded ("effective") metrics and the pairwise metric each thresholds."""
+
+
+def effective_pairwise(distances: np.ndarray, quality: np.ndarray, threshold: float,
+                       idx: np.ndarray | None = None) -> float:
+    """Effective diversity (Shypula et al. 2025, "Evaluating the diversity and quality of LLM
+    generated content"): the mean over pairs of the pair's distance if both outputs' quality
+    reaches ``threshold``, else 0. All outputs good: the plain mean distance; none: 0."""
+    good = (np.asarray(quality) >= threshold).astype(float)
+    return mean_pairwise(distances * np.outer(good, good), idx)
+SENSITIVITY_COLUMNS = ["method", "split", "metric", "threshold", "value", "ci_low", "ci_high", "good_share"]
 DIVERSITY_COLUMNS = ["method", "split", "scope", "metric", "value", "ci_low", "ci_high", "n_inputs", "k", "note"]
 
 
@@ -187,28 +200,37 @@ class Metrics:
 
     def available(self) -> dict[str, str]:
         """{metric: '' if it can be computed, else the reason it cannot}."""
+        world = "" if self.world is not None else "needs the miniature world's fact parser"
+        quality = "" if self.world is not None else "needs the world's gold utility of every output"
         return {"ead": "", "sbert": "",
                 "nli": "" if self.nli else "no NLI model configured (diversity.nli_model); none ships offline",
-                "oracle": "" if self.world is not None else "needs the miniature world's fact parser"}
+                "oracle": world, "sbert_effective": quality, "oracle_effective": quality}
 
     def prepare(self, texts: list[str]) -> dict:
         """Per-text features: embeddings and fact sets."""
         return self.prepare_many([texts])[0]
 
-    def prepare_many(self, groups: list[list[str]]) -> list[dict]:
+    def prepare_many(self, groups: list[list[str]], records: list[list[dict]] | None = None) -> list[dict]:
         """:meth:`prepare` for many lists of texts, with one embedding call for all of them
-        (one call per input costs the encoder's fixed overhead each time)."""
+        (one call per input costs the encoder's fixed overhead each time). With ``records`` (each
+        text's input, group by group) and the world, each text's gold utility too, for the
+        effective metrics."""
         t = time.perf_counter()
         emb = embed([x for g in groups for x in g], self.cfg.diversity.sbert_model)
         self.seconds["sbert"] += time.perf_counter() - t
         out, start = [], 0
-        for texts in groups:
-            distances = None
+        for g, texts in enumerate(groups):
+            distances = quality = None
             if self.world is not None:
                 t = time.perf_counter()
                 distances = jaccard_matrix([self.world.fact_set(x) for x in texts])
                 self.seconds["oracle"] += time.perf_counter() - t
-            out.append({"texts": texts, "embeddings": emb[start:start + len(texts)], "jaccard": distances})
+                if records is not None:
+                    t = time.perf_counter()
+                    quality = np.array(gold_utilities(self.world, records[g], texts))
+                    self.seconds["quality"] += time.perf_counter() - t
+            out.append({"texts": texts, "embeddings": emb[start:start + len(texts)], "jaccard": distances,
+                        "quality": quality})
             start += len(texts)
         return out
 
@@ -231,7 +253,15 @@ class Metrics:
             t = time.perf_counter()
             out["oracle"] = mean_pairwise(features["jaccard"], idx)
             self.seconds["oracle"] += time.perf_counter() - t
+        if features.get("quality") is not None:
+            out.update(self.effective(features, self.cfg.diversity.quality_threshold, idx))
         return out
+
+    def effective(self, features: dict, threshold: float, idx: np.ndarray | None = None) -> dict[str, float]:
+        """The effective metrics (:func:`effective_pairwise`) at ``threshold``."""
+        emb = features["embeddings"]
+        return {"sbert_effective": effective_pairwise(1.0 - emb @ emb.T, features["quality"], threshold, idx),
+                "oracle_effective": effective_pairwise(features["jaccard"], features["quality"], threshold, idx)}
 
 
 
@@ -294,11 +324,24 @@ def build_diversity(cfg: Config, force: bool = False) -> dict[str, Path]:
         metrics = Metrics(cfg, world)
         unavailable = {m: why for m, why in metrics.available().items() if why}
         samples = per_input_samples(cfg, root)
-        per_input_rows, rows, diffs = [], [], []
+        tests = artifacts.test_records(cfg, cfg.diversity.n_inputs)
+        per_input_rows, rows, diffs, sensitivity = [], [], [], []
         per_input: dict[tuple[str, str, str], np.ndarray] = {}
         for method, by_split in samples.items():
             for split, recs in by_split.items():
-                values = [metrics.compute(f) for f in metrics.prepare_many([r["outputs"] for r in recs])]
+                by_uid = {r["uid"]: r for r in tests[split]}
+                feats = metrics.prepare_many([r["outputs"] for r in recs],
+                                             [[by_uid[r["uid"]]] * len(r["outputs"]) for r in recs])
+                values = [metrics.compute(f) for f in feats]
+                if feats and feats[0]["quality"] is not None:
+                    for threshold in cfg.diversity.quality_thresholds:
+                        at = [metrics.effective(f, threshold) for f in feats]
+                        for metric in at[0]:
+                            mean, lo, hi = stats.bootstrap_ci([a[metric] for a in at], seed=cfg.seed)
+                            sensitivity.append({"method": method, "split": split, "metric": metric,
+                                                "threshold": threshold, "value": mean, "ci_low": lo, "ci_high": hi,
+                                                "good_share": float(np.mean([(f["quality"] >= threshold).mean()
+                                                                             for f in feats]))})
                 per_input_rows += [{"method": method, "split": split, "uid": r["uid"], "metric": m, "value": v}
                                    for r, one in zip(recs, values) for m, v in one.items()]
                 for metric in values[0]:
@@ -314,8 +357,11 @@ def build_diversity(cfg: Config, force: bool = False) -> dict[str, Path]:
         for split in data.available_splits(cfg):
             n = len(outputs["sft"][split])
             draws = rng.integers(0, n, size=(cfg.diversity.n_boot, n))  # the same draws for every method
+            by_uid = {r["uid"]: r for r in artifacts.test_records(cfg)[split]}
             for method in outputs:
-                feats = metrics.prepare([r["output"] for r in outputs[method][split]])
+                rows_out = outputs[method][split]
+                feats = metrics.prepare_many([[r["output"] for r in rows_out]],
+                                             [[by_uid[r["uid"]] for r in rows_out]])[0]
                 point = metrics.compute(feats)
                 boots = [metrics.compute(feats, d) for d in draws]
                 for metric, value in point.items():
@@ -346,6 +392,8 @@ def build_diversity(cfg: Config, force: bool = False) -> dict[str, Path]:
                 "diversity_vs_sft": runs.write_csv(res / "diversity_vs_sft.csv", pd.DataFrame(diffs)),
                 "per_input": runs.write_csv(root / "logs" / "diversity_per_input.csv", pd.DataFrame(per_input_rows)),
                 "timing": runs.write_csv(root / "logs" / "diversity_timing.csv", timing),
+                "effective_sensitivity": runs.write_csv(root / "logs" / "effective_diversity_thresholds.csv",
+                                                        pd.DataFrame(sensitivity, columns=SENSITIVITY_COLUMNS)),
                 **{f"{m}_{s}": root / "samples" / f"{m}_k{len(r[0]['outputs'])}_{s}.jsonl"
                    for m, by in samples.items() for s, r in by.items()}}
 

@@ -88,7 +88,8 @@ def build_kl_sweep(cfg: Config, force: bool = False) -> dict[str, Path]:
                     values["win_rate_vs_reference"] = judges.verdicts(judge, records, outputs,
                                                                       [r["reference"] for r in records])
                     values["gold_utility"] = np.array(gold_utilities(world, records, outputs))
-                diversity = [metrics.compute(f) for f in metrics.prepare_many(k_samples)]
+                feats = metrics.prepare_many(k_samples, [[r] * len(t) for r, t in zip(div_tests[split], k_samples)])
+                diversity = [metrics.compute(f) for f in feats]
                 for metric in diversity[0]:
                     values[f"per_input_{metric}"] = np.array([d[metric] for d in diversity])
                 for measure, v in values.items():
