@@ -19,7 +19,8 @@
 # # 8. The KL sweep and the claims scorecard
 #
 # *Reproduces Kirk et al. (2024), Sec. 6.3 and its appendix on the KL penalty: does a larger KL
-# coefficient buy diversity back? Then the book's verdict on the paper's six claims.*
+# coefficient buy diversity back? Does the form of the penalty matter? Then the book's verdict on
+# the paper's six claims and on C7.*
 #
 # PPO is rerun from the same SFT model, RM, prompts and seed for every coefficient of
 # `ppo.kl_grid`. The paper does not publish its grid; ours is a log grid from 0 (no penalty)
