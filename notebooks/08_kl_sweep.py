@@ -198,6 +198,7 @@ else:
         measures,
         hue="estimator",
         ncols=4,
+        markers=True,
         name="kl_estimator_frontier",
         cfg=cfg,
         xlabel="true KL to SFT (nats/sequence)",

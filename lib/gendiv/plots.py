@@ -145,14 +145,16 @@ def scatter(frame: pd.DataFrame, x: str, y: str, hue: str, *, name: str, cfg: Co
 
 
 def panels(frame: pd.DataFrame, x: str, measures: dict[str, str], *, name: str, cfg: Config, xlabel: str,
-           title: str, hue: str | None = None, ncols: int = 3) -> plt.Figure:
-    """Small multiples: one line panel per measure (``measures`` maps column to axis label)."""
+           title: str, hue: str | None = None, ncols: int = 3, markers: bool = False) -> plt.Figure:
+    """Small multiples: one line panel per measure (``measures`` maps column to axis label);
+    ``markers`` marks each point (when each is a run of its own)."""
     set_theme()
     measures = {k: v for k, v in measures.items() if k in frame}
     nrows = -(-len(measures) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.6 * nrows), squeeze=False)
     for ax, (col, label) in zip(axes.flat, measures.items()):
-        sns.lineplot(frame, x=x, y=col, hue=hue, ax=ax, legend=ax is axes.flat[0] and hue is not None)
+        sns.lineplot(frame, x=x, y=col, hue=hue, ax=ax, legend=ax is axes.flat[0] and hue is not None,
+                     marker="o" if markers else None)
         ax.set(xlabel=xlabel, ylabel="", title=label)
         ax.title.set_size(10)
     for ax in list(axes.flat)[len(measures):]:
