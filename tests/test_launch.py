@@ -68,8 +68,12 @@ def test_stages_that_sample_refuse_several_processes(monkeypatch):
 def test_unknown_stages_name_the_table(tmp_path):
     with pytest.raises(ConfigError, match=r"Unknown stage 'rm'; the stages are data, base, sft"):
         cli.run_one_stage("rm", "smoke", str(tmp_path))
-    with pytest.raises(ConfigError, match=r"ppo_kl<kl_coef>, e.g. ppo_kl0.5"):
+    with pytest.raises(ConfigError, match=r"ppo_kl<kl_coef>\[_<estimator>\], e.g. ppo_kl0.5 or ppo_kl0.05_log_ratio"):
         cli.run_one_stage("ppo_klhigh", "smoke", str(tmp_path))
+    # a sweep run of another estimator is a stage name too
+    from gendiv import stages
+    assert stages.parse_sweep_run("ppo_kl0.05_log_ratio") == (0.05, "log_ratio")
+    assert stages.parse_sweep_run("ppo_kl1") == (1.0, None)
 
 
 def test_only_the_main_process_writes(tmp_path, monkeypatch):
