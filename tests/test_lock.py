@@ -26,7 +26,8 @@ def test_every_requirement_of_pyproject_is_locked_at_a_version_it_allows():
             continue
         assert name in pins, f"{req.name} is in pyproject.toml but not in requirements.lock: run `make lock`"
         assert req.specifier.contains(pins[name], prereleases=True), \
-            f"requirements.lock pins {req.name}=={pins[name]}, outside pyproject.toml's {req.specifier}: run `make lock`"
+            f"requirements.lock pins {req.name}=={pins[name]}, outside pyproject.toml's {req.specifier}: " \
+            "run `make lock`"
 
 
 def test_every_pin_is_exact_and_hashed():
