@@ -5,7 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The CPU wheel of torch is pinned and installed first, so nothing pulls a multi-GB CUDA build.
+# TORCH_INDEX: where it comes from when not from this machine's wheels (CI on a public forge:
+# https://download.pytorch.org/whl/cpu).
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 # Bytecode: pip --no-compile skips compiling ~18,000 modules at install (86 s on 2 cores), and
 # Python caches the few it imports the first time it does. Our machines set
 # PYTHONDONTWRITEBYTECODE=1, which would make every notebook kernel recompile torch and
@@ -17,7 +20,7 @@ PIP := -m pip install -q --disable-pip-version-check --no-compile
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python $(PIP) "$(TORCH)"
+	$(BIN)/python $(PIP) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 	# Every other package at the exact version and hash of requirements.lock (`make lock`), then
 	# gendiv itself on top, adding nothing.
 	$(BIN)/python $(PIP) --require-hashes --no-deps -r requirements.lock
