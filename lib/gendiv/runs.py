@@ -175,6 +175,11 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def versions_line() -> str:
+    """The package versions as one line ("python 3.11.7, gendiv 0.1.0, torch ...")."""
+    return ", ".join(f"{k} {v}" for k, v in package_versions().items())
+
+
 def device_name() -> str:
     """'cuda:<name>' when a GPU is visible, else 'cpu (<n> cores)'."""
     if torch.cuda.is_available():
@@ -192,7 +197,7 @@ def seed_everything(seed: int) -> None:
 
 def environment_report(cfg: Config) -> str:
     """Seed, device and package versions, printed at the top of every notebook."""
-    versions = ", ".join(f"{k} {v}" for k, v in package_versions().items())
+    versions = versions_line()
     return (f"profile: {cfg.profile} | seed: {cfg.seed} | device: {device_name()} | "
             f"run folder: {run_dir(cfg)}\nversions: {versions}")
 
@@ -202,7 +207,7 @@ def run_info_html(cfg: Config) -> str:
     total wall time of its stages (from the manifests): the intro page shows it."""
     times = stage_times(cfg)
     total = f"{times['wall_time_s'].sum() / 60:.1f} minutes of stage wall time" if len(times) else "no finished stage"
-    versions = ", ".join(f"{k} {v}" for k, v in package_versions().items())
+    versions = versions_line()
     return (f"<p>This copy was produced by the <b>{escape(cfg.profile)}</b> profile, seed {cfg.seed}, on "
             f"{escape(device_name())} ({escape(total)}).<br><small>Versions: {escape(versions)}</small></p>")
 
@@ -299,7 +304,7 @@ def config_html(cfg: Config) -> str:
     """The run's configuration for the book: one line of provenance, then a collapsed block with
     the settings that differ from the defaults and, collapsed inside it, the full config."""
     changed = differences(cfg)
-    versions = ", ".join(f"{k} {v}" for k, v in package_versions().items())
+    versions = versions_line()
     return (f"<details><summary><small>Run configuration: profile <b>{escape(cfg.profile)}</b>, seed {cfg.seed}, "
             f"{escape(device_name())}; {len(changed)} settings differ from the defaults (click to show)."
             f"</small></summary><small><p>Run folder: <code>{escape(str(run_dir(cfg)))}</code><br>"
