@@ -16,7 +16,7 @@ TORCH_INDEX ?=
 unexport PYTHONDONTWRITEBYTECODE
 PIP := -m pip install -q --disable-pip-version-check --no-compile
 
-.PHONY: venv book notebooks html test test-smol lint sync clean peer-ppo lock
+.PHONY: venv book notebooks html test test-smol lint sync clean peer-ppo lock screenshots
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,17 @@ sync: venv
 	$(BIN)/python -c "from gendiv import cli; cli.stamp_repository_url()"
 	$(BIN)/ruff format -q notebooks/[0-9]*.py
 	$(BIN)/jupytext --sync notebooks/[0-9]*.py
+
+## screenshots: the first screen of every chapter and page of the built book as a reader's browser
+## shows it (headless Chromium; on Debian `apt-get install chromium`), in book/_build/screenshots/
+CHROMIUM ?= chromium
+screenshots:
+	mkdir -p book/_build/screenshots
+	for page in book/_build/html/notebooks/*.html book/_build/html/*.html; do \
+		$(CHROMIUM) --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,900 \
+			--screenshot=book/_build/screenshots/$$(basename $$page .html).png "file://$$(pwd)/$$page" 2>/dev/null; \
+	done
+	@echo "Screenshots: book/_build/screenshots/"
 
 ## lock: resolve pyproject.toml (with the dev extra) into requirements.lock, exact and hashed, with
 ## pip-tools in a venv of its own; torch is resolved as this machine's CPU build, then left out of

@@ -38,7 +38,8 @@ import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
     subprocess.run(
-        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git "
+        "/content/gendiv && "
         "pip install -q -e /content/gendiv",
         shell=True,
         check=True,
@@ -95,7 +96,8 @@ for split in data.available_splits(cfg):
     quoted = "\n".join("> " + line for line in record["prompt"].splitlines())
     display(
         Markdown(
-            f"### {plots.SPLIT_LABELS[split]} ({record['genre']})\n\n**Prompt**\n\n{quoted}\n\n"
+            f"### {plots.SPLIT_LABELS[split]} "
+            f"({record['genre']})\n\n**Prompt**\n\n{quoted}\n\n"
             f"**Reference:** {record['reference']}"
         )
     )
@@ -156,7 +158,9 @@ if world is not None:
     checks = pd.read_csv(paths["judge_checks"])
     variants = list(world_module.CORRUPTIONS + world_module.EXTRACTIVE)
     display(
-        checks.pivot(index="variant", columns="split", values="reference_preferred_rate")
+        checks.pivot(
+            index="variant", columns="split", values="reference_preferred_rate"
+        )
         .reindex(variants)[data.available_splits(cfg)]
         .round(3)
     )
@@ -168,9 +172,11 @@ if world is not None:
     ]
     leads = checks[checks["variant"].str.startswith("lead_")]
     lines = [
-        f"- Against {len(corrupted)} split-variant pairs of corrupted references the judge "
+        f"- Against {len(corrupted)} split-variant pairs of corrupted references "
+        "the judge "
         "preferred the "
-        f"reference on at least **{worst.reference_preferred_rate:.1%}** of posts (lowest: "
+        f"reference on at least **{worst.reference_preferred_rate:.1%}** of posts "
+        "(lowest: "
         f"`{worst.variant}` on `{worst.split}`, n = {worst.n}).",
         "- Against a verbatim copy of the post it preferred the reference on "
         + ", ".join(f"{r:.1%} ({plots.SPLIT_LABELS[s]})" for s, r in copy.items())
@@ -179,12 +185,21 @@ if world is not None:
         + "; ".join(
             f"{plots.SPLIT_LABELS[s]} "
             + ", ".join(
-                f"{k} {g.set_index('variant').loc[f'lead_{k}', 'reference_preferred_rate']:.0%}"
-                for k in (1, 2, 3)
+                f"{k} {rate:.0%}"
+                for k, rate in (
+                    (
+                        k,
+                        g.set_index("variant").loc[
+                            f"lead_{k}", "reference_preferred_rate"
+                        ],
+                    )
+                    for k in (1, 2, 3)
+                )
             )
             for s, g in leads.groupby("split", sort=False)
         )
-        + " (sentences 1, 2, 3: the share of posts where the reference is preferred).",
+        + " (sentences 1, 2, 3: the share of posts where the reference is "
+        "preferred).",
     ]
     display(Markdown("\n".join(lines)))
 
@@ -206,7 +221,8 @@ display(
     Markdown(
         "By embedding distance from the ID training prompts the splits order as "
         + " < ".join(
-            f"{plots.SPLIT_LABELS.get(s, s)} ({tests.loc[s, 'embedding_distance_from_id']:.3f})"
+            f"{plots.SPLIT_LABELS.get(s, s)} "
+            f"({tests.loc[s, 'embedding_distance_from_id']:.3f})"
             for s in order
         )
         + "."

@@ -37,7 +37,8 @@ import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
     subprocess.run(
-        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git "
+        "/content/gendiv && "
         "pip install -q -e /content/gendiv",
         shell=True,
         check=True,
@@ -56,7 +57,17 @@ import json
 import pandas as pd
 from IPython.display import Markdown, display
 
-from gendiv import artifacts, data, models, outputs, plots, pretraining, runs, sft, stats
+from gendiv import (
+    artifacts,
+    data,
+    models,
+    outputs,
+    plots,
+    pretraining,
+    runs,
+    sft,
+    stats,
+)
 
 cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 
@@ -72,9 +83,12 @@ cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 # %%
 base_paths = pretraining.build_base(cfg, force=force)
 base_info = json.loads(base_paths["base_ref"].read_text())
-base = models.load_causal_lm(artifacts.base_path(cfg), models.pick_device(cfg.model.device))
+base = models.load_causal_lm(
+    artifacts.base_path(cfg), models.pick_device(cfg.model.device)
+)
 print(
-    f"Base model: {type(base).__name__}, {models.count_parameters(base).total:,} parameters, "
+    f"Base model: {type(base).__name__}, {models.count_parameters(base).total:,} "
+    "parameters, "
     f"from {base_info['path']}"
 )
 del base
@@ -96,9 +110,14 @@ if "pretrain_log" in base_paths:
     probe_cols = [c for c in pretrain_log.columns if c.endswith("_utility")]
     if probe_cols:
         probe = pretrain_log.dropna(subset=probe_cols).melt(
-            id_vars="tokens", value_vars=probe_cols, var_name="split", value_name="utility"
+            id_vars="tokens",
+            value_vars=probe_cols,
+            var_name="split",
+            value_name="utility",
         )
-        probe["split"] = probe["split"].str.removesuffix("_utility").map(plots.SPLIT_LABELS)
+        probe["split"] = (
+            probe["split"].str.removesuffix("_utility").map(plots.SPLIT_LABELS)
+        )
         plots.curves(
             probe,
             "tokens",
@@ -112,7 +131,8 @@ if "pretrain_log" in base_paths:
         )
     origin = (
         (
-            f"shipped with the package, made by `{made['command']}` on {made['device']} in "
+            f"shipped with the package, made by `{made['command']}` on "
+            f"{made['device']} in "
             f"{made['wall_time_s'] / 60:.0f} minutes ({made['finished_at']})"
         )
         if base_info["shipped"]
@@ -122,12 +142,15 @@ if "pretrain_log" in base_paths:
         Markdown(
             f"The base model ({made['parameters']:,} parameters) was {origin}: "
             f"{made['steps']:,} steps over "
-            f"{made['tokens']:,} tokens of {made['documents']:,} documents. Its held-out "
+            f"{made['tokens']:,} tokens of {made['documents']:,} documents. Its "
+            "held-out "
             "perplexity was "
-            f"{made['val_perplexity']:.2f} at the end of pre-training; measured in this run on "
+            f"{made['val_perplexity']:.2f} at the end of pre-training; measured in "
+            "this run on "
             f"{base_info['heldout_documents']} documents it never saw, it is "
             f"**{base_info['heldout_perplexity']:.2f}** "
-            f"(a uniform guess over the vocabulary would score {cfg.model.vocab_size:,})."
+            "(a uniform guess over the vocabulary would score "
+            f"{cfg.model.vocab_size:,})."
         )
     )
 
@@ -158,11 +181,15 @@ print(
 
 # %%
 sft_log = pd.read_csv(sft_paths["sft_log"])
-train_curve = sft_log.dropna(subset=["loss"]).assign(kind="train")[["step", "loss", "kind"]]
+train_curve = sft_log.dropna(subset=["loss"]).assign(kind="train")[
+    ["step", "loss", "kind"]
+]
 val_curve = sft_log.dropna(subset=["eval_loss"])[["step", "eval_loss"]].rename(
     columns={"eval_loss": "loss"}
 )
-curve = pd.concat([train_curve, val_curve.assign(kind="validation")], ignore_index=True)
+curve = pd.concat(
+    [train_curve, val_curve.assign(kind="validation")], ignore_index=True
+)
 _ = plots.curves(
     curve,
     "step",
@@ -188,7 +215,11 @@ eval_paths = sft.evaluate_sft(cfg, force=force)
 splits = data.available_splits(cfg)
 gold = pd.read_csv(eval_paths["gold_utility"])
 if len(gold):
-    display(gold.pivot(index="method", columns="split", values="mean_utility")[splits].round(3))
+    display(
+        gold.pivot(index="method", columns="split", values="mean_utility")[
+            splits
+        ].round(3)
+    )
     plots.bars_with_intervals(
         gold,
         "split",
@@ -205,7 +236,8 @@ if len(gold):
 else:
     display(
         Markdown(
-            "No gold judge exists for this profile's data, so gold utility is not computed."
+            "No gold judge exists for this profile's data, so gold utility is not "
+            "computed."
         )
     )
 
@@ -222,7 +254,8 @@ for split in splits:
     )
     if "utility" in rows[0]:
         table["utility (ref / base / SFT)"] = [
-            f"{r['reference_utility']:.2f} / {b['utility']:.2f} / {r['utility']:.2f}"
+            f"{r['reference_utility']:.2f} / {b['utility']:.2f} / "
+            f"{r['utility']:.2f}"
             for r, b in zip(rows, base_rows)
         ]
     display(Markdown(f"### {plots.SPLIT_LABELS[split]}"))
@@ -264,7 +297,8 @@ if "context_reliance" in eval_paths:
     )
 else:
     print(
-        "This run's sft_eval stage finished before the probe existed; run this chapter with "
+        "This run's sft_eval stage finished before the probe existed; run this "
+        "chapter with "
         "force=True to compute it."
     )
     reliance = None
@@ -276,26 +310,34 @@ else:
 if len(gold):
     # Base and SFT are sampled on the same inputs, so the difference is paired over inputs; a
     # split counts as won or lost only when its 95% interval excludes zero.
-    wide = gold.pivot(index="split", columns="method", values="mean_utility").reindex(splits)
+    wide = gold.pivot(
+        index="split", columns="method", values="mean_utility"
+    ).reindex(splits)
     lines, outcome = [], {}
     for s in splits:
         sft_u = outputs.expected_utilities(runs.read_jsonl(eval_paths[f"sft_{s}"]))
-        base_u = outputs.expected_utilities(runs.read_jsonl(eval_paths[f"base_{s}"]))
+        base_u = outputs.expected_utilities(
+            runs.read_jsonl(eval_paths[f"base_{s}"])
+        )
         diff, lo, hi = stats.paired_difference(sft_u, base_u, seed=cfg.seed)
         outcome[s] = stats.direction(lo, hi)
         lines.append(
             f"- {plots.SPLIT_LABELS[s]}: SFT {wide.loc[s, 'sft']:.3f} vs base "
             f"{wide.loc[s, 'base']:.3f} "
-            f"(references {wide.loc[s, 'reference']:.3f}); SFT - base = {diff:+.3f}, 95% CI "
+            f"(references {wide.loc[s, 'reference']:.3f}); SFT - base = "
+            f"{diff:+.3f}, 95% CI "
             f"{lo:+.3f} to {hi:+.3f}, n = {len(sft_u)}: {outcome[s]}."
         )
     ahead = [s for s in splits if wide.loc[s, "sft"] > wide.loc[s, "base"]]
     clear = [plots.SPLIT_LABELS[s] for s in splits if outcome[s] == "higher"]
-    clear = " and ".join([", ".join(clear[:-1]), clear[-1]] if len(clear) > 1 else clear)
+    clear = " and ".join(
+        [", ".join(clear[:-1]), clear[-1]] if len(clear) > 1 else clear
+    )
     verdict = (
         "SFT's mean is above the base model's on every split"
         if len(ahead) == len(splits)
-        else f"SFT's mean is above the base model's on {len(ahead)} of {len(splits)} splits"
+        else f"SFT's mean is above the base model's on {len(ahead)} of "
+        f"{len(splits)} splits"
     )
     verdict += (
         f"; the paired interval excludes zero on {clear}"
@@ -307,10 +349,14 @@ if len(gold):
 if reliance is not None:
     r = reliance.set_index(["method", "split"])
     lines = [
-        f"- {plots.SPLIT_LABELS[s]}: reference NLL {r.loc[('base', s), 'nll_own']:.2f} (base) and "
-        f"{r.loc[('sft', s), 'nll_own']:.2f} (SFT) nats/token; gain from the right post "
-        f"{r.loc[('base', s), 'gain']:+.3f} (base) and {r.loc[('sft', s), 'gain']:+.3f} "
-        f"[{r.loc[('sft', s), 'ci_low']:+.3f}, {r.loc[('sft', s), 'ci_high']:+.3f}] (SFT)"
+        f"- {plots.SPLIT_LABELS[s]}: reference NLL "
+        f"{r.loc[('base', s), 'nll_own']:.2f} (base) and "
+        f"{r.loc[('sft', s), 'nll_own']:.2f} (SFT) nats/token; gain from the right "
+        "post "
+        f"{r.loc[('base', s), 'gain']:+.3f} (base) and "
+        f"{r.loc[('sft', s), 'gain']:+.3f} "
+        f"[{r.loc[('sft', s), 'ci_low']:+.3f}, "
+        f"{r.loc[('sft', s), 'ci_high']:+.3f}] (SFT)"
         for s in splits
     ]
     display(Markdown("How much each model reads the post:\n\n" + "\n".join(lines)))

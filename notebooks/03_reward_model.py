@@ -35,7 +35,8 @@ import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
     subprocess.run(
-        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git "
+        "/content/gendiv && "
         "pip install -q -e /content/gendiv",
         shell=True,
         check=True,
@@ -76,15 +77,21 @@ cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 comparison_paths = reward.build_comparisons(cfg, force=force)
 train = pd.DataFrame(runs.read_jsonl(comparison_paths["comparisons_train"]))
 heldout = pd.DataFrame(runs.read_jsonl(comparison_paths["comparisons_heldout"]))
-everything = pd.concat([train.assign(part="train"), heldout.assign(part="held out")])
+everything = pd.concat(
+    [train.assign(part="train"), heldout.assign(part="held out")]
+)
 if "utility_a" in everything:
     decided = everything[everything["preferred"] >= 0]
     agreement = float((decided["label"] == decided["preferred"]).mean())
     everything["sft_utility"] = np.where(
-        everything["sft_side"] == "a", everything["utility_a"], everything["utility_b"]
+        everything["sft_side"] == "a",
+        everything["utility_a"],
+        everything["utility_b"],
     )
     everything["other_utility"] = np.where(
-        everything["sft_side"] == "a", everything["utility_b"], everything["utility_a"]
+        everything["sft_side"] == "a",
+        everything["utility_b"],
+        everything["utility_a"],
     )
     everything["agrees"] = (everything["label"] == everything["preferred"]).where(
         everything["preferred"] >= 0
@@ -99,16 +106,19 @@ if "utility_a" in everything:
     display(summary.round(3))
     display(
         Markdown(
-            f"Where the judge is not tied, the labeller agrees with it on **{agreement:.1%}** of "
+            "Where the judge is not tied, the labeller agrees with it on "
+            f"**{agreement:.1%}** of "
             f"{len(decided):,} pairs (tau = {cfg.world.labeller_temperature}); "
-            f"{float((everything['preferred'] < 0).mean()):.1%} of pairs are ties for the judge "
+            f"{float((everything['preferred'] < 0).mean()):.1%} of pairs are ties "
+            "for the judge "
             "(two equally good or equally bad summaries)."
         )
     )
 else:
     display(
         Markdown(
-            f"{len(train):,} training and {len(heldout):,} held-out human comparisons from the hub."
+            f"{len(train):,} training and {len(heldout):,} held-out human "
+            "comparisons from the hub."
         )
     )
 
@@ -137,7 +147,8 @@ plots.curves(
 )
 normalisation = json.loads((reward_paths["rm"] / "normalisation.json").read_text())
 print(
-    f"Normalisation on {normalisation['n']} held-out summaries: mean {normalisation['mean']:.4f}, "
+    f"Normalisation on {normalisation['n']} held-out summaries: mean "
+    f"{normalisation['mean']:.4f}, "
     f"std {normalisation['std']:.4f}"
 )
 
@@ -157,7 +168,8 @@ if "rm_accuracy_by_kind" in reward_paths:
     by_kind = pd.read_csv(reward_paths["rm_accuracy_by_kind"])
     display(
         Markdown(
-            "By kind of pair (the SFT-against-SFT pairs are the ones Best-of-N and PPO lean on):"
+            "By kind of pair (the SFT-against-SFT pairs are the ones Best-of-N and "
+            "PPO lean on):"
         )
     )
     display(
@@ -200,7 +212,8 @@ if len(rm_vs_gold):
         title="The RM as a proxy for the gold utility",
     )
     spearman = rm_vs_gold.groupby("split").apply(
-        lambda g: g["rm_score"].rank().corr(g["gold_utility"].rank()), include_groups=False
+        lambda g: g["rm_score"].rank().corr(g["gold_utility"].rank()),
+        include_groups=False,
     )
     display(
         Markdown(
@@ -222,7 +235,10 @@ rows = accuracy.set_index("split")
 lines = []
 for split, row in rows.iterrows():
     if np.isnan(row["accuracy"]):
-        lines.append(f"- {plots.SPLIT_LABELS[split]}: not measurable (no judge for this data)")
+        lines.append(
+            f"- {plots.SPLIT_LABELS[split]}: not measurable (no judge for this "
+            "data)"
+        )
         continue
     side = (
         "above chance"
@@ -233,6 +249,7 @@ for split, row in rows.iterrows():
     )
     lines.append(
         f"- {plots.SPLIT_LABELS[split]}: {row['accuracy']:.1%} "
-        f"(95% CI {row['ci_low']:.1%} to {row['ci_high']:.1%}, n = {int(row['n'])}), {side}"
+        f"(95% CI {row['ci_low']:.1%} to {row['ci_high']:.1%}, n = "
+        f"{int(row['n'])}), {side}"
     )
 display(Markdown("Reward-model accuracy against the judge:\n\n" + "\n".join(lines)))

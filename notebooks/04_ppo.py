@@ -36,7 +36,8 @@ import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
     subprocess.run(
-        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git "
+        "/content/gendiv && "
         "pip install -q -e /content/gendiv",
         shell=True,
         check=True,
@@ -90,12 +91,16 @@ cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 p = cfg.ppo
 display(
     Markdown(
-        f"In this run: $\\beta$ = {p.kl_coef:g} ({'adaptive' if p.adaptive_kl else 'fixed'}), "
+        f"In this run: $\\beta$ = {p.kl_coef:g} "
+        f"({'adaptive' if p.adaptive_kl else 'fixed'}), "
         "estimator "
-        f"$k_{{{1 if p.kl_estimator == 'log_ratio' else 2}}}$, $\\gamma$ = {p.gamma:g}, "
+        f"$k_{{{1 if p.kl_estimator == 'log_ratio' else 2}}}$, $\\gamma$ = "
+        f"{p.gamma:g}, "
         f"$\\lambda$ = {p.lam:g}, "
-        f"$\\epsilon$ = {p.clip:g}, $\\epsilon_v$ = {p.value_clip:g}, $c_v$ = {p.vf_coef:g}, "
-        f"{p.ppo_epochs} PPO epochs over minibatches of {p.minibatch_size}, Adam at {p.lr:g} "
+        f"$\\epsilon$ = {p.clip:g}, $\\epsilon_v$ = {p.value_clip:g}, $c_v$ = "
+        f"{p.vf_coef:g}, "
+        f"{p.ppo_epochs} PPO epochs over minibatches of {p.minibatch_size}, Adam "
+        f"at {p.lr:g} "
         "decayed linearly to 0."
     )
 )
@@ -111,10 +116,13 @@ ppo_paths = ppo.build_ppo(cfg, force=force)
 log = pd.read_csv(ppo_paths["log"])
 display(
     Markdown(
-        f"{len(log)} steps of {p.rollout_batch_size} prompts ({int(log['episodes'].iloc[-1]):,} "
-        f"episodes), {p.ppo_epochs} PPO epochs over minibatches of {p.minibatch_size}, lr "
+        f"{len(log)} steps of {p.rollout_batch_size} prompts "
+        f"({int(log['episodes'].iloc[-1]):,} "
+        f"episodes), {p.ppo_epochs} PPO epochs over minibatches of "
+        f"{p.minibatch_size}, lr "
         f"{p.lr:g}, "
-        f"kl_coef {p.kl_coef:g} ({'adaptive' if p.adaptive_kl else 'fixed'}), KL estimator "
+        f"kl_coef {p.kl_coef:g} ({'adaptive' if p.adaptive_kl else 'fixed'}), KL "
+        "estimator "
         f"`{p.kl_estimator}`, {log['wall_s'].sum():.0f} s in all."
     )
 )
@@ -160,8 +168,10 @@ throughput = log[["rollout_tokens_per_s", "update_tokens_per_s"]].median()
 display(
     Markdown(
         f"Median throughput on {runs.device_name()}: rollouts generate "
-        f"**{throughput['rollout_tokens_per_s']:,.0f}** response tokens/s; updates process "
-        f"**{throughput['update_tokens_per_s']:,.0f}** tokens/s (prompt and response, every "
+        f"**{throughput['rollout_tokens_per_s']:,.0f}** response tokens/s; updates "
+        "process "
+        f"**{throughput['update_tokens_per_s']:,.0f}** tokens/s (prompt and "
+        "response, every "
         "PPO epoch)."
     )
 )
@@ -192,7 +202,8 @@ eval_paths = ppo.evaluate_ppo(cfg, force=force)
 splits = data.available_splits(cfg)
 sft_eval = runs.artifact(cfg, "sft_eval", "gold_utility")
 gold = pd.concat(
-    [pd.read_csv(sft_eval), pd.read_csv(eval_paths["gold_utility"])], ignore_index=True
+    [pd.read_csv(sft_eval), pd.read_csv(eval_paths["gold_utility"])],
+    ignore_index=True,
 )
 if len(gold):
     gold = gold[gold["method"].isin(["sft", "ppo", "reference"])]
@@ -212,7 +223,8 @@ if len(gold):
 else:
     display(
         Markdown(
-            "No gold judge exists for this profile's data, so gold utility is not computed."
+            "No gold judge exists for this profile's data, so gold utility is not "
+            "computed."
         )
     )
 
@@ -229,7 +241,8 @@ for split in splits:
     )
     if "utility" in sft_rows[0]:
         table["utility (ref / SFT / PPO)"] = [
-            f"{s['reference_utility']:.2f} / {s['utility']:.2f} / {q['utility']:.2f}"
+            f"{s['reference_utility']:.2f} / {s['utility']:.2f} / "
+            f"{q['utility']:.2f}"
             for s, q in zip(sft_rows, ppo_rows)
         ]
     display(Markdown(f"### {plots.SPLIT_LABELS[split]}"))
@@ -242,11 +255,14 @@ for split in splits:
 # %%
 first, last = log.head(max(1, len(log) // 5)), log.tail(max(1, len(log) // 5))
 lines = [
-    f"- Proxy reward: {first['proxy_reward'].mean():.2f} over the first fifth of training, "
+    f"- Proxy reward: {first['proxy_reward'].mean():.2f} over the first fifth of "
+    "training, "
     f"{last['proxy_reward'].mean():.2f} over the last; KL to the SFT policy "
     f"{first['kl'].mean():.2f} -> "
-    f"{last['kl'].mean():.2f} nats per summary (max {log['kl'].max():.2f}); responses "
-    f"{first['response_length'].mean():.1f} -> {last['response_length'].mean():.1f} tokens."
+    f"{last['kl'].mean():.2f} nats per summary (max {log['kl'].max():.2f}); "
+    "responses "
+    f"{first['response_length'].mean():.1f} -> "
+    f"{last['response_length'].mean():.1f} tokens."
 ]
 if len(log) >= 5:
     trend = ppo.reward_trend(log)
@@ -256,19 +272,25 @@ if len(log) >= 5:
         else "has not flattened: the last fifth of training added"
     )
     lines.append(
-        f"- The proxy reward's rise {shape} {trend['last_rise']:+.2f} of its {trend['rise']:+.2f} "
-        "(first fifth to last fifth; it counts as flattened below a fifth of the rise)."
+        f"- The proxy reward's rise {shape} {trend['last_rise']:+.2f} of its "
+        f"{trend['rise']:+.2f} "
+        "(first fifth to last fifth; it counts as flattened below a fifth of the "
+        "rise)."
     )
 if len(gold):
     for split in splits:
         sft_u = outputs.expected_utilities(
             runs.read_jsonl(runs.artifact(cfg, "sft_eval", f"sft_{split}"))
         )
-        ppo_u = outputs.expected_utilities(runs.read_jsonl(eval_paths[f"ppo_{split}"]))
+        ppo_u = outputs.expected_utilities(
+            runs.read_jsonl(eval_paths[f"ppo_{split}"])
+        )
         diff, lo, hi = stats.paired_difference(ppo_u, sft_u, seed=cfg.seed)
         lines.append(
-            f"- {plots.SPLIT_LABELS[split]}: PPO's gold utility is {stats.direction(lo, hi)} "
+            f"- {plots.SPLIT_LABELS[split]}: PPO's gold utility is "
+            f"{stats.direction(lo, hi)} "
             "than SFT's "
-            f"(PPO - SFT = {diff:+.3f}, 95% CI {lo:+.3f} to {hi:+.3f}, n = {len(ppo_u)})."
+            f"(PPO - SFT = {diff:+.3f}, 95% CI {lo:+.3f} to {hi:+.3f}, n = "
+            f"{len(ppo_u)})."
         )
 display(Markdown("\n".join(lines)))

@@ -34,7 +34,8 @@ import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
     subprocess.run(
-        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git "
+        "/content/gendiv && "
         "pip install -q -e /content/gendiv",
         shell=True,
         check=True,
@@ -73,7 +74,11 @@ cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 bon_paths = bon.build_best_of_n(cfg, force=force)
 splits = data.available_splits(cfg)
 scaling = pd.read_csv(bon_paths["bon_scaling"])
-display(scaling.pivot_table(index=["measure", "split"], columns="n", values="value").round(3))
+display(
+    scaling.pivot_table(
+        index=["measure", "split"], columns="n", values="value"
+    ).round(3)
+)
 
 # %% [markdown]
 # ## How the kept output improves with N
@@ -90,7 +95,9 @@ curve = scaling.assign(
     ),
 )
 _ = plots.panels(
-    curve.pivot_table(index=["n", "split"], columns="measure", values="value").reset_index(),
+    curve.pivot_table(
+        index=["n", "split"], columns="measure", values="value"
+    ).reset_index(),
     "n",
     {
         "normalised RM score (proxy)": "normalised RM score (proxy)",
@@ -116,7 +123,8 @@ display(
     Markdown(
         f"At N = {cfg.bon.n}, every kept output costs {cfg.bon.n} samples: "
         + ", ".join(
-            f"{cost.loc[cfg.bon.n, s]:.0f} generated tokens on {plots.SPLIT_LABELS[s]}"
+            f"{cost.loc[cfg.bon.n, s]:.0f} generated tokens on "
+            f"{plots.SPLIT_LABELS[s]}"
             for s in splits
             if s in cost
         )
@@ -143,7 +151,8 @@ for split in splits:
     )
     display(
         Markdown(
-            f"### {plots.SPLIT_LABELS[split]}: the top five of {len(cands['outputs'])} candidates "
+            f"### {plots.SPLIT_LABELS[split]}: the top five of "
+            f"{len(cands['outputs'])} candidates "
             f"for one input (reference: *{cands['reference']}*)"
         )
     )
@@ -159,9 +168,11 @@ for split in splits:
     s = scaling[scaling["split"] == split].set_index(["measure", "n"])["value"]
     if ("gold_utility", 1) in s and not pd.isna(s["gold_utility", 1]):
         lines.append(
-            f"- {plots.SPLIT_LABELS[split]}: from N = 1 to N = {cfg.bon.n}, the kept output's "
+            f"- {plots.SPLIT_LABELS[split]}: from N = 1 to N = {cfg.bon.n}, the "
+            "kept output's "
             "RM score "
-            f"goes {s['rm_score', 1]:+.2f} -> {s['rm_score', cfg.bon.n]:+.2f} and its gold utility "
+            f"goes {s['rm_score', 1]:+.2f} -> {s['rm_score', cfg.bon.n]:+.2f} and "
+            "its gold utility "
             f"{s['gold_utility', 1]:.3f} -> {s['gold_utility', cfg.bon.n]:.3f}."
         )
     else:

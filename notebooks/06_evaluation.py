@@ -45,7 +45,8 @@ import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
     subprocess.run(
-        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git "
+        "/content/gendiv && "
         "pip install -q -e /content/gendiv",
         shell=True,
         check=True,
@@ -78,7 +79,9 @@ methods = [m for m in evaluation.METHODS if m in set(winrates["method"])]
 
 # %%
 for judge in judges:
-    vs_ref = winrates[(winrates["opponent"] == "reference") & (winrates["judge"] == judge)]
+    vs_ref = winrates[
+        (winrates["opponent"] == "reference") & (winrates["judge"] == judge)
+    ]
     display(
         vs_ref.pivot(index="method", columns="split", values="win_rate")
         .reindex(methods)[splits]
@@ -104,7 +107,9 @@ for judge in judges:
 
 # %%
 for judge in judges:
-    vs_sft = winrates[(winrates["opponent"] == "sft") & (winrates["judge"] == judge)]
+    vs_sft = winrates[
+        (winrates["opponent"] == "sft") & (winrates["judge"] == judge)
+    ]
     order = [m for m in methods if m != "sft"]
     plots.bars_with_intervals(
         vs_sft,
@@ -162,7 +167,10 @@ display(
     .reindex(methods)
     .round(3)
 )
-for measure, label in (("rm_score", "normalised RM score"), ("gold_utility", "gold utility")):
+for measure, label in (
+    ("rm_score", "normalised RM score"),
+    ("gold_utility", "gold utility"),
+):
     sub = scores[scores["measure"] == measure]
     if len(sub):
         plots.bars_with_intervals(
@@ -187,14 +195,19 @@ judge = judges[0]
 wr = winrates[winrates["judge"] == judge].set_index(["method", "opponent", "split"])
 lines = []
 for split in splits:
-    ranked = sorted(methods, key=lambda m: -wr.loc[(m, "reference", split), "win_rate"])
+    ranked = sorted(
+        methods, key=lambda m: -wr.loc[(m, "reference", split), "win_rate"]
+    )
     h2h = wr.loc[("ppo", "sft", split)]
     side = stats.direction(h2h["ci_low"] - 0.5, h2h["ci_high"] - 0.5)
-    side = side.replace("higher", "above one half").replace("lower", "below one half")
+    side = side.replace("higher", "above one half").replace(
+        "lower", "below one half"
+    )
     lines.append(
         f"- {plots.SPLIT_LABELS[split]}: against the reference, "
         + ", ".join(
-            f"{m.upper()} {wr.loc[(m, 'reference', split), 'win_rate']:.1%}" for m in ranked
+            f"{m.upper()} {wr.loc[(m, 'reference', split), 'win_rate']:.1%}"
+            for m in ranked
         )
         + f"; PPO against SFT {h2h['win_rate']:.1%} ({side})."
     )

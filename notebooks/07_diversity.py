@@ -60,7 +60,8 @@ import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
     subprocess.run(
-        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git "
+        "/content/gendiv && "
         "pip install -q -e /content/gendiv",
         shell=True,
         check=True,
@@ -88,9 +89,9 @@ frame = pd.read_csv(paths["diversity"])
 unavailable = frame[frame["note"].notna() & (frame["note"] != "")]
 measured = frame[frame["value"].notna()]
 methods = [m for m in ("base", "sft", "bon", "ppo") if m in set(measured["method"])]
-for metric, why in unavailable.drop_duplicates("metric")[["metric", "note"]].itertuples(
-    index=False
-):
+for metric, why in unavailable.drop_duplicates("metric")[
+    ["metric", "note"]
+].itertuples(index=False):
     display(Markdown(f"**{metric.upper()} is not reported in this run:** {why}."))
 
 # %% [markdown]
@@ -162,7 +163,9 @@ if "effective_sensitivity" in paths:
     if len(sens):
         display(
             sens.pivot_table(
-                index=["metric", "method"], columns=["split", "threshold"], values="value"
+                index=["metric", "method"],
+                columns=["split", "threshold"],
+                values="value",
             ).round(3)
         )
         display(
@@ -171,7 +174,9 @@ if "effective_sensitivity" in paths:
             ).round(2)
         )
         _ = plots.panels(
-            sens[(sens["split"] == splits[0]) & (sens["metric"] == "sbert_effective")],
+            sens[
+                (sens["split"] == splits[0]) & (sens["metric"] == "sbert_effective")
+            ],
             "threshold",
             {
                 "value": "effective Sentence-BERT (ID)",
@@ -182,11 +187,14 @@ if "effective_sensitivity" in paths:
             name="effective_diversity_thresholds",
             cfg=cfg,
             xlabel="gold-utility threshold",
-            title="Per-input effective diversity against its threshold (in distribution)",
+            title="Per-input effective diversity against its threshold (ID)",
         )
     else:
         display(
-            Markdown("Effective diversity needs the world's gold utility; this run has none.")
+            Markdown(
+                "Effective diversity needs the world's gold utility; this run has "
+                "none."
+            )
         )
 
 # %% [markdown]
@@ -197,10 +205,15 @@ for method in ("sft", "ppo"):
     rows = runs.read_jsonl(paths[f"{method}_{splits[0]}"])
     display(
         Markdown(
-            f"**{method.upper()}**, {len(rows[0]['outputs'])} samples for the first ID input:"
+            f"**{method.upper()}**, {len(rows[0]['outputs'])} samples for the "
+            "first ID input:"
         )
     )
-    display(Markdown("\n".join(f"{i + 1}. {t}" for i, t in enumerate(rows[0]["outputs"][:8]))))
+    display(
+        Markdown(
+            "\n".join(f"{i + 1}. {t}" for i, t in enumerate(rows[0]["outputs"][:8]))
+        )
+    )
 
 # %% [markdown]
 # ## Do the learned metrics agree with the oracle?
@@ -210,10 +223,16 @@ for method in ("sft", "ppo"):
 
 # %%
 per_input = pd.read_csv(paths["per_input"])
-wide = per_input.pivot_table(index=["method", "split", "uid"], columns="metric", values="value")
+wide = per_input.pivot_table(
+    index=["method", "split", "uid"], columns="metric", values="value"
+)
 if "oracle" in wide:
     agreement = pd.DataFrame(
-        {m: [wide[m].rank().corr(wide["oracle"].rank())] for m in wide if m != "oracle"},
+        {
+            m: [wide[m].rank().corr(wide["oracle"].rank())]
+            for m in wide
+            if m != "oracle"
+        },
         index=["Spearman with oracle"],
     )
     display(agreement.round(3))
@@ -247,7 +266,9 @@ lines = []
 for scope in ("per_input", "across_input"):
     for metric in [m for m in diversity.METRICS if m in set(diffs["metric"])]:
         sub = diffs[
-            (diffs["method"] == "ppo") & (diffs["scope"] == scope) & (diffs["metric"] == metric)
+            (diffs["method"] == "ppo")
+            & (diffs["scope"] == scope)
+            & (diffs["metric"] == metric)
         ]
         parts = [
             f"{plots.SPLIT_LABELS[r.split]} {r.difference:+.3f} [{r.ci_low:+.3f}, "
@@ -259,4 +280,8 @@ for scope in ("per_input", "across_input"):
             f"- {scope.replace('_', '-')} {metric_labels[metric]}, PPO minus SFT: "
             + "; ".join(parts)
         )
-display(Markdown("PPO's diversity against SFT's (95% intervals):\n\n" + "\n".join(lines)))
+display(
+    Markdown(
+        "PPO's diversity against SFT's (95% intervals):\n\n" + "\n".join(lines)
+    )
+)

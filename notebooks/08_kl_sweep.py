@@ -41,7 +41,8 @@ import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
     subprocess.run(
-        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git /content/gendiv && "
+        "git clone -q --depth 1 https://github.com/gendiv/gendiv.git "
+        "/content/gendiv && "
         "pip install -q -e /content/gendiv",
         shell=True,
         check=True,
@@ -70,7 +71,9 @@ everything = pd.read_csv(paths["kl_sweep"])
 # The paper's sweep: kl_coef alone, with the profile's estimator (the estimator axis comes below).
 frame = sweep.main_estimator(everything, cfg)
 display(
-    frame.pivot_table(index="kl_coef", columns=["measure", "split"], values="value").round(3)
+    frame.pivot_table(
+        index="kl_coef", columns=["measure", "split"], values="value"
+    ).round(3)
 )
 
 # %% [markdown]
@@ -89,7 +92,12 @@ wide = (
 performance = "gold_utility" if "gold_utility" in wide else "proxy_reward"
 diversity_measures = [
     m
-    for m in ("per_input_ead", "per_input_sbert", "per_input_nli", "per_input_oracle")
+    for m in (
+        "per_input_ead",
+        "per_input_sbert",
+        "per_input_nli",
+        "per_input_oracle",
+    )
     if m in wide
 ]
 long = wide.melt(
@@ -154,14 +162,19 @@ estimators = list(dict.fromkeys(axis["estimator"]))
 if len(estimators) < 2:
     display(
         Markdown(
-            "This profile's sweep runs one estimator (`ppo.sweep_estimators` is empty), so "
+            "This profile's sweep runs one estimator (`ppo.sweep_estimators` is "
+            "empty), so "
             "there is no estimator axis to draw."
         )
     )
 else:
     points = (
         axis[axis["split"].isin(splits)]
-        .pivot_table(index=["estimator", "kl_coef", "split"], columns="measure", values="value")
+        .pivot_table(
+            index=["estimator", "kl_coef", "split"],
+            columns="measure",
+            values="value",
+        )
         .reset_index()
     )
     points["estimator"] = points["estimator"].map(claims.ESTIMATOR_LABELS)
@@ -237,13 +250,15 @@ display(card[["claim", "statement", "verdict"]])
 notes = claims.caveats(card, checks)
 for row in card.itertuples():
     caveat = (
-        f"\n\n*Not yet a finding: rests on failed checks: {'; '.join(notes[row.claim])}.*"
+        "\n\n*Not yet a finding: rests on failed checks: "
+        f"{'; '.join(notes[row.claim])}.*"
         if notes[row.claim]
         else ""
     )
     display(
         Markdown(
-            f"**{row.claim}: {row.verdict}.** {row.statement}\n\nEvidence: {row.evidence}{caveat}"
+            f"**{row.claim}: {row.verdict}.** {row.statement}\n\nEvidence: "
+            f"{row.evidence}{caveat}"
         )
     )
 # For the book's scorecard and intro pages (pasted there with myst-nb's glue).
@@ -266,12 +281,12 @@ if seeds_file.exists():
     display(HTML(seeds_html))
     display(seeds_table)
 else:
-    command = (
-        f"gendiv seeds --profile {cfg.profile} --seeds {cfg.seed} {cfg.seed + 1} {cfg.seed + 2}"
-    )
+    seeds = " ".join(str(cfg.seed + i) for i in range(3))
+    command = f"gendiv seeds --profile {cfg.profile} --seeds {seeds}"
     seeds_html = (
         f"<p>No seeds run for this profile yet ({seeds_file} does not exist): run "
-        f"<code>{command}</code>; each further seed costs about the stage time below.</p>"
+        f"<code>{command}</code>; each further seed costs about the stage time "
+        "below.</p>"
     )
     display(HTML(seeds_html))
 glue("across_seeds", HTML(seeds_html), display=False)
@@ -293,4 +308,8 @@ display(
     )
 )
 glue("run_info", HTML(runs.run_info_html(cfg)), display=False)
-glue("stage_times", HTML(per_notebook.to_frame("wall time (s)").to_html()), display=False)
+glue(
+    "stage_times",
+    HTML(per_notebook.to_frame("wall time (s)").to_html()),
+    display=False,
+)

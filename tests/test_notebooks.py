@@ -164,14 +164,14 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
 
 
 def test_notebook_code_reads_at_the_column_width():
-    """Code lines of the notebooks fit the book's column (black-style at 96, `make sync` formats)."""
+    """Code lines of the notebooks fit the book's column (black-style at 84, `make sync` formats)."""
     result = subprocess.run([sys.executable, "-m", "ruff", "format", "--check", *map(str, NOTEBOOK_SOURCES)],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     for path in NOTEBOOK_SOURCES:
         long = [i for i, line in enumerate(path.read_text().splitlines(), 1)
-                if len(line) > 100 and not line.lstrip().startswith("#")]
-        assert not long, f"{path.name}: code lines over 100 characters: {long}"
+                if len(line) > 84 and not line.lstrip().startswith("#")]
+        assert not long, f"{path.name}: code lines over 84 characters: {long}"
 
 
 def test_executed_notebooks_leave_the_parameter_cells_out_of_the_book(tmp_path):
