@@ -177,8 +177,8 @@ def pretrain(profile: str, out: str = "") -> Path:
 
 
 DATA_PARALLEL = ("sft", "reward", "ppo")
-"""Stages that train data-parallel under a launcher (``ppo_kl<beta>`` too); the others sample and
-score on one process."""
+"""Stages that train data-parallel under a launcher (the sweep's ``ppo_kl<beta>[_<estimator>]``
+too); the others sample and score on one process."""
 
 
 def run_one_stage(name: str, profile: str, run_dir: str = "", force: bool = False,
@@ -203,7 +203,7 @@ def run_one_stage(name: str, profile: str, run_dir: str = "", force: bool = Fals
     if runs.world_size() > 1 and base not in DATA_PARALLEL:
         raise ConfigError(f"Stage {name!r} samples and scores on one process; {runs.world_size()} were launched. "
                           f"Run it without a launcher (`gendiv stage {name} --profile ...`); the stages that "
-                          f"train data-parallel are {', '.join(DATA_PARALLEL)} and ppo_kl<kl_coef>.")
+                          f"train data-parallel are {', '.join(DATA_PARALLEL)} and ppo_kl<kl_coef>[_<estimator>].")
     cfg = load_profile(profile, run_dir=run_dir or None, seed=seed)
     runs.seed_everything(cfg.seed)
     build = stages.builder(row.name)
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     p_pre.add_argument("--out", default="", help="output folder (default: the package's shipped base "
                                                   "named by the profile's model.base)")
     p_stage = sub.add_parser("stage", help="run one stage into the run folder (the entry for accelerate launch)")
-    p_stage.add_argument("name", help=f"a stage: {', '.join(stages.BY_NAME)}, or ppo_kl<kl_coef>")
+    p_stage.add_argument("name", help=f"a stage: {', '.join(stages.BY_NAME)}, or ppo_kl<kl_coef>[_<estimator>]")
     p_stage.add_argument("--profile", default="tiny", help="profile name or YAML path (default: tiny)")
     p_stage.add_argument("--run-dir", default="", help="run folder (default: runs/<profile> in the project)")
     p_stage.add_argument("--force", action="store_true", help="redo the stage even if it finished")
