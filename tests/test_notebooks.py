@@ -143,6 +143,7 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
     # the page opens with its text and a collapsed config, not the parameter cells
     assert "tag_injected-parameters" not in chapter1 and "tag_parameters" not in chapter1
     assert "settings differ from the defaults" in chapter1
+    assert "tag_hide-input" in chapter1  # the setup code folded behind a toggle, its config line shown
     # The scorecard and intro pages paste notebook 8's generated verdicts and run description.
     html = tmp_path / "book" / "_build" / "html"
     scorecard = (html / "scorecard.html").read_text()
@@ -180,12 +181,13 @@ def test_executed_notebooks_leave_the_parameter_cells_out_of_the_book(tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("profile = 'tiny'", metadata={"tags": ["parameters"]}),
                 nbformat.v4.new_code_cell("profile = 'smoke'", metadata={"tags": ["injected-parameters"]}),
+                nbformat.v4.new_code_cell("from gendiv import runs\ncfg = runs.start(profile)"),
                 nbformat.v4.new_code_cell("x = 1")]
     path = tmp_path / "nb.ipynb"
     nbformat.write(nb, str(path))
     cli.hide_parameter_cells(path)
     tags = [c.metadata.get("tags", []) for c in nbformat.read(str(path), as_version=4).cells]
-    assert tags == [["parameters", "remove-cell"], ["injected-parameters", "remove-cell"], []]
+    assert tags == [["parameters", "remove-cell"], ["injected-parameters", "remove-cell"], ["hide-input"], []]
 
 
 def test_the_config_opens_a_chapter_collapsed_with_what_differs_from_the_defaults():

@@ -83,10 +83,14 @@ def execute_notebook(nb: Path, out_dir: Path, profile: str, force: bool, log_out
 HIDDEN_IN_THE_BOOK = ("parameters", "injected-parameters")
 """Cells of the executed notebooks the book leaves out: the notebook's parameters and papermill's
 injected ones (the run's profile and config open every chapter as a collapsed block instead)."""
+SETUP_CALL = "runs.start("
+"""The call of a chapter's setup cell (imports, then the config): the book folds its code away
+behind a "show" toggle and keeps its output, the one-line collapsed config."""
 
 
 def hide_parameter_cells(path: Path) -> None:
-    """Tag the parameter cells of an executed notebook ``remove-cell`` (Jupyter Book drops them)."""
+    """Tag the parameter cells of an executed notebook ``remove-cell`` (Jupyter Book drops them)
+    and its setup cell ``hide-input`` (the code behind a toggle, the config line shown)."""
     import nbformat
 
     nb = nbformat.read(str(path), as_version=4)
@@ -94,6 +98,8 @@ def hide_parameter_cells(path: Path) -> None:
         tags = cell.metadata.get("tags", [])
         if any(t in tags for t in HIDDEN_IN_THE_BOOK) and "remove-cell" not in tags:
             cell.metadata["tags"] = [*tags, "remove-cell"]
+        elif cell.cell_type == "code" and SETUP_CALL in cell.source and "hide-input" not in tags:
+            cell.metadata["tags"] = [*tags, "hide-input"]
     nbformat.write(nb, str(path))
 
 
