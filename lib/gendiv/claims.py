@@ -1,4 +1,4 @@
-"""The claims scorecard (notebook 08): a verdict on each of the paper's claims C1-C6, computed
+"""The claims scorecard (notebook 08): a verdict on each of the paper's claims C1-C6 (and C7), computed
 from this run's ``results/*.csv`` and per-input logs by stated rules, never written by hand.
 
 The rule for every comparison: a 95% bootstrap interval of a difference (paired over inputs
@@ -28,6 +28,7 @@ import pandas as pd
 
 from gendiv import artifacts, data, ppo, runs, stats
 from gendiv.config import Config
+from gendiv.diversity import EFFECTIVE
 from gendiv.outputs import expected_utilities
 
 CLAIMS_COLUMNS = ["claim", "statement", "evidence", "verdict"]
@@ -107,7 +108,7 @@ def describe_evidence(row) -> str:
 
 
 def evidence(cfg: Config) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Every comparison behind the six claims (``EVIDENCE_COLUMNS``), and for each claim a note
+    """Every comparison behind the claims (``EVIDENCE_COLUMNS``), and for each claim a note
     naming its sources (and for C2 the generalisation gaps, reported beside the comparison)."""
     splits = data.available_splits(cfg)
     ood = [s for s in splits if s != "id"]
@@ -170,7 +171,7 @@ def evidence(cfg: Config) -> tuple[pd.DataFrame, dict[str, str]]:
         for r in sub.itertuples():
             add(claim, f"{r.split} {r.metric} PPO - SFT", r.difference, r.ci_low, r.ci_high, -1)
     effective = diffs[(diffs["method"] == "ppo") & (diffs["scope"] == "per_input")
-                      & (diffs["metric"].isin(["sbert_effective", "oracle_effective"]))]
+                      & (diffs["metric"].isin(EFFECTIVE))]
     notes["C4"] = "diversity_vs_sft.csv, paired over inputs" + ("; beside them, not in the verdict, diversity "
                                                                 "among good outputs: " + ", ".join(
         f"{r.split} {r.metric} PPO - SFT {r.difference:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
@@ -253,7 +254,8 @@ def estimator_comparisons(cfg: Config, per_input: pd.DataFrame, splits: list[str
 
 
 def scorecard(cfg: Config, ev: pd.DataFrame | None = None, notes: dict[str, str] | None = None) -> pd.DataFrame:
-    """The six claims with their evidence and verdicts (``CLAIMS_COLUMNS``), from :func:`evidence`."""
+    """The claims (the paper's C1-C6, and C7) with their evidence and verdicts (``CLAIMS_COLUMNS``),
+    from :func:`evidence`."""
     if ev is None or notes is None:
         ev, notes = evidence(cfg)
     verdict = verdicts_from(ev)

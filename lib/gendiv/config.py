@@ -190,6 +190,10 @@ class SamplingConfig:
     the one every other chapter and the judge see, as the paper's one sample per input."""
 
 
+KL_ESTIMATORS = ("squared", "log_ratio", "k3")
+"""The per-token KL penalties PPO knows (:func:`gendiv.ppo.kl_estimate`)."""
+
+
 @dataclass(frozen=True)
 class PPOConfig:
     """RL with PPO against the normalised RM (gendiv.ppo). Paper (its code): kl_coef 0.05 fixed,
@@ -485,10 +489,10 @@ def _validate(cfg: Config) -> None:
     if p.rollout_batch_size % p.minibatch_size:
         raise ConfigError(f"ppo.minibatch_size ({p.minibatch_size}) must divide ppo.rollout_batch_size "
                           f"({p.rollout_batch_size}).")
-    estimators = ("squared", "log_ratio", "k3")
     for est in (p.kl_estimator, *p.sweep_estimators):
-        if est not in estimators:
-            raise ConfigError(f"ppo.kl_estimator and ppo.sweep_estimators take {', '.join(estimators)}; got {est!r}.")
+        if est not in KL_ESTIMATORS:
+            raise ConfigError(f"ppo.kl_estimator and ppo.sweep_estimators take {', '.join(KL_ESTIMATORS)}; "
+                              f"got {est!r}.")
     if any(k < 0 for k in p.sweep_estimator_betas):
         raise ConfigError(f"ppo.sweep_estimator_betas must be >= 0, got {list(p.sweep_estimator_betas)}.")
     if p.lr <= 0 or p.kl_coef < 0 or any(k < 0 for k in p.kl_grid):

@@ -30,9 +30,9 @@ from gendiv.lm import sample_policy
 from gendiv.models import load_causal_lm, load_tokenizer, pick_device
 from gendiv.outputs import gold_utilities
 
-METRICS = ("ead", "sbert", "nli", "oracle", "sbert_effective", "oracle_effective")
-EFFECTIVE = {"sbert_effective": "sbert", "oracle_effective": "oracle"}
-"""The quality-thresholded ("effective") metrics and the pairwise metric each thresholds."""
+EFFECTIVE = ("sbert_effective", "oracle_effective")
+"""The quality-thresholded ("effective") metrics: Sentence-BERT and the oracle among good outputs."""
+METRICS = ("ead", "sbert", "nli", "oracle", *EFFECTIVE)
 
 
 def effective_pairwise(distances: np.ndarray, quality: np.ndarray, threshold: float,
@@ -204,7 +204,7 @@ class Metrics:
         quality = "" if self.world is not None else "needs the world's gold utility of every output"
         return {"ead": "", "sbert": "",
                 "nli": "" if self.nli else "no NLI model configured (diversity.nli_model); none ships offline",
-                "oracle": world, "sbert_effective": quality, "oracle_effective": quality}
+                "oracle": world, **dict.fromkeys(EFFECTIVE, quality)}
 
     def prepare(self, texts: list[str]) -> dict:
         """Per-text features: embeddings and fact sets."""
@@ -354,10 +354,11 @@ def build_diversity(cfg: Config, force: bool = False) -> dict[str, Path]:
         outputs = artifacts.method_outputs(cfg)
         boot_values: dict[tuple[str, str, str], np.ndarray] = {}
         rng = np.random.default_rng(cfg.seed)
+        eval_tests = artifacts.test_records(cfg)
         for split in data.available_splits(cfg):
             n = len(outputs["sft"][split])
             draws = rng.integers(0, n, size=(cfg.diversity.n_boot, n))  # the same draws for every method
-            by_uid = {r["uid"]: r for r in artifacts.test_records(cfg)[split]}
+            by_uid = {r["uid"]: r for r in eval_tests[split]}
             for method in outputs:
                 rows_out = outputs[method][split]
                 feats = metrics.prepare_many([[r["output"] for r in rows_out]],

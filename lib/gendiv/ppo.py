@@ -25,11 +25,9 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from gendiv import artifacts, data, outputs, runs
-from gendiv.config import Config, ConfigError
+from gendiv.config import KL_ESTIMATORS, Config, ConfigError
 from gendiv.lm import entropy_from_logits, gather_logprobs, response_outputs, tokenizer_sides
 from gendiv.models import load_causal_lm, load_policy, pick_device, save_pretrained_atomic
-
-KL_ESTIMATORS = ("log_ratio", "squared", "k3")
 
 
 def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
