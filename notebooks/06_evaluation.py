@@ -60,7 +60,6 @@ seed = None
 force = False
 
 # %%
-import pandas as pd
 from IPython.display import Markdown, display
 
 from gendiv import data, evaluation, plots, runs, stats
@@ -70,7 +69,7 @@ cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 # %%
 paths = evaluation.build_evaluation(cfg, force=force)
 splits = data.available_splits(cfg)
-winrates = pd.read_csv(paths["winrates"])
+winrates = runs.read_methods(paths["winrates"], evaluation.METHODS)
 judges = list(dict.fromkeys(winrates["judge"]))
 methods = [m for m in evaluation.METHODS if m in set(winrates["method"])]
 
@@ -133,7 +132,7 @@ for judge in judges:
 # distribution (bigger = worse generalisation); intervals resample each split's inputs.
 
 # %%
-gaps = pd.read_csv(paths["gaps"])
+gaps = runs.read_methods(paths["gaps"], evaluation.METHODS)
 if len(gaps):
     for judge in judges:
         g = gaps[gaps["judge"] == judge]
@@ -161,7 +160,7 @@ if len(gaps):
 # `sampling.utility_samples` samples, and can differ from them by that noise.
 
 # %%
-scores = pd.read_csv(paths["scores"])
+scores = runs.read_methods(paths["scores"], evaluation.METHODS)
 display(
     scores.pivot_table(index="method", columns=["measure", "split"], values="value")
     .reindex(methods)

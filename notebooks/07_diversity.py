@@ -85,7 +85,7 @@ cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 # %%
 paths = diversity.build_diversity(cfg, force=force)
 splits = data.available_splits(cfg)
-frame = pd.read_csv(paths["diversity"])
+frame = runs.read_methods(paths["diversity"], diversity.METHODS)
 unavailable = frame[frame["note"].notna() & (frame["note"] != "")]
 measured = frame[frame["value"].notna()]
 methods = [m for m in ("base", "sft", "bon", "ppo") if m in set(measured["method"])]
@@ -139,7 +139,7 @@ for scope, title in (
 # inputs as chapter 6. Differences from SFT, with intervals paired over inputs:
 
 # %%
-diffs = pd.read_csv(paths["diversity_vs_sft"])
+diffs = runs.read_methods(paths["diversity_vs_sft"], diversity.METHODS)
 display(
     diffs.pivot_table(
         index=["scope", "method"], columns=["metric", "split"], values="difference"
@@ -159,7 +159,7 @@ display(
 
 # %%
 if "effective_sensitivity" in paths:
-    sens = pd.read_csv(paths["effective_sensitivity"])
+    sens = runs.read_methods(paths["effective_sensitivity"], diversity.METHODS)
     if len(sens):
         display(
             sens.pivot_table(
@@ -222,7 +222,7 @@ for method in ("sft", "ppo"):
 # oracle's (which knows exactly which facts each output asserts).
 
 # %%
-per_input = pd.read_csv(paths["per_input"])
+per_input = runs.read_methods(paths["per_input"], diversity.METHODS)
 wide = per_input.pivot_table(
     index=["method", "split", "uid"], columns="metric", values="value"
 )

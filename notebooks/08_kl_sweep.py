@@ -16,11 +16,11 @@
 # ---
 
 # %% [markdown]
-# # 8. The KL sweep and the claims scorecard
+# # 8. The KL sweep
 #
 # *Reproduces Kirk et al. (2024), Sec. 6.3 and its appendix on the KL penalty: does a larger KL
-# coefficient buy diversity back? Does the form of the penalty matter? Then the book's verdict on
-# the paper's six claims and on C7.*
+# coefficient buy diversity back? Does the form of the penalty matter? (The verdicts on C6 and
+# C7 are on the scorecard, chapter 10.)*
 #
 # PPO is rerun from the same SFT model, RM, prompts and seed for every coefficient of
 # `ppo.kl_grid`. The paper does not publish its grid; ours is a log grid from 0 (no penalty)
@@ -56,9 +56,7 @@ seed = None
 force = False
 
 # %%
-import pandas as pd
-from IPython.display import HTML, Markdown, display
-from myst_nb import glue
+from IPython.display import Markdown, display
 
 from gendiv import claims, data, plots, runs, sweep
 
@@ -67,7 +65,7 @@ cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 # %%
 paths = sweep.build_kl_sweep(cfg, force=force)
 splits = data.available_splits(cfg)
-everything = pd.read_csv(paths["kl_sweep"])
+everything = sweep.load(paths["kl_sweep"])
 # The paper's sweep: kl_coef alone, with the profile's estimator (the estimator axis comes below).
 frame = sweep.main_estimator(everything, cfg)
 display(
@@ -217,99 +215,3 @@ else:
         xlabel="true KL to SFT (nats/sequence)",
         title="In distribution: each estimator's runs against their true KL",
     )
-
-# %% [markdown]
-# ## Claims scorecard
-#
-# Each verdict is computed from this run's results by the rule in `gendiv.claims`: a 95%
-# bootstrap interval of a difference (paired over inputs where the two sides share inputs) that
-# excludes zero in the claimed direction supports a claim, one that excludes zero the other way
-# contradicts it, anything else is inconclusive. How each claim combines its comparisons (the
-# table below, generated from the code) decides between supported, not supported, mixed
-# (comparisons pointing in opposite directions) and inconclusive.
-#
-# A verdict is a finding only if the models are competent and the samples large enough. Before
-# the verdicts, the run checks itself (`gendiv.claims.competence`; each check's threshold is in
-# the table): does SFT beat the human reference often enough, and the base model clearly, is the
-# RM right about the judge's preferences, did PPO's proxy reward flatten, do the sweep's runs end
-# at clearly different KL, and are the samples as large as the book promises? Each verdict then
-# names the failed checks it rests on.
-
-# %%
-rules = claims.rules_frame()
-display(rules)
-glue("claim_rules", HTML(rules.to_html(index=False)), display=False)
-
-# %%
-claim_paths = claims.build_claims(cfg)
-card = pd.read_csv(claim_paths["claims"])
-checks = pd.read_csv(claim_paths["competence"])
-display(checks)
-display(Markdown(f"{int(checks['passed'].sum())} of {len(checks)} checks pass."))
-display(card[["claim", "statement", "verdict"]])
-notes = claims.caveats(card, checks)
-for row in card.itertuples():
-    caveat = (
-        "\n\n*Not yet a finding: rests on failed checks: "
-        f"{'; '.join(notes[row.claim])}.*"
-        if notes[row.claim]
-        else ""
-    )
-    display(
-        Markdown(
-            f"**{row.claim}: {row.verdict}.** {row.statement}\n\nEvidence: "
-            f"{row.evidence}{caveat}"
-        )
-    )
-# For the book's scorecard and intro pages (pasted there with myst-nb's glue).
-glue("scorecard", HTML(claims.scorecard_html(card, checks)), display=False)
-
-# %% [markdown]
-# ## Across seeds
-#
-# One seed's verdict can be a draw. `gendiv seeds --profile <profile> --seeds 0 1 2` runs every
-# stage again for each further seed, reusing nothing across seeds, and pools the evidence: a
-# two-level bootstrap that draws seeds, then each drawn seed's estimate from its own interval
-# (`gendiv.claims.pool_evidence`), so a pooled interval is wide when the seeds disagree. The
-# table shows each seed's verdict and the pooled one, by the same rules.
-
-# %%
-seeds_file = claims.seeds_root(cfg) / "claims_seeds.csv"
-if seeds_file.exists():
-    seeds_table = pd.read_csv(seeds_file)
-    seeds_html = claims.across_seeds_html(seeds_table)
-    display(HTML(seeds_html))
-    display(seeds_table)
-else:
-    seeds = " ".join(str(cfg.seed + i) for i in range(3))
-    command = f"gendiv seeds --profile {cfg.profile} --seeds {seeds}"
-    seeds_html = (
-        f"<p>No seeds run for this profile yet ({seeds_file} does not exist): run "
-        f"<code>{command}</code>; each further seed costs about the stage time "
-        "below.</p>"
-    )
-    display(HTML(seeds_html))
-glue("across_seeds", HTML(seeds_html), display=False)
-
-# %% [markdown]
-# ## Where the time went
-#
-# Wall time of every stage of this run (from the stage manifests), and per notebook.
-
-# %%
-times = runs.stage_times(cfg)
-display(times)
-per_notebook = times.groupby("notebook")["wall_time_s"].sum().round(1)
-display(per_notebook.to_frame("wall time (s)"))
-display(
-    Markdown(
-        f"All stages together: {times['wall_time_s'].sum() / 60:.1f} minutes on "
-        f"{times['device'].iloc[0]}."
-    )
-)
-glue("run_info", HTML(runs.run_info_html(cfg)), display=False)
-glue(
-    "stage_times",
-    HTML(per_notebook.to_frame("wall time (s)").to_html()),
-    display=False,
-)

@@ -16,7 +16,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ORDER = ["world", "stats", "config", "stages", "runs", "embeddings", "plots", "data", "lm", "models",
          "artifacts", "outputs", "judges",
          # the stages, in pipeline order
-         "pretraining", "sft", "reward", "ppo", "bon", "evaluation", "diversity", "sweep", "claims",
+         "pretraining", "sft", "reward", "ppo", "bon", "evaluation", "diversity", "sweep", "align", "claims",
          "cli", "__main__"]
 """The library's modules from the ground up: each may import only modules before it."""
 

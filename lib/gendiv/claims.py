@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gendiv import artifacts, data, ppo, runs, stats
+from gendiv import align, artifacts, data, ppo, runs, stats
 from gendiv.config import Config
 from gendiv.diversity import EFFECTIVE
 from gendiv.outputs import expected_utilities
@@ -49,9 +49,42 @@ STATEMENTS = {
           "to SFT, a policy trained with k2 is less diverse than one trained with k1 (not a claim of the paper: "
           "a question its choice of estimator leaves open).",
 }
+METHOD_CLAIMS = {
+    "C1": "{label} beats SFT in distribution and out of distribution, judged by the simulated human (C1 with "
+          "{label} in place of PPO; not a claim of the paper).",
+    "C4": "{label} reduces per-input diversity against SFT on EAD and Sentence-BERT (C4 with {label} in place of "
+          "PPO; not a claim of the paper).",
+}
+"""The claims asked of each other alignment method of chapter 9 (``C1[<method>]``, ``C4[<method>]``):
+does it generalise better than SFT, does it reduce per-input diversity against SFT?"""
 RULES = {"C1": "all", "C2": "all", "C3": "all", "C4": "all", "C5": "any", "C6": "all", "C7": "all"}
 """How each claim's comparisons combine: 'all' must support it, or 'any' one ("on some metrics")."""
 VERDICTS = ("supported", "not supported", "mixed", "inconclusive")
+
+
+def base_claim(claim: str) -> str:
+    """The paper's claim a claim id follows: 'C1' for 'C1' and for 'C1[dpo_beta0.1]'."""
+    return claim.split("[", 1)[0]
+
+
+def method_claim(claim: str, method_id: str) -> str:
+    """The id of ``claim`` (C1 or C4) asked of an alignment method of chapter 9: 'C1[rloo]'."""
+    return f"{claim}[{method_id}]"
+
+
+def statements(cfg: Config) -> dict[str, str]:
+    """Every claim this run's scorecard judges: the paper's C1-C6 and C7 (:data:`STATEMENTS`), then
+    C1 and C4 asked of each method of ``align.methods`` (:data:`METHOD_CLAIMS`)."""
+    out = dict(STATEMENTS)
+    for method_id in align.method_ids(cfg):
+        for claim, text in METHOD_CLAIMS.items():
+            out[method_claim(claim, method_id)] = text.format(label=align.label(method_id))
+    return out
+
+
+def claim_ids(evidence: pd.DataFrame) -> list[str]:
+    """The paper's claims, then any other claim the evidence holds, in its order."""
+    return list(dict.fromkeys([*STATEMENTS, *evidence["claim"]]))
 
 
 def outcome(low: float, high: float, sign: int) -> str:
@@ -80,20 +113,26 @@ def combine(results: list[str], any_supports: bool = False) -> str:
 def rule_text(claim: str) -> str:
     """The combination rule of ``claim`` in words (the scorecard page shows it), from :data:`RULES`
     and :func:`combine`."""
-    need = "at least one comparison" if RULES[claim] == "any" else "every comparison"
-    fail = ("every comparison contradicts it" if RULES[claim] == "any" else "any comparison contradicts it")
+    rule = RULES[base_claim(claim)]
+    need = "at least one comparison" if rule == "any" else "every comparison"
+    fail = ("every comparison contradicts it" if rule == "any" else "any comparison contradicts it")
     return (f"supported when {need} supports it and none contradicts it; mixed when some support it and some "
             f"contradict it; not supported when {fail} and none supports it; inconclusive otherwise")
 
 
-def rules_frame() -> pd.DataFrame:
-    return pd.DataFrame([{"claim": c, "statement": STATEMENTS[c], "rule": rule_text(c)} for c in STATEMENTS])
+def rules_frame(cfg: Config | None = None) -> pd.DataFrame:
+    """Each claim with its statement and rule in words; with ``cfg``, also the claims asked of
+    the run's other alignment methods (:func:`statements`)."""
+    texts = STATEMENTS if cfg is None else statements(cfg)
+    return pd.DataFrame([{"claim": c, "statement": t, "rule": rule_text(c)} for c, t in texts.items()])
 
 
-def verdicts_from(evidence: pd.DataFrame) -> dict[str, str]:
-    """{claim: verdict} from evidence rows (``EVIDENCE_COLUMNS``), by each claim's rule."""
-    return {c: combine(list(evidence.loc[evidence["claim"] == c, "outcome"]), any_supports=RULES[c] == "any")
-            for c in STATEMENTS}
+def verdicts_from(evidence: pd.DataFrame, claims: list[str] | None = None) -> dict[str, str]:
+    """{claim: verdict} from evidence rows (``EVIDENCE_COLUMNS``), by each claim's rule, for
+    ``claims`` (default: :func:`claim_ids` of the evidence)."""
+    return {c: combine(list(evidence.loc[evidence["claim"] == c, "outcome"]),
+                       any_supports=RULES[base_claim(c)] == "any")
+            for c in (claim_ids(evidence) if claims is None else claims)}
 
 
 def _fmt(name: str, d: float, lo: float, hi: float, outcome: str) -> str:
@@ -127,8 +166,8 @@ def evidence(cfg: Config) -> tuple[pd.DataFrame, dict[str, str]]:
                      & (winrates["judge"] == judge)]
         if len(w):
             r = w.iloc[0]
-            add(claim, f"{split} {METHOD_NAMES[method]} vs SFT win rate", r["win_rate"], r["ci_low"], r["ci_high"],
-                +1, null=0.5)
+            add(claim, f"{split} {METHOD_NAMES.get(method) or align.label(method)} vs SFT win rate", r["win_rate"],
+                r["ci_low"], r["ci_high"], +1, null=0.5)
 
     # C1: head-to-head PPO vs SFT above one half on every split.
     for split in splits:
@@ -200,6 +239,18 @@ def evidence(cfg: Config) -> tuple[pd.DataFrame, dict[str, str]]:
                    "linearly in true KL between its two runs around the other estimator's run, the weight "
                    "held fixed in the bootstrap over inputs" if cfg.ppo.sweep_estimators else
                    "not measured: the sweep ran one estimator (ppo.sweep_estimators is empty)")
+
+    # C1 and C4 asked of each other alignment method (chapter 9), as of PPO above.
+    for method_id in align.method_ids(cfg):
+        c1, c4 = method_claim("C1", method_id), method_claim("C4", method_id)
+        for split in splits:
+            beats_sft(c1, method_id, split)
+        notes[c1] = notes["C1"]
+        sub = diffs[(diffs["method"] == method_id) & (diffs["scope"] == "per_input")
+                    & (diffs["metric"].isin(("ead", "sbert")))]
+        for r in sub.itertuples():
+            add(c4, f"{r.split} {r.metric} {align.label(method_id)} - SFT", r.difference, r.ci_low, r.ci_high, -1)
+        notes[c4] = "diversity_vs_sft.csv, paired over inputs"
     return pd.DataFrame(rows, columns=EVIDENCE_COLUMNS), notes
 
 
@@ -258,9 +309,10 @@ def scorecard(cfg: Config, ev: pd.DataFrame | None = None, notes: dict[str, str]
     from :func:`evidence`."""
     if ev is None or notes is None:
         ev, notes = evidence(cfg)
-    verdict = verdicts_from(ev)
+    texts = statements(cfg)
+    verdict = verdicts_from(ev, list(texts))
     rows = []
-    for claim, statement in STATEMENTS.items():
+    for claim, statement in texts.items():
         text = "; ".join(describe_evidence(r) for r in ev[ev["claim"] == claim].itertuples())
         note = notes.get(claim, "")
         if claim == "C2":  # the gaps are reported beside the comparison, as evidence of their own
@@ -315,9 +367,10 @@ def across_seeds(per_seed: dict[int, pd.DataFrame], n_boot: int = 4000) -> tuple
     (:func:`pool_evidence`) by the same rules."""
     pooled = pool_evidence(per_seed, n_boot=n_boot)
     rows = []
+    every = list(dict.fromkeys(c for ev in per_seed.values() for c in claim_ids(ev)))
     for label, ev in [*per_seed.items(), (POOLED, pooled)]:
-        verdict = verdicts_from(ev)
-        for claim in STATEMENTS:
+        verdict = verdicts_from(ev, every)
+        for claim in every:
             outcomes = list(ev.loc[ev["claim"] == claim, "outcome"])
             rows.append({"claim": claim, "seed": label, "verdict": verdict[claim],
                          **{o: outcomes.count(o) for o in ("supports", "contradicts", "inconclusive")}})
@@ -426,7 +479,7 @@ def competence(cfg: Config) -> pd.DataFrame:
               trend["last_rise"] / trend["rise"] if trend["rise"] > 0 else float("nan"),
               "< 0.20 (flattened)", trend["flattened"], ALL_CLAIMS)
     sweep = pd.read_csv(runs.artifact(cfg, "kl_sweep", "kl_sweep"))
-    sweep = sweep[sweep["estimator"] == cfg.ppo.kl_estimator]
+    sweep = sweep[(sweep["estimator"] == cfg.ppo.kl_estimator) & (sweep.get("method", "ppo") == "ppo")]
     kl = sweep[sweep["measure"] == "train_kl"].sort_values("kl_coef")["value"].to_numpy()
     if len(kl) >= 2:
         ratio = kl[0] / kl[-1] if kl[-1] > 0 else float("inf")
@@ -448,7 +501,7 @@ def competence(cfg: Config) -> pd.DataFrame:
 def caveats(card: pd.DataFrame, checks: pd.DataFrame) -> dict[str, list[str]]:
     """{claim: the failed checks its verdict rests on} ("check (split)")."""
     failed = checks[~checks["passed"]]
-    return {c: [f"{r.check} ({r.split})" for r in failed.itertuples() if c in r.claims.split()]
+    return {c: [f"{r.check} ({r.split})" for r in failed.itertuples() if base_claim(c) in r.claims.split()]
             for c in card["claim"]}
 
 
@@ -494,6 +547,6 @@ def scorecard_html(card: pd.DataFrame, checks: pd.DataFrame | None = None) -> st
         intro = (f"<p>Competence and power: {int(checks['passed'].sum())} of {len(checks)} checks pass "
                  f"(results/competence.csv). A verdict that rests on a failed check is reported, but it is not "
                  f"a finding.</p>")
-    return (f"<p>Of the paper's {len(card)} claims, this run finds: {escape(summary)}.</p>{intro}"
+    return (f"<p>Of the {len(card)} claims, this run finds: {escape(summary)}.</p>{intro}"
             f"<table class='table'><thead><tr>{head}</tr></thead>"
             f"<tbody>{rows}</tbody></table>{paragraphs}")

@@ -305,6 +305,43 @@ class DiversityConfig:
     """Thresholds of the effective diversity's sensitivity table (per-input, chapter 7)."""
 
 
+ALIGN_METHODS = ("dpo", "rloo", "grpo")
+"""The alignment methods beyond the paper's (notebook 09), in the order they run."""
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """Other alignment methods on the same SFT policy, comparisons and normalised RM (notebook 09;
+    not in the paper): DPO on chapter 3's labelled comparisons, RLOO and GRPO against the RM, each
+    with TRL's trainer. Each policy is trained and evaluated exactly as PPO is."""
+
+    methods: tuple[str, ...] = ALIGN_METHODS
+    """Which of 'dpo', 'rloo' and 'grpo' run; empty: none (the chapter says so)."""
+    dpo_betas: tuple[float, ...] = (0.1,)
+    """DPO's beta, one policy per value (Rafailov et al. 2023: 0.1; a small grid places DPO at
+    several KL on chapter 8's frontier)."""
+    dpo_lr: float = 5e-7
+    """DPO's learning rate (linear decay; Rafailov et al.: 5e-7 on 6B models)."""
+    dpo_epochs: float = 1.0
+    """Passes over the labelled comparisons."""
+    dpo_batch_size: int = 16
+    """Comparisons per optimiser step, over all processes."""
+    rl_steps: int = 500
+    """Optimiser steps of RLOO and GRPO (PPO: ppo.steps rollouts)."""
+    rl_prompts: int = 16
+    """Prompts per step (PPO: ppo.rollout_batch_size); each gets ``rl_k`` samples."""
+    rl_k: int = 4
+    """Samples per prompt: RLOO's leave-one-out baseline and GRPO's group (>= 2)."""
+    rl_lr: float = 1.5e-6
+    """Learning rate of RLOO and GRPO (linear decay, as PPO's)."""
+    rl_iterations: int = 1
+    """Updates per batch of samples (TRL's num_iterations; PPO: ppo.ppo_epochs)."""
+    kl_coef: float | None = None
+    """KL coefficient of RLOO and GRPO against the SFT policy; null: ppo.kl_coef (matched to PPO).
+    TRL's forms differ from PPO's (see the deviations page): RLOO subtracts beta times the
+    sequence's k1 log-ratio from the reward, GRPO adds beta times the per-token k3 to the loss."""
+
+
 @dataclass(frozen=True)
 class Config:
     """A resolved run configuration."""
@@ -329,6 +366,7 @@ class Config:
     bon: BestOfNConfig = field(default_factory=BestOfNConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     diversity: DiversityConfig = field(default_factory=DiversityConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -351,7 +389,8 @@ class Config:
 
 SECTIONS = {"world": WorldConfig, "data": DataConfig, "model": ModelConfig, "pretrain": PretrainConfig,
             "sft": SFTConfig, "reward": RewardConfig, "sampling": SamplingConfig, "ppo": PPOConfig,
-            "bon": BestOfNConfig, "judge": JudgeConfig, "diversity": DiversityConfig}
+            "bon": BestOfNConfig, "judge": JudgeConfig, "diversity": DiversityConfig,
+            "align": AlignConfig}
 
 
 def available_profiles() -> list[str]:
@@ -509,6 +548,22 @@ def _validate(cfg: Config) -> None:
                           f"n_inputs={dv.n_inputs}, ead_vocab={dv.ead_vocab}, n_boot={dv.n_boot}).")
     if cfg.world.labeller_temperature <= 0:
         raise ConfigError(f"world.labeller_temperature must be > 0, got {cfg.world.labeller_temperature}.")
+    a = cfg.align
+    unknown = [m for m in a.methods if m not in ALIGN_METHODS]
+    if unknown or len(set(a.methods)) != len(a.methods):
+        raise ConfigError(f"align.methods must list distinct methods of {list(ALIGN_METHODS)}, got "
+                          f"{list(a.methods)}.")
+    if "dpo" in a.methods and (not a.dpo_betas or any(b <= 0 for b in a.dpo_betas)):
+        raise ConfigError(f"align.dpo_betas must list values > 0 when DPO runs, got {list(a.dpo_betas)}.")
+    if a.rl_k < 2:
+        raise ConfigError(f"align.rl_k must be >= 2 (RLOO's baseline and GRPO's group need two samples), "
+                          f"got {a.rl_k}.")
+    if min(a.dpo_lr, a.rl_lr, a.dpo_epochs) <= 0 or min(a.dpo_batch_size, a.rl_steps, a.rl_prompts,
+                                                          a.rl_iterations) < 1:
+        raise ConfigError("align.dpo_lr, rl_lr and dpo_epochs must be > 0 and align.dpo_batch_size, rl_steps, "
+                          "rl_prompts and rl_iterations >= 1.")
+    if a.kl_coef is not None and a.kl_coef < 0:
+        raise ConfigError(f"align.kl_coef must be >= 0 or null (PPO's), got {a.kl_coef}.")
 
 
 def load_profile(name_or_path: str | Path = "tiny", **overrides: Any) -> Config:

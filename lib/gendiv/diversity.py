@@ -44,6 +44,10 @@ def effective_pairwise(distances: np.ndarray, quality: np.ndarray, threshold: fl
     return mean_pairwise(distances * np.outer(good, good), idx)
 SENSITIVITY_COLUMNS = ["method", "split", "metric", "threshold", "value", "ci_low", "ci_high", "good_share"]
 DIVERSITY_COLUMNS = ["method", "split", "scope", "metric", "value", "ci_low", "ci_high", "n_inputs", "k", "note"]
+METHODS = ("base", "sft", "bon", "ppo", "all")
+"""The methods chapter 7 measures ('all': a metric's row when it is unavailable for every method)."""
+DIFFERENCE_COLUMNS = ["method", "split", "scope", "metric", "difference", "ci_low", "ci_high"]
+PER_INPUT_COLUMNS = ["method", "split", "uid", "metric", "value"]
 
 
 # ------------------------------------------------------------------ EAD
@@ -313,88 +317,122 @@ def per_input_samples(cfg: Config, root: Path) -> dict[str, dict[str, list[dict]
     return out
 
 
+def measure_per_input(cfg: Config, metrics: Metrics, samples: dict[str, dict[str, list[dict]]],
+                      tests: dict[str, list[dict]]) -> tuple[list[dict], dict, list[dict], list[dict]]:
+    """Per-input diversity of K samples per input for each method and split of ``samples``
+    (:func:`per_input_samples`' shape). Returns (``DIVERSITY_COLUMNS`` rows, {(method, split,
+    metric): per-input values}, long per-input rows, the effective metrics' threshold rows)."""
+    rows, per_input, per_input_rows, sensitivity = [], {}, [], []
+    for method, by_split in samples.items():
+        for split, recs in by_split.items():
+            by_uid = {r["uid"]: r for r in tests[split]}
+            feats = metrics.prepare_many([r["outputs"] for r in recs],
+                                         [[by_uid[r["uid"]]] * len(r["outputs"]) for r in recs])
+            values = [metrics.compute(f) for f in feats]
+            if feats and feats[0]["quality"] is not None:
+                for threshold in cfg.diversity.quality_thresholds:
+                    at = [metrics.effective(f, threshold) for f in feats]
+                    for metric in at[0]:
+                        mean, lo, hi = stats.bootstrap_ci([a[metric] for a in at], seed=cfg.seed)
+                        sensitivity.append({"method": method, "split": split, "metric": metric,
+                                            "threshold": threshold, "value": mean, "ci_low": lo, "ci_high": hi,
+                                            "good_share": float(np.mean([(f["quality"] >= threshold).mean()
+                                                                         for f in feats]))})
+            per_input_rows += [{"method": method, "split": split, "uid": r["uid"], "metric": m, "value": v}
+                               for r, one in zip(recs, values) for m, v in one.items()]
+            for metric in values[0]:
+                arr = np.array([v[metric] for v in values])
+                per_input[method, split, metric] = arr
+                mean, lo, hi = stats.bootstrap_ci(arr, seed=cfg.seed)
+                rows.append({"method": method, "split": split, "scope": "per_input", "metric": metric,
+                             "value": mean, "ci_low": lo, "ci_high": hi, "n_inputs": len(arr),
+                             "k": len(recs[0]["outputs"]), "note": ""})
+    return rows, per_input, per_input_rows, sensitivity
+
+
+def measure_across_input(cfg: Config, metrics: Metrics, outputs: dict[str, dict[str, list[dict]]],
+                         splits: list[str]) -> tuple[list[dict], dict]:
+    """Across-input diversity of one output per evaluation input for each method of ``outputs``
+    (which must include SFT), with ``diversity.n_boot`` bootstrap resamples of the inputs, the
+    same draws for every method (so differences pair); the draws depend only on the seed and the
+    inputs, so two calls with the same SFT outputs draw alike. Returns (``DIVERSITY_COLUMNS``
+    rows, {(method, split, metric): the point value followed by the resampled ones})."""
+    rows, boot_values = [], {}
+    rng = np.random.default_rng(cfg.seed)
+    eval_tests = artifacts.test_records(cfg)
+    for split in splits:
+        n = len(outputs["sft"][split])
+        draws = rng.integers(0, n, size=(cfg.diversity.n_boot, n))  # the same draws for every method
+        by_uid = {r["uid"]: r for r in eval_tests[split]}
+        for method in outputs:
+            rows_out = outputs[method][split]
+            feats = metrics.prepare_many([[r["output"] for r in rows_out]], [[by_uid[r["uid"]] for r in rows_out]])[0]
+            point = metrics.compute(feats)
+            boots = [metrics.compute(feats, d) for d in draws]
+            for metric, value in point.items():
+                b = np.array([x[metric] for x in boots])
+                boot_values[method, split, metric] = np.concatenate([[value], b])
+                rows.append({"method": method, "split": split, "scope": "across_input", "metric": metric,
+                             "value": value, "ci_low": float(np.nanquantile(b, 0.025)),
+                             "ci_high": float(np.nanquantile(b, 0.975)), "n_inputs": n, "k": 1, "note": ""})
+    return rows, boot_values
+
+
+def differences_from_sft(methods, per_input: dict, boot_values: dict, seed: int) -> list[dict]:
+    """Each method's diversity minus SFT's: per-input paired over inputs, across-input over the
+    shared bootstrap draws (:func:`measure_across_input`). ``per_input`` and ``boot_values`` must
+    hold SFT's values under the same keys."""
+    diffs = []
+    for method in methods:
+        for (m, split, metric), arr in per_input.items():
+            if m == method:
+                d, lo, hi = stats.paired_difference(arr, per_input["sft", split, metric], seed=seed)
+                diffs.append({"method": method, "split": split, "scope": "per_input", "metric": metric,
+                              "difference": d, "ci_low": lo, "ci_high": hi})
+        for (m, split, metric), b in boot_values.items():
+            if m == method:
+                delta = b - boot_values["sft", split, metric]
+                diffs.append({"method": method, "split": split, "scope": "across_input", "metric": metric,
+                              "difference": float(delta[0]), "ci_low": float(np.nanquantile(delta[1:], 0.025)),
+                              "ci_high": float(np.nanquantile(delta[1:], 0.975))})
+    return diffs
+
+
 def build_diversity(cfg: Config, force: bool = False) -> dict[str, Path]:
     """Stage ``diversity`` (notebook 07): per-input diversity (K samples per input, averaged over
     inputs, bootstrap over inputs) and across-input diversity (one output per evaluation input,
     bootstrap over inputs) for base, SFT, BoN and PPO on every split. Writes
     ``results/diversity.csv``, the differences from SFT (``results/diversity_vs_sft.csv``), the
-    per-input values (``logs/diversity_per_input.csv``) and each metric's time."""
+    per-input values (``logs/diversity_per_input.csv``) and each metric's time; rows of chapter
+    9's methods in those files are kept."""
     def body(root: Path) -> dict[str, Path]:
         world = data.make_world(cfg) if cfg.data.source == "world" else None
         metrics = Metrics(cfg, world)
         unavailable = {m: why for m, why in metrics.available().items() if why}
         samples = per_input_samples(cfg, root)
         tests = artifacts.test_records(cfg, cfg.diversity.n_inputs)
-        per_input_rows, rows, diffs, sensitivity = [], [], [], []
-        per_input: dict[tuple[str, str, str], np.ndarray] = {}
-        for method, by_split in samples.items():
-            for split, recs in by_split.items():
-                by_uid = {r["uid"]: r for r in tests[split]}
-                feats = metrics.prepare_many([r["outputs"] for r in recs],
-                                             [[by_uid[r["uid"]]] * len(r["outputs"]) for r in recs])
-                values = [metrics.compute(f) for f in feats]
-                if feats and feats[0]["quality"] is not None:
-                    for threshold in cfg.diversity.quality_thresholds:
-                        at = [metrics.effective(f, threshold) for f in feats]
-                        for metric in at[0]:
-                            mean, lo, hi = stats.bootstrap_ci([a[metric] for a in at], seed=cfg.seed)
-                            sensitivity.append({"method": method, "split": split, "metric": metric,
-                                                "threshold": threshold, "value": mean, "ci_low": lo, "ci_high": hi,
-                                                "good_share": float(np.mean([(f["quality"] >= threshold).mean()
-                                                                             for f in feats]))})
-                per_input_rows += [{"method": method, "split": split, "uid": r["uid"], "metric": m, "value": v}
-                                   for r, one in zip(recs, values) for m, v in one.items()]
-                for metric in values[0]:
-                    arr = np.array([v[metric] for v in values])
-                    per_input[method, split, metric] = arr
-                    mean, lo, hi = stats.bootstrap_ci(arr, seed=cfg.seed)
-                    rows.append({"method": method, "split": split, "scope": "per_input", "metric": metric,
-                                 "value": mean, "ci_low": lo, "ci_high": hi, "n_inputs": len(arr),
-                                 "k": len(recs[0]["outputs"]), "note": ""})
+        rows, per_input, per_input_rows, sensitivity = measure_per_input(cfg, metrics, samples, tests)
         outputs = artifacts.method_outputs(cfg)
-        boot_values: dict[tuple[str, str, str], np.ndarray] = {}
-        rng = np.random.default_rng(cfg.seed)
-        eval_tests = artifacts.test_records(cfg)
-        for split in data.available_splits(cfg):
-            n = len(outputs["sft"][split])
-            draws = rng.integers(0, n, size=(cfg.diversity.n_boot, n))  # the same draws for every method
-            by_uid = {r["uid"]: r for r in eval_tests[split]}
-            for method in outputs:
-                rows_out = outputs[method][split]
-                feats = metrics.prepare_many([[r["output"] for r in rows_out]],
-                                             [[by_uid[r["uid"]] for r in rows_out]])[0]
-                point = metrics.compute(feats)
-                boots = [metrics.compute(feats, d) for d in draws]
-                for metric, value in point.items():
-                    b = np.array([x[metric] for x in boots])
-                    boot_values[method, split, metric] = np.concatenate([[value], b])
-                    rows.append({"method": method, "split": split, "scope": "across_input", "metric": metric,
-                                 "value": value, "ci_low": float(np.nanquantile(b, 0.025)),
-                                 "ci_high": float(np.nanquantile(b, 0.975)), "n_inputs": n, "k": 1, "note": ""})
-        for method in ("base", "bon", "ppo"):
-            for (m, split, metric), arr in per_input.items():
-                if m == method:
-                    d, lo, hi = stats.paired_difference(arr, per_input["sft", split, metric], seed=cfg.seed)
-                    diffs.append({"method": method, "split": split, "scope": "per_input", "metric": metric,
-                                  "difference": d, "ci_low": lo, "ci_high": hi})
-            for (m, split, metric), b in boot_values.items():
-                if m == method:
-                    delta = b - boot_values["sft", split, metric]
-                    diffs.append({"method": method, "split": split, "scope": "across_input", "metric": metric,
-                                  "difference": float(delta[0]), "ci_low": float(np.nanquantile(delta[1:], 0.025)),
-                                  "ci_high": float(np.nanquantile(delta[1:], 0.975))})
+        across, boot_values = measure_across_input(cfg, metrics, outputs, data.available_splits(cfg))
+        rows += across
+        diffs = differences_from_sft(("base", "bon", "ppo"), per_input, boot_values, cfg.seed)
         for metric, why in unavailable.items():
             for scope in ("per_input", "across_input"):
                 rows.append({"method": "all", "split": "all", "scope": scope, "metric": metric, "value": float("nan"),
                              "ci_low": float("nan"), "ci_high": float("nan"), "n_inputs": 0, "k": 0, "note": why})
         res = runs.results_dir(cfg)
         timing = pd.DataFrame([{"metric": m, "seconds": s} for m, s in metrics.seconds.items()])
-        return {"diversity": runs.write_csv(res / "diversity.csv", pd.DataFrame(rows, columns=DIVERSITY_COLUMNS)),
-                "diversity_vs_sft": runs.write_csv(res / "diversity_vs_sft.csv", pd.DataFrame(diffs)),
-                "per_input": runs.write_csv(root / "logs" / "diversity_per_input.csv", pd.DataFrame(per_input_rows)),
+        mine = [*outputs, "all"]
+        return {"diversity": runs.merge_csv(res / "diversity.csv", pd.DataFrame(rows, columns=DIVERSITY_COLUMNS),
+                                            "method", mine),
+                "diversity_vs_sft": runs.merge_csv(res / "diversity_vs_sft.csv",
+                                                   pd.DataFrame(diffs, columns=DIFFERENCE_COLUMNS), "method", mine),
+                "per_input": runs.merge_csv(root / "logs" / "diversity_per_input.csv", pd.DataFrame(
+                    per_input_rows, columns=PER_INPUT_COLUMNS), "method", mine),
                 "timing": runs.write_csv(root / "logs" / "diversity_timing.csv", timing),
-                "effective_sensitivity": runs.write_csv(root / "logs" / "effective_diversity_thresholds.csv",
-                                                        pd.DataFrame(sensitivity, columns=SENSITIVITY_COLUMNS)),
+                "effective_sensitivity": runs.merge_csv(root / "logs" / "effective_diversity_thresholds.csv",
+                                                        pd.DataFrame(sensitivity, columns=SENSITIVITY_COLUMNS),
+                                                        "method", mine),
                 **{f"{m}_{s}": root / "samples" / f"{m}_k{len(r[0]['outputs'])}_{s}.jsonl"
                    for m, by in samples.items() for s, r in by.items()}}
 

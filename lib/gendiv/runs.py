@@ -165,6 +165,31 @@ def write_csv(path: str | Path, frame) -> Path:
     return Path(path)
 
 
+def merge_csv(path: str | Path, frame, column: str, owned) -> Path:
+    """Write ``frame`` into the CSV at ``path``, replacing the rows whose ``column`` is in ``owned``
+    and keeping the others (two stages that fill one table, each with its own methods). Rows kept
+    come first, in their order; a missing file is written as ``frame``; columns the old file lacks
+    are left empty in its rows."""
+    path, owned = Path(path), set(owned)
+    if path.exists() and path.stat().st_size > 0:
+        try:
+            old = pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            old = None
+        if old is not None and column in old:
+            kept = old[~old[column].isin(owned)]
+            if len(kept):
+                frame = pd.concat([kept, frame], ignore_index=True)[list(frame.columns)]
+    return write_csv(path, frame)
+
+
+def read_methods(path: str | Path, methods) -> pd.DataFrame:
+    """The rows of a results table whose ``method`` is one of ``methods`` (a chapter's own, when
+    later chapters add theirs to the same table: :func:`merge_csv`)."""
+    frame = pd.read_csv(path)
+    return frame[frame["method"].isin(list(methods))].reset_index(drop=True)
+
+
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in VERSIONED_PACKAGES:

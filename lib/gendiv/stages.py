@@ -13,12 +13,17 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gendiv.config import SECTIONS
+from gendiv.config import SECTIONS, AlignConfig, PPOConfig
 
 UPSTREAM = ("world", "data", "model", "pretrain")
 """What every model stage depends on: the world, the data, the base model and how it was made."""
 SWEEP_ONLY = ("ppo.kl_grid", "ppo.sweep_estimators", "ppo.sweep_estimator_betas")
 """PPO keys only the KL sweep reads: the stages before it ignore them."""
+DPO_KEYS = tuple(f"align.{k}" for k in AlignConfig.__dataclass_fields__ if not k.startswith("dpo_"))
+"""Align keys DPO ignores (all but its own dpo_*)."""
+ONLINE_KEYS = (tuple(f"align.{k}" for k in AlignConfig.__dataclass_fields__ if k.startswith("dpo_") or k == "methods")
+               + tuple(f"ppo.{k}" for k in PPOConfig.__dataclass_fields__ if k != "kl_coef"))
+"""Keys RLOO and GRPO ignore: DPO's, which methods run, and PPO's but its kl_coef (theirs by default)."""
 NOT_THE_BASE = ("model.adapter", "model.freeze_fraction", "model.lora_r", "model.lora_alpha", "model.device")
 """Model keys that change how the base is fine-tuned, not the base model itself."""
 
@@ -58,7 +63,16 @@ STAGES = (
           "gendiv.diversity:build_diversity", ignore=SWEEP_ONLY, seed_offset=202),
     Stage("kl_sweep", "08_kl_sweep", UPSTREAM + ("sft", "reward", "sampling", "bon", "ppo", "diversity"),
           "gendiv.sweep:build_kl_sweep"),
-    Stage("claims", "08_kl_sweep", tuple(SECTIONS), "gendiv.claims:build_claims"),
+    Stage("dpo", "09_other_methods", UPSTREAM + ("sft", "reward", "sampling", "align"), "gendiv.align:build_dpo",
+          ignore=DPO_KEYS),
+    Stage("rloo", "09_other_methods", UPSTREAM + ("sft", "reward", "sampling", "ppo", "align"),
+          "gendiv.align:build_rloo", ignore=ONLINE_KEYS),
+    Stage("grpo", "09_other_methods", UPSTREAM + ("sft", "reward", "sampling", "ppo", "align"),
+          "gendiv.align:build_grpo", ignore=ONLINE_KEYS),
+    Stage("alignment", "09_other_methods",
+          UPSTREAM + ("sft", "reward", "sampling", "bon", "ppo", "judge", "diversity", "align"),
+          "gendiv.align:build_alignment", ignore=SWEEP_ONLY),
+    Stage("claims", "10_scorecard", tuple(SECTIONS), "gendiv.claims:build_claims"),
 )
 BY_NAME = {s.name: s for s in STAGES}
 SWEEP_PREFIX = "ppo_kl"

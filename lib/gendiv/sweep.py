@@ -25,7 +25,8 @@ from gendiv.models import load_causal_lm, load_tokenizer, pick_device
 from gendiv.outputs import gold_utilities
 from gendiv.ppo import build_ppo
 
-KL_SWEEP_COLUMNS = ["kl_coef", "split", "measure", "value", "ci_low", "ci_high", "estimator"]
+KL_SWEEP_COLUMNS = ["kl_coef", "split", "measure", "value", "ci_low", "ci_high", "estimator", "method"]
+"""``method`` is 'ppo' for the sweep's runs; chapter 9 adds one point per other alignment method."""
 
 
 def true_kl(policy, sft, tok, records: list[dict], outputs: list[str], max_prompt_tokens: int,
@@ -40,6 +41,25 @@ def true_kl(policy, sft, tok, records: list[dict], outputs: list[str], max_promp
     return nll_sft - nll_policy
 
 
+def policy_measures(cfg: Config, rm, world, metrics: Metrics, model, sft, sft_tok, records: list[dict],
+                    outputs: list[str], div_records: list[dict], k_samples: list[list[str]]) -> dict[str, np.ndarray]:
+    """What the sweep measures of one policy on one split, per input: the proxy RM score, the
+    true sequence KL to SFT (:func:`true_kl`) of one output per evaluation input (``outputs``),
+    with the world the win against the reference and the gold utility, and every per-input
+    diversity metric of the K samples per diversity input (``k_samples``)."""
+    values = {"proxy_reward": rm.score([r["prompt"] for r in records], outputs, cfg.sampling.batch_size),
+              "true_kl": true_kl(model, sft, sft_tok, records, outputs, cfg.max_prompt_tokens, cfg.sampling.batch_size)}
+    if world is not None:
+        values["win_rate_vs_reference"] = judges.verdicts(judges.WorldJudge(world), records, outputs,
+                                                          [r["reference"] for r in records])
+        values["gold_utility"] = np.array(gold_utilities(world, records, outputs))
+    feats = metrics.prepare_many(k_samples, [[r] * len(t) for r, t in zip(div_records, k_samples)])
+    diversity = [metrics.compute(f) for f in feats]
+    for metric in diversity[0]:
+        values[f"per_input_{metric}"] = np.array([d[metric] for d in diversity])
+    return values
+
+
 def build_kl_sweep(cfg: Config, force: bool = False) -> dict[str, Path]:
     """Stage ``kl_sweep``: train (or reuse) PPO for every run of the sweep
     (:func:`gendiv.artifacts.sweep_runs`: every kl_coef of the grid with the profile's estimator,
@@ -52,7 +72,6 @@ def build_kl_sweep(cfg: Config, force: bool = False) -> dict[str, Path]:
     seed, K per diversity input with diversity's seed."""
     def body(root: Path) -> dict[str, Path]:
         world = data.make_world(cfg) if cfg.data.source == "world" else None
-        judge = judges.WorldJudge(world) if world is not None else None
         metrics = Metrics(cfg, world)
         rm = artifacts.load_reward_model(cfg)
         tests, div_tests = artifacts.test_records(cfg), artifacts.test_records(cfg, cfg.diversity.n_inputs)
@@ -68,7 +87,7 @@ def build_kl_sweep(cfg: Config, force: bool = False) -> dict[str, Path]:
             for measure in ("kl", "proxy_reward"):
                 rows.append({"kl_coef": kl_coef, "split": "id", "measure": f"train_{measure}",
                              "value": float(tail[measure].mean()), "ci_low": float("nan"), "ci_high": float("nan"),
-                             "estimator": estimator})
+                             "estimator": estimator, "method": "ppo"})
             own = artifacts.ppo_stage(cfg, kl_coef, estimator) == "ppo"
             path = artifacts.ppo_path(cfg, kl_coef, estimator)
             model, tok = load_causal_lm(path, device).eval(), load_tokenizer(path)
@@ -81,39 +100,43 @@ def build_kl_sweep(cfg: Config, force: bool = False) -> dict[str, Path]:
                     k_samples = sample_policy(cfg, model, tok, div_tests[split], stages.seed(cfg, "diversity"),
                                               f"{tag}: {cfg.diversity.k} samples on {split}",
                                               n_samples=cfg.diversity.k).texts
-                values = {"proxy_reward": rm.score([r["prompt"] for r in records], outputs, cfg.sampling.batch_size),
-                          "true_kl": true_kl(model, sft, sft_tok, records, outputs, cfg.max_prompt_tokens,
-                                             cfg.sampling.batch_size)}
-                if judge is not None:
-                    values["win_rate_vs_reference"] = judges.verdicts(judge, records, outputs,
-                                                                      [r["reference"] for r in records])
-                    values["gold_utility"] = np.array(gold_utilities(world, records, outputs))
-                feats = metrics.prepare_many(k_samples, [[r] * len(t) for r, t in zip(div_tests[split], k_samples)])
-                diversity = [metrics.compute(f) for f in feats]
-                for metric in diversity[0]:
-                    values[f"per_input_{metric}"] = np.array([d[metric] for d in diversity])
+                values = policy_measures(cfg, rm, world, metrics, model, sft, sft_tok, records, outputs,
+                                         div_tests[split], k_samples)
                 for measure, v in values.items():
                     mean, lo, hi = stats.bootstrap_ci(v, seed=cfg.seed)
                     rows.append({"kl_coef": kl_coef, "split": split, "measure": measure, "value": mean,
-                                 "ci_low": lo, "ci_high": hi, "estimator": estimator})
+                                 "ci_low": lo, "ci_high": hi, "estimator": estimator, "method": "ppo"})
                     uids = [r["uid"] for r in (div_tests[split] if measure.startswith("per_input") else records)]
                     per_input += [{"kl_coef": kl_coef, "estimator": estimator, "split": split, "measure": measure,
                                    "uid": u, "value": float(x)} for u, x in zip(uids, v)]
-        return {"kl_sweep": runs.write_csv(runs.results_dir(cfg) / "kl_sweep.csv",
-                                           pd.DataFrame(rows, columns=KL_SWEEP_COLUMNS)),
+        return {"kl_sweep": runs.merge_csv(runs.results_dir(cfg) / "kl_sweep.csv",
+                                           pd.DataFrame(rows, columns=KL_SWEEP_COLUMNS), "method", ["ppo"]),
                 "per_input": runs.write_csv(root / "logs" / "kl_sweep_per_input.csv", pd.DataFrame(per_input))}
 
     return runs.run_stage(cfg, "kl_sweep", body, force=force)
 
 
+def load(path: str | Path) -> pd.DataFrame:
+    """``results/kl_sweep.csv``; a table written before it had a ``method`` column holds PPO only."""
+    frame = pd.read_csv(path)
+    return frame if "method" in frame else frame.assign(method="ppo")
+
+
+def ppo_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The sweep's own rows (PPO), without chapter 9's other methods."""
+    return frame[frame["method"] == "ppo"] if "method" in frame else frame
+
+
 def main_estimator(frame: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    """The rows of the profile's own estimator (the paper's sweep over kl_coef alone)."""
+    """The PPO rows of the profile's own estimator (the paper's sweep over kl_coef alone)."""
+    frame = ppo_runs(frame)
     return frame[frame["estimator"] == cfg.ppo.kl_estimator]
 
 
 def by_estimator(frame: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     """The sweep's rows with the run at kl_coef 0 (no penalty: one run for every estimator)
     repeated under each estimator of the estimator axis, so each estimator's line starts there."""
+    frame = ppo_runs(frame)
     others = [e for e in dict.fromkeys(frame["estimator"]) if e != cfg.ppo.kl_estimator]
     shared = frame[(frame["kl_coef"] == 0) & (frame["estimator"] == cfg.ppo.kl_estimator)]
     return pd.concat([frame, *(shared.assign(estimator=e) for e in others)], ignore_index=True)
