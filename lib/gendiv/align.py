@@ -33,7 +33,7 @@ import pandas as pd
 from datasets import Dataset
 
 from gendiv import artifacts, data, diversity, evaluation, outputs, runs, stages, stats, sweep
-from gendiv.config import Config
+from gendiv.config import Config, ConfigError
 from gendiv.diversity import Metrics
 from gendiv.lm import left_truncate, sample_policy, tokenizer_sides
 from gendiv.models import load_causal_lm, load_policy, load_tokenizer, pick_device, save_pretrained_atomic, use_bf16
@@ -44,6 +44,13 @@ KL_FORMS = {"dpo": "implicit", "rloo": "log_ratio", "grpo": "k3"}
 DPO's KL is implicit in its loss; RLOO's is the sequence's k1 log-ratio in the reward; GRPO's the
 per-token k3 in the loss."""
 TRAIN_LOG_COLUMNS = ["method", "step", "loss", "reward", "kl", "mean_length", "entropy", "accuracy", "margin"]
+
+
+def require_method(cfg: Config, method: str) -> None:
+    """A ConfigError unless ``method`` is one of the profile's ``align.methods``."""
+    if method not in cfg.align.methods:
+        raise ConfigError(f"Stage {method!r} is not among align.methods {list(cfg.align.methods)} of profile "
+                          f"{cfg.profile!r}; add it there (or pass align.methods) to train it.")
 
 
 def rl_kl_coef(cfg: Config) -> float:
@@ -130,6 +137,8 @@ def build_dpo(cfg: Config, force: bool = False) -> dict[str, Path]:
     implicit-reward accuracy and margin per step (``logs/dpo.csv``)."""
     from trl import DPOConfig, DPOTrainer
 
+    require_method(cfg, "dpo")
+
     def body(root: Path) -> dict[str, Path]:
         a, sft = cfg.align, artifacts.sft_path(cfg)
         comparisons = runs.read_jsonl(runs.artifact(cfg, "comparisons", "comparisons_train"))
@@ -184,6 +193,7 @@ def build_online(cfg: Config, method: str, force: bool = False) -> dict[str, Pat
         from trl import GRPOConfig as TrainerConfig, GRPOTrainer as Trainer
     else:
         raise ValueError(f"Unknown online method {method!r}: 'rloo' or 'grpo'.")
+    require_method(cfg, method)
 
     def body(root: Path) -> dict[str, Path]:
         a, s, sft = cfg.align, cfg.sampling, artifacts.sft_path(cfg)

@@ -1,4 +1,4 @@
-"""The claims scorecard (notebook 08): a verdict on each of the paper's claims C1-C6 (and C7), computed
+"""The claims scorecard (notebook 10): a verdict on each of the paper's claims C1-C6 (and C7), computed
 from this run's ``results/*.csv`` and per-input logs by stated rules, never written by hand.
 
 The rule for every comparison: a 95% bootstrap interval of a difference (paired over inputs

@@ -25,7 +25,7 @@ import pandas as pd
 import yaml
 
 from gendiv import claims, pretraining, runs, stages
-from gendiv.config import ConfigError, available_profiles, load_profile
+from gendiv.config import ALIGN_METHODS, ConfigError, available_profiles, load_profile
 
 
 class RunFailed(RuntimeError):
@@ -182,9 +182,9 @@ def pretrain(profile: str, out: str = "") -> Path:
     return pretraining.pretrain_base(cfg, target)
 
 
-DATA_PARALLEL = ("sft", "reward", "ppo")
+DATA_PARALLEL = ("sft", "reward", "ppo", "dpo", "rloo", "grpo")
 """Stages that train data-parallel under a launcher (the sweep's ``ppo_kl<beta>[_<estimator>]``
-too); the others sample and score on one process."""
+too; chapter 9's through TRL's trainers); the others sample and score on one process."""
 
 
 def run_one_stage(name: str, profile: str, run_dir: str = "", force: bool = False,
@@ -222,7 +222,7 @@ def run_seeds(profile: str, seeds: list[int], run_dir: str = "") -> Path:
     """``gendiv seeds``: every stage of ``profile`` for each seed, each seed in a run folder of its
     own (the profile's own seed in its run folder, which ``make book`` fills; the others in
     ``seeds/seed<k>`` inside it), reusing nothing across seeds; then the per-seed and pooled
-    verdicts (:func:`gendiv.claims.across_seeds`) in ``seeds/claims_seeds.csv``, which chapter 8's
+    verdicts (:func:`gendiv.claims.across_seeds`) in ``seeds/claims_seeds.csv``, which chapter 10's
     "Across seeds" section shows."""
     if len(set(seeds)) < 2:
         raise ConfigError(f"gendiv seeds needs at least two different seeds, got {seeds}.")
@@ -231,6 +231,8 @@ def run_seeds(profile: str, seeds: list[int], run_dir: str = "") -> Path:
         folder = claims.seed_run_dir(cfg, k)
         print(f"== seed {k} ({i}/{len(seeds)}) into {folder}", flush=True)
         for row in stages.STAGES:
+            if row.name in ALIGN_METHODS and row.name not in cfg.align.methods:
+                continue  # chapter 9's methods the profile does not run
             run_one_stage(row.name, profile, str(folder), seed=k)
     paths = claims.write_across_seeds(cfg, seeds)
     table = pd.read_csv(paths["claims_seeds"])
