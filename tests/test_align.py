@@ -93,11 +93,15 @@ def test_two_stages_fill_one_table_each_with_its_own_rows(tmp_path):
     out = pd.read_csv(path)
     assert dict(zip(out["method"], out["win_rate"])) == {"grpo": 0.3, "sft": 0.25, "ppo": 0.45}
     assert list(runs.read_methods(path, ["sft", "ppo"])["method"]) == ["sft", "ppo"]
-    # a table written before a column existed: the old rows keep an empty value in it
+    # a table written before the column existed (a cached KL sweep of PPO runs): its rows are PPO's
     old = tmp_path / "kl_sweep.csv"
     pd.DataFrame({"kl_coef": [0.0], "value": [1.0]}).to_csv(old, index=False)
-    runs.merge_csv(old, pd.DataFrame({"kl_coef": [0.1], "value": [2.0], "method": ["grpo"]}), "method", ["grpo"])
-    assert list(pd.read_csv(old)["method"]) == ["grpo"]  # no method column: nothing to keep by method
+    runs.merge_csv(old, pd.DataFrame({"kl_coef": [0.1], "value": [2.0], "method": ["grpo"]}), "method", ["grpo"],
+                   missing="ppo")
+    assert list(pd.read_csv(old)["method"]) == ["ppo", "grpo"]
+    runs.merge_csv(old, pd.DataFrame({"kl_coef": [0.0], "value": [3.0], "method": ["ppo"]}), "method", ["ppo"],
+                   missing="ppo")  # the sweep rerun replaces PPO's rows, keeps GRPO's
+    assert dict(zip(pd.read_csv(old)["method"], pd.read_csv(old)["value"])) == {"grpo": 2.0, "ppo": 3.0}
 
 
 def test_the_scorecard_asks_c1_and_c4_of_each_method():

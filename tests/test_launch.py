@@ -34,7 +34,7 @@ def test_training_stages_run_data_parallel_and_the_notebooks_find_them(tmp_path,
     assert sft.returncode == 0, sft.stderr[-3000:]
     assert sft.stdout.count("[sft] running") == 2  # both processes trained
     cli.run_one_stage("comparisons", "smoke", str(run))
-    for stage in ("reward", "ppo"):
+    for stage in ("reward", "ppo", "dpo", "grpo"):  # the last two: chapter 9's, through TRL's trainers
         result = launch_two("stage", stage, run_dir=run)
         assert result.returncode == 0, result.stderr[-3000:]
         assert result.stdout.count(f"[{stage}] done") == 2
@@ -46,15 +46,18 @@ def test_training_stages_run_data_parallel_and_the_notebooks_find_them(tmp_path,
         len(data.load_split(cfg, "id", "sft_train"))
     steps = pd.read_csv(run / "logs" / "sft.csv")["step"].max()
     assert steps == math.ceil(rows / cfg.sft.batch_size) * cfg.sft.epochs
+    pairs = len(runs.read_jsonl(run / "data" / "comparisons_train.jsonl"))  # align.dpo_batch_size is global too
+    assert pd.read_csv(run / "logs" / "dpo.csv")["step"].max() == math.ceil(pairs / cfg.align.dpo_batch_size)
+    assert pd.read_csv(run / "logs" / "grpo.csv")["step"].max() == cfg.align.rl_steps
     # one writer: every artifact complete, nothing half-written left behind
     leftovers = [p for p in run.rglob("*") if p.name.endswith((".tmp", ".partial"))]
     assert not leftovers, leftovers
-    for stage in ("sft", "reward", "ppo"):
+    for stage in ("sft", "reward", "ppo", "dpo", "grpo"):
         manifest = json.loads((run / "manifests" / f"{stage}.json").read_text())
         assert all((run / rel).exists() for rel in manifest["artifacts"].values())
     # the notebooks (and a later `gendiv stage`) find the stages finished
     capsys.readouterr()
-    for stage in ("sft", "reward", "ppo"):
+    for stage in ("sft", "reward", "ppo", "dpo", "grpo"):
         cli.run_one_stage(stage, "smoke", str(run))
         assert f"[{stage}] cached" in capsys.readouterr().out
 

@@ -309,7 +309,8 @@ def build_alignment(cfg: Config, force: bool = False) -> dict[str, Path]:
             pd.DataFrame([r for r in sensitivity if r["method"] != "sft"], columns=diversity.SENSITIVITY_COLUMNS),
             "method", ids)
         paths["kl_sweep"] = runs.merge_csv(res / "kl_sweep.csv",
-                                           pd.DataFrame(sweep_rows, columns=sweep.KL_SWEEP_COLUMNS), "method", ids)
+                                           pd.DataFrame(sweep_rows, columns=sweep.KL_SWEEP_COLUMNS), "method", ids,
+                                           missing="ppo")  # a table from before the column: PPO's
         paths["per_input"] = runs.write_csv(root / "logs" / "alignment_per_input.csv", pd.DataFrame(per_input_rows))
         paths["gold_utility"] = runs.write_csv(root / "logs" / "alignment_gold_utility.csv",
                                                outputs.gold_utility_frame(utility_rows))
@@ -326,31 +327,34 @@ def train_logs(cfg: Config) -> pd.DataFrame:
 
 def summary(cfg: Config) -> pd.DataFrame:
     """One row per method and split, chapter 9's table: the win rates against the reference and
-    against SFT, the gold utility, the true KL to SFT and per-input EAD and Sentence-BERT, for
-    SFT, Best-of-N, PPO and every method of ``align.methods`` (from the results tables)."""
+    against SFT, the gold utility of the judged output (world only), the true KL to SFT (0 for
+    SFT itself; not measured for Best-of-N) and per-input EAD and Sentence-BERT, for SFT,
+    Best-of-N, PPO and every method of ``align.methods`` (from the results tables)."""
     res = runs.results_dir(cfg)
     win = pd.read_csv(res / "winrates.csv")
     judge = "world" if "world" in set(win["judge"]) else sorted(set(win["judge"]))[0]
     win = win[win["judge"] == judge]
-    methods = ["sft", "bon", "ppo", *method_ids(cfg)]
-    rows = []
-    div = pd.read_csv(res / "diversity.csv")
+    scores, div = pd.read_csv(res / "scores.csv"), pd.read_csv(res / "diversity.csv")
     sw = sweep.load(res / "kl_sweep.csv")
-    own_ppo = sweep.main_estimator(sw, cfg)
-    own_ppo = own_ppo[own_ppo["kl_coef"] == cfg.ppo.kl_coef]
-    for method in methods:
+    kl = sw[sw["measure"] == "true_kl"]
+    kl = pd.concat([sweep.main_estimator(kl, cfg).query("kl_coef == @cfg.ppo.kl_coef"),
+                    kl[kl["method"] != "ppo"]])
+    rows = []
+    for method in ["sft", "bon", "ppo", *method_ids(cfg)]:
         for split in data.available_splits(cfg):
-            row = {"method": method, "split": split}
+            def first(frame: pd.DataFrame, column: str = "value") -> float:
+                return float(frame[column].iloc[0]) if len(frame) else np.nan
+
+            at = {"method": method, "split": split}
+            row = dict(at)
             for opponent in ("reference", "sft"):
-                w = win[(win["method"] == method) & (win["split"] == split) & (win["opponent"] == opponent)]
-                row[f"win_rate_vs_{opponent}"] = float(w["win_rate"].iloc[0]) if len(w) else np.nan
+                row[f"win_rate_vs_{opponent}"] = first(win[(win["method"] == method) & (win["split"] == split)
+                                                           & (win["opponent"] == opponent)], "win_rate")
+            row["gold_utility"] = first(scores[(scores["method"] == method) & (scores["split"] == split)
+                                               & (scores["measure"] == "gold_utility")])
+            row["true_kl"] = 0.0 if method == "sft" else first(kl[(kl["method"] == method) & (kl["split"] == split)])
             for metric in ("ead", "sbert"):
-                d = div[(div["method"] == method) & (div["split"] == split) & (div["scope"] == "per_input")
-                        & (div["metric"] == metric)]
-                row[f"per_input_{metric}"] = float(d["value"].iloc[0]) if len(d) else np.nan
-            src = own_ppo if method == "ppo" else sw[sw["method"] == method]
-            for measure in ("true_kl", "gold_utility"):
-                v = src[(src["split"] == split) & (src["measure"] == measure)]
-                row[measure] = float(v["value"].iloc[0]) if len(v) else np.nan
+                row[f"per_input_{metric}"] = first(div[(div["method"] == method) & (div["split"] == split)
+                                                       & (div["scope"] == "per_input") & (div["metric"] == metric)])
             rows.append(row)
     return pd.DataFrame(rows)

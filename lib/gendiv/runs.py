@@ -165,17 +165,20 @@ def write_csv(path: str | Path, frame) -> Path:
     return Path(path)
 
 
-def merge_csv(path: str | Path, frame, column: str, owned) -> Path:
+def merge_csv(path: str | Path, frame, column: str, owned, missing: str | None = None) -> Path:
     """Write ``frame`` into the CSV at ``path``, replacing the rows whose ``column`` is in ``owned``
     and keeping the others (two stages that fill one table, each with its own methods). Rows kept
-    come first, in their order; a missing file is written as ``frame``; columns the old file lacks
-    are left empty in its rows."""
+    come first, in their order; a missing file is written as ``frame``; the result has ``frame``'s
+    columns. Rows of an older file without ``column`` take the value ``missing`` (None: they are
+    dropped, as rows nobody owns)."""
     path, owned = Path(path), set(owned)
     if path.exists() and path.stat().st_size > 0:
         try:
             old = pd.read_csv(path)
         except pd.errors.EmptyDataError:
             old = None
+        if old is not None and column not in old and missing is not None:
+            old = old.assign(**{column: missing})
         if old is not None and column in old:
             kept = old[~old[column].isin(owned)]
             if len(kept):

@@ -110,7 +110,8 @@ def build_kl_sweep(cfg: Config, force: bool = False) -> dict[str, Path]:
                     per_input += [{"kl_coef": kl_coef, "estimator": estimator, "split": split, "measure": measure,
                                    "uid": u, "value": float(x)} for u, x in zip(uids, v)]
         return {"kl_sweep": runs.merge_csv(runs.results_dir(cfg) / "kl_sweep.csv",
-                                           pd.DataFrame(rows, columns=KL_SWEEP_COLUMNS), "method", ["ppo"]),
+                                           pd.DataFrame(rows, columns=KL_SWEEP_COLUMNS), "method", ["ppo"],
+                                           missing="ppo"),
                 "per_input": runs.write_csv(root / "logs" / "kl_sweep_per_input.csv", pd.DataFrame(per_input))}
 
     return runs.run_stage(cfg, "kl_sweep", body, force=force)
