@@ -32,18 +32,29 @@
 # the judge prefers references to corrupted versions of them and to copying from the post, and
 # measures how far each OOD split is from ID.
 
+# %% [markdown]
+# ```{glue} key_result
+# ```
+# *The key result: how far each test split is from the training distribution (its section, below, explains the measures).*
+
 # %% tags=["remove-cell"]
-# Colab only: fetch the book's repository and install gendiv (does nothing elsewhere).
+# Colab only (does nothing elsewhere): fetch the book's repository, install the locked versions
+# and gendiv, then restart the runtime once so that Python loads them.
 import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
     subprocess.run(
         "git clone -q --depth 1 https://github.com/gendiv/gendiv.git "
         "/content/gendiv && "
-        "pip install -q -e /content/gendiv",
+        "pip install -q --require-hashes --no-deps "
+        "-r /content/gendiv/requirements.lock && "
+        "pip install -q --no-deps -e /content/gendiv",
         shell=True,
         check=True,
     )
+    # Colab restarts the runtime: run the notebook again from the top.
+    os.kill(os.getpid(), 9)
+if "google.colab" in sys.modules:
     os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
@@ -215,7 +226,7 @@ if world is not None:
 tests = splits[splits["role"] == "test"].set_index("split")
 measures = [c for c in data.SPLITS_COLUMNS[4:] if tests[c].notna().any()]
 display(tests[measures].round(3))
-plots.shift_figure(splits, cfg)
+glue("key_result", plots.shift_figure(splits, cfg), display=False)
 order = tests["embedding_distance_from_id"].sort_values().index.tolist()
 display(
     Markdown(

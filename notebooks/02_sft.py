@@ -31,18 +31,29 @@
 # model on the ID demonstrations with TRL's `SFTTrainer`, samples from both models on every test
 # split, and scores the samples with the gold judge's utility.
 
+# %% [markdown]
+# ```{glue} key_result
+# ```
+# *The key result: the gold utility of the base model, SFT and the human references on every split (drawn again, with the table, below).*
+
 # %% tags=["remove-cell"]
-# Colab only: fetch the book's repository and install gendiv (does nothing elsewhere).
+# Colab only (does nothing elsewhere): fetch the book's repository, install the locked versions
+# and gendiv, then restart the runtime once so that Python loads them.
 import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
     subprocess.run(
         "git clone -q --depth 1 https://github.com/gendiv/gendiv.git "
         "/content/gendiv && "
-        "pip install -q -e /content/gendiv",
+        "pip install -q --require-hashes --no-deps "
+        "-r /content/gendiv/requirements.lock && "
+        "pip install -q --no-deps -e /content/gendiv",
         shell=True,
         check=True,
     )
+    # Colab restarts the runtime: run the notebook again from the top.
+    os.kill(os.getpid(), 9)
+if "google.colab" in sys.modules:
     os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
@@ -56,6 +67,7 @@ import json
 
 import pandas as pd
 from IPython.display import Markdown, display
+from myst_nb import glue
 
 from gendiv import (
     artifacts,
@@ -220,7 +232,7 @@ if len(gold):
             splits
         ].round(3)
     )
-    plots.bars_with_intervals(
+    fig = plots.bars_with_intervals(
         gold,
         "split",
         "mean_utility",
@@ -233,7 +245,13 @@ if len(gold):
         order=splits,
         hue_order=["base", "sft", "reference"],
     )
+    glue("key_result", fig, display=False)
 else:
+    glue(
+        "key_result",
+        Markdown("No gold judge exists for this profile's data."),
+        display=False,
+    )
     display(
         Markdown(
             "No gold judge exists for this profile's data, so gold utility is not "

@@ -29,18 +29,29 @@
 # simulated labeller. The RM is trained with TRL's `RewardTrainer` and judged against the
 # world's exact judge on held-out ID pairs and on pairs from both OOD splits.
 
+# %% [markdown]
+# ```{glue} key_result
+# ```
+# *The key result: how often the reward model agrees with the judge on held-out pairs, in and out of distribution (its section below).*
+
 # %% tags=["remove-cell"]
-# Colab only: fetch the book's repository and install gendiv (does nothing elsewhere).
+# Colab only (does nothing elsewhere): fetch the book's repository, install the locked versions
+# and gendiv, then restart the runtime once so that Python loads them.
 import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
     subprocess.run(
         "git clone -q --depth 1 https://github.com/gendiv/gendiv.git "
         "/content/gendiv && "
-        "pip install -q -e /content/gendiv",
+        "pip install -q --require-hashes --no-deps "
+        "-r /content/gendiv/requirements.lock && "
+        "pip install -q --no-deps -e /content/gendiv",
         shell=True,
         check=True,
     )
+    # Colab restarts the runtime: run the notebook again from the top.
+    os.kill(os.getpid(), 9)
+if "google.colab" in sys.modules:
     os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
@@ -55,6 +66,7 @@ import json
 import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
+from myst_nb import glue
 
 from gendiv import data, plots, reward, runs
 
@@ -177,7 +189,7 @@ if "rm_accuracy_by_kind" in reward_paths:
         .reindex(columns=[s for s in data.SPLITS if s in set(by_kind["split"])])
         .round(3)
     )
-_ = plots.bars_with_intervals(
+fig = plots.bars_with_intervals(
     accuracy.assign(model="reward model"),
     "split",
     "accuracy",
@@ -190,6 +202,7 @@ _ = plots.bars_with_intervals(
     order=list(accuracy["split"]),
     chance=0.5,
 )
+glue("key_result", fig, display=False)
 
 # %% [markdown]
 # ## Normalised RM score against gold utility

@@ -30,18 +30,29 @@
 # `ppo.ppo_epochs` passes over minibatches, with a linearly decaying learning rate. TRL no longer
 # ships PPO, so the loop is `gendiv.ppo`, written on `accelerate`.
 
+# %% [markdown]
+# ```{glue} key_result
+# ```
+# *The key result: PPO's training, proxy reward and KL to SFT step by step (its section below).*
+
 # %% tags=["remove-cell"]
-# Colab only: fetch the book's repository and install gendiv (does nothing elsewhere).
+# Colab only (does nothing elsewhere): fetch the book's repository, install the locked versions
+# and gendiv, then restart the runtime once so that Python loads them.
 import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
     subprocess.run(
         "git clone -q --depth 1 https://github.com/gendiv/gendiv.git "
         "/content/gendiv && "
-        "pip install -q -e /content/gendiv",
+        "pip install -q --require-hashes --no-deps "
+        "-r /content/gendiv/requirements.lock && "
+        "pip install -q --no-deps -e /content/gendiv",
         shell=True,
         check=True,
     )
+    # Colab restarts the runtime: run the notebook again from the top.
+    os.kill(os.getpid(), 9)
+if "google.colab" in sys.modules:
     os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
@@ -53,6 +64,7 @@ force = False
 # %%
 import pandas as pd
 from IPython.display import Markdown, display
+from myst_nb import glue
 
 from gendiv import data, outputs, plots, ppo, runs, stats
 
@@ -128,7 +140,7 @@ display(
 )
 
 # %%
-_ = plots.panels(
+fig = plots.panels(
     log,
     "step",
     {
@@ -144,6 +156,7 @@ _ = plots.panels(
     xlabel="PPO step",
     title="PPO training: reward, KL and outputs",
 )
+glue("key_result", fig, display=False)
 
 # %%
 _ = plots.panels(

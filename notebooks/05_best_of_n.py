@@ -28,18 +28,29 @@
 # diversity chapter reuses. This chapter shows how the kept output's RM score and gold utility
 # grow with N, in and out of distribution, and what that costs.
 
+# %% [markdown]
+# ```{glue} key_result
+# ```
+# *The key result: the kept output's proxy score and gold utility as N grows (its section below).*
+
 # %% tags=["remove-cell"]
-# Colab only: fetch the book's repository and install gendiv (does nothing elsewhere).
+# Colab only (does nothing elsewhere): fetch the book's repository, install the locked versions
+# and gendiv, then restart the runtime once so that Python loads them.
 import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
     subprocess.run(
         "git clone -q --depth 1 https://github.com/gendiv/gendiv.git "
         "/content/gendiv && "
-        "pip install -q -e /content/gendiv",
+        "pip install -q --require-hashes --no-deps "
+        "-r /content/gendiv/requirements.lock && "
+        "pip install -q --no-deps -e /content/gendiv",
         shell=True,
         check=True,
     )
+    # Colab restarts the runtime: run the notebook again from the top.
+    os.kill(os.getpid(), 9)
+if "google.colab" in sys.modules:
     os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
@@ -51,6 +62,7 @@ force = False
 # %%
 import pandas as pd
 from IPython.display import Markdown, display
+from myst_nb import glue
 
 from gendiv import bon, data, plots, runs
 
@@ -94,7 +106,7 @@ curve = scaling.assign(
         {"rm_score": "normalised RM score (proxy)", "gold_utility": "gold utility"}
     ),
 )
-_ = plots.panels(
+fig = plots.panels(
     curve.pivot_table(
         index=["n", "split"], columns="measure", values="value"
     ).reset_index(),
@@ -110,6 +122,7 @@ _ = plots.panels(
     title="Best-of-N: the kept output against N",
     ncols=2,
 )
+glue("key_result", fig, display=False)
 
 # %% [markdown]
 # ## Cost

@@ -39,18 +39,29 @@
 # the 2.5th and 97.5th percentiles of $W$ over 1,000 resamples of the inputs with replacement
 # (paired where two methods share inputs; for the gap, ID and OOD inputs are resampled apart).
 
+# %% [markdown]
+# ```{glue} key_result
+# ```
+# *The key result, the paper's Fig. 2: each method's win rate against the human reference on every split (its section below).*
+
 # %% tags=["remove-cell"]
-# Colab only: fetch the book's repository and install gendiv (does nothing elsewhere).
+# Colab only (does nothing elsewhere): fetch the book's repository, install the locked versions
+# and gendiv, then restart the runtime once so that Python loads them.
 import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
     subprocess.run(
         "git clone -q --depth 1 https://github.com/gendiv/gendiv.git "
         "/content/gendiv && "
-        "pip install -q -e /content/gendiv",
+        "pip install -q --require-hashes --no-deps "
+        "-r /content/gendiv/requirements.lock && "
+        "pip install -q --no-deps -e /content/gendiv",
         shell=True,
         check=True,
     )
+    # Colab restarts the runtime: run the notebook again from the top.
+    os.kill(os.getpid(), 9)
+if "google.colab" in sys.modules:
     os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
@@ -61,6 +72,7 @@ force = False
 
 # %%
 from IPython.display import Markdown, display
+from myst_nb import glue
 
 from gendiv import data, evaluation, plots, runs, stats
 
@@ -86,7 +98,7 @@ for judge in judges:
         .reindex(methods)[splits]
         .round(3)
     )
-    plots.bars_with_intervals(
+    fig = plots.bars_with_intervals(
         vs_ref,
         "split",
         "win_rate",
@@ -100,6 +112,8 @@ for judge in judges:
         hue_order=methods,
         chance=0.5,
     )
+    if judge == judges[0]:
+        glue("key_result", fig, display=False)
 
 # %% [markdown]
 # ## Head to head against SFT

@@ -54,18 +54,29 @@
 # The EAD denominator is the expected number of distinct $n$-grams in $C_n$ uniform draws from $V$
 # (Liu et al. 2022, eq. 3), so EAD does not fall just because outputs are longer.
 
+# %% [markdown]
+# ```{glue} key_result
+# ```
+# *The key result, the paper's Fig. 5: per-input diversity (EAD) of each method on every split (its section below, with the other metrics).*
+
 # %% tags=["remove-cell"]
-# Colab only: fetch the book's repository and install gendiv (does nothing elsewhere).
+# Colab only (does nothing elsewhere): fetch the book's repository, install the locked versions
+# and gendiv, then restart the runtime once so that Python loads them.
 import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
     subprocess.run(
         "git clone -q --depth 1 https://github.com/gendiv/gendiv.git "
         "/content/gendiv && "
-        "pip install -q -e /content/gendiv",
+        "pip install -q --require-hashes --no-deps "
+        "-r /content/gendiv/requirements.lock && "
+        "pip install -q --no-deps -e /content/gendiv",
         shell=True,
         check=True,
     )
+    # Colab restarts the runtime: run the notebook again from the top.
+    os.kill(os.getpid(), 9)
+if "google.colab" in sys.modules:
     os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
@@ -77,6 +88,7 @@ force = False
 # %%
 import pandas as pd
 from IPython.display import Markdown, display
+from myst_nb import glue
 
 from gendiv import data, diversity, plots, runs, stats
 
@@ -118,7 +130,7 @@ for scope, title in (
         .round(3)
     )
     for metric in [m for m in diversity.METRICS if m in set(sub["metric"])]:
-        plots.bars_with_intervals(
+        fig = plots.bars_with_intervals(
             sub[sub["metric"] == metric],
             "split",
             "value",
@@ -131,6 +143,8 @@ for scope, title in (
             order=splits,
             hue_order=methods,
         )
+        if (scope, metric) == ("per_input", "ead"):
+            glue("key_result", fig, display=False)
 
 # %% [markdown]
 # ## Across-input diversity (the paper's Fig. 6)

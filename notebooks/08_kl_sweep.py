@@ -35,18 +35,29 @@
 # whose optimum is $\pi^\star(y \mid x) \propto \pi_\text{SFT}(y \mid x)\, \exp(\hat r(x, y) / \beta)$: a larger
 # $\beta$ keeps the policy closer to SFT, a smaller one concentrates it on high-reward outputs.
 
+# %% [markdown]
+# ```{glue} key_result
+# ```
+# *The key result: performance against per-input diversity, one point per KL coefficient (its section below).*
+
 # %% tags=["remove-cell"]
-# Colab only: fetch the book's repository and install gendiv (does nothing elsewhere).
+# Colab only (does nothing elsewhere): fetch the book's repository, install the locked versions
+# and gendiv, then restart the runtime once so that Python loads them.
 import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
     subprocess.run(
         "git clone -q --depth 1 https://github.com/gendiv/gendiv.git "
         "/content/gendiv && "
-        "pip install -q -e /content/gendiv",
+        "pip install -q --require-hashes --no-deps "
+        "-r /content/gendiv/requirements.lock && "
+        "pip install -q --no-deps -e /content/gendiv",
         shell=True,
         check=True,
     )
+    # Colab restarts the runtime: run the notebook again from the top.
+    os.kill(os.getpid(), 9)
+if "google.colab" in sys.modules:
     os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
@@ -57,6 +68,7 @@ force = False
 
 # %%
 from IPython.display import Markdown, display
+from myst_nb import glue
 
 from gendiv import claims, data, plots, runs, sweep
 
@@ -106,7 +118,7 @@ long = wide.melt(
 )
 long["split"] = long["split"].map(plots.SPLIT_LABELS)
 long["metric"] = long["metric"].str.replace("per_input_", "")
-_ = plots.tradeoff(
+fig = plots.tradeoff(
     long,
     "per_input_diversity",
     performance,
@@ -119,6 +131,7 @@ _ = plots.tradeoff(
     ylabel=performance.replace("_", " "),
     title="KL sweep: performance against per-input diversity",
 )
+glue("key_result", fig, display=False)
 
 # %% [markdown]
 # ## Reward and KL frontier

@@ -15,8 +15,6 @@
 #     name: python3
 # ---
 
-# %%
-
 # %% [markdown]
 # # 9. Beyond PPO: DPO, RLOO and GRPO
 #
@@ -37,18 +35,29 @@
 # policy's true KL to SFT is measured the same way as the sweep's runs, and each method is a point
 # beside chapter 8's frontier.
 
+# %% [markdown]
+# ```{glue} key_result
+# ```
+# *The key result: PPO's KL sweep and the other methods, per-input diversity and gold utility against true KL to SFT (its section below).*
+
 # %% tags=["remove-cell"]
-# Colab only: fetch the book's repository and install gendiv (does nothing elsewhere).
+# Colab only (does nothing elsewhere): fetch the book's repository, install the locked versions
+# and gendiv, then restart the runtime once so that Python loads them.
 import os, subprocess, sys  # noqa: E401
 
 if "google.colab" in sys.modules and not os.path.isdir("/content/gendiv"):
     subprocess.run(
         "git clone -q --depth 1 https://github.com/gendiv/gendiv.git "
         "/content/gendiv && "
-        "pip install -q -e /content/gendiv",
+        "pip install -q --require-hashes --no-deps "
+        "-r /content/gendiv/requirements.lock && "
+        "pip install -q --no-deps -e /content/gendiv",
         shell=True,
         check=True,
     )
+    # Colab restarts the runtime: run the notebook again from the top.
+    os.kill(os.getpid(), 9)
+if "google.colab" in sys.modules:
     os.chdir("/content/gendiv/notebooks")
 
 # %% tags=["parameters"]
@@ -60,6 +69,7 @@ force = False
 # %%
 import pandas as pd
 from IPython.display import Markdown, display
+from myst_nb import glue
 
 from gendiv import align, data, plots, runs, sweep
 
@@ -79,8 +89,9 @@ methods = ["sft", "bon", "ppo", *ids]
 if not ids:
     display(
         Markdown(
-            f"Profile `{cfg.profile}` runs no other alignment method (`align.methods` "
-            "is empty); the rest of this chapter has nothing to show."
+            f"Profile `{cfg.profile}` runs no other alignment method "
+            "(`align.methods` is empty); the rest of this chapter has nothing to "
+            "show."
         )
     )
 else:
@@ -164,7 +175,8 @@ if ids:
             cfg=cfg,
             xlabel="test split",
             ylabel=ylabel,
-            title=f"Win rate against {'the reference' if opponent == 'reference' else 'SFT'}",
+            title="Win rate against "
+            + ("the reference" if opponent == "reference" else "SFT"),
             order=splits,
             hue_order=[labels[m] for m in order],
             chance=0.5,
@@ -248,7 +260,7 @@ if ids:
         )
         if m in points
     }
-    _ = plots.panels(
+    fig = plots.panels(
         points.sort_values("true_kl"),
         "true_kl",
         measures,
@@ -260,6 +272,13 @@ if ids:
         xlabel="true KL to SFT (nats/sequence)",
         title="In distribution: PPO's sweep and the other methods against true KL",
     )
+    glue("key_result", fig, display=False)
+else:
+    glue(
+        "key_result",
+        Markdown("This profile runs no other alignment method."),
+        display=False,
+    )
 
 # %% [markdown]
 # ## What this chapter showed
@@ -269,11 +288,11 @@ if ids:
     wr = winrates[winrates["judge"] == judge].set_index(
         ["method", "opponent", "split"]
     )
+    cols = ["win_rate", "ci_low", "ci_high"]
     lines = []
     for m in ids:
         vs_sft = "; ".join(
-            f"{s} {wr.loc[(m, 'sft', s), 'win_rate']:.3f} "
-            f"[{wr.loc[(m, 'sft', s), 'ci_low']:.3f}, {wr.loc[(m, 'sft', s), 'ci_high']:.3f}]"
+            "{} {:.3f} [{:.3f}, {:.3f}]".format(s, *wr.loc[(m, "sft", s)][cols])
             for s in splits
         )
         d = diffs[

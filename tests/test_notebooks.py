@@ -50,6 +50,20 @@ def test_colab_cells_clone_the_books_repository(tmp_path):
     assert all("github.com/someone/fork.git " in p.read_text() for p in changed)
 
 
+def test_colab_cells_install_the_locked_versions_the_makefile_installs():
+    """Colab gets the lock's exact versions, hash-checked, as `make venv` installs them (torch
+    stays Colab's own: the lock leaves it out), then one restart; a re-run only changes directory."""
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--require-hashes --no-deps -r requirements.lock" in makefile
+    assert not any(line.startswith("torch==") for line in (ROOT / "requirements.lock").read_text().splitlines())
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py")):
+        cell = path.read_text().split('# %% tags=["remove-cell"]', 1)[1].split("# %%", 1)[0]
+        install = cell.index("--require-hashes --no-deps")
+        assert install < cell.index('"-r /content/gendiv/requirements.lock && "') < cell.index(
+            "pip install -q --no-deps -e /content/gendiv") < cell.index("os.kill(os.getpid(), 9)"), path.name
+        assert 'if "google.colab" in sys.modules:\n    os.chdir("/content/gendiv/notebooks")' in cell, path.name
+
+
 def test_every_notebook_is_in_the_book():
     toc = (ROOT / "book" / "_toc.yml").read_text()
     for nb in NOTEBOOKS:
