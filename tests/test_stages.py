@@ -13,7 +13,7 @@ from gendiv.config import SECTIONS, load_profile
 LIB = Path(__file__).resolve().parents[1] / "lib" / "gendiv"
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
-ORDER = ["world", "stats", "config", "stages", "runs", "embeddings", "plots", "data", "lm", "models",
+ORDER = ["world", "instruct", "stats", "config", "stages", "runs", "embeddings", "plots", "data", "lm", "models",
          "artifacts", "outputs", "judges",
          # the stages, in pipeline order
          "pretraining", "sft", "reward", "ppo", "bon", "evaluation", "diversity", "sweep", "align", "claims",
