@@ -81,7 +81,7 @@ cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 # %%
 paths = data.build_splits(cfg, force=force)
 splits = pd.read_csv(paths["splits"])
-world = data.make_world(cfg) if cfg.data.source == "world" else None
+world = data.world_or_none(cfg)
 
 # %% [markdown]
 # ## Sizes
@@ -167,7 +167,7 @@ if world is not None:
 # %%
 if world is not None:
     checks = pd.read_csv(paths["judge_checks"])
-    variants = list(world_module.CORRUPTIONS + world_module.EXTRACTIVE)
+    variants = list(data.judge_variants(world))
     display(
         checks.pivot(
             index="variant", columns="split", values="reference_preferred_rate"
@@ -176,42 +176,48 @@ if world is not None:
         .round(3)
     )
     plots.judge_checks_figure(checks, cfg)
-    corrupted = checks[checks["variant"].isin(world_module.CORRUPTIONS)]
+    corrupted = checks[~checks["variant"].isin(world_module.EXTRACTIVE)]
     worst = corrupted.loc[corrupted["reference_preferred_rate"].idxmin()]
     copy = checks[checks["variant"] == "post_copy"].set_index("split")[
         "reference_preferred_rate"
     ]
     leads = checks[checks["variant"].str.startswith("lead_")]
+    unit = "instructions" if cfg.data.source == "instruct" else "posts"
     lines = [
         f"- Against {len(corrupted)} split-variant pairs of corrupted references "
         "the judge "
         "preferred the "
-        f"reference on at least **{worst.reference_preferred_rate:.1%}** of posts "
+        f"reference on at least **{worst.reference_preferred_rate:.1%}** of {unit} "
         "(lowest: "
         f"`{worst.variant}` on `{worst.split}`, n = {worst.n}).",
-        "- Against a verbatim copy of the post it preferred the reference on "
-        + ", ".join(f"{r:.1%} ({plots.SPLIT_LABELS[s]})" for s, r in copy.items())
-        + " of posts.",
-        "- Against the lead sentences: "
-        + "; ".join(
-            f"{plots.SPLIT_LABELS[s]} "
-            + ", ".join(
-                f"{k} {rate:.0%}"
-                for k, rate in (
-                    (
-                        k,
-                        g.set_index("variant").loc[
-                            f"lead_{k}", "reference_preferred_rate"
-                        ],
-                    )
-                    for k in (1, 2, 3)
-                )
-            )
-            for s, g in leads.groupby("split", sort=False)
-        )
-        + " (sentences 1, 2, 3: the share of posts where the reference is "
-        "preferred).",
     ]
+    if len(copy):  # summarisation: the extractive baselines taken from the post
+        lines += [
+            "- Against a verbatim copy of the post it preferred the reference on "
+            + ", ".join(
+                f"{r:.1%} ({plots.SPLIT_LABELS[s]})" for s, r in copy.items()
+            )
+            + " of posts.",
+            "- Against the lead sentences: "
+            + "; ".join(
+                f"{plots.SPLIT_LABELS[s]} "
+                + ", ".join(
+                    f"{k} {rate:.0%}"
+                    for k, rate in (
+                        (
+                            k,
+                            g.set_index("variant").loc[
+                                f"lead_{k}", "reference_preferred_rate"
+                            ],
+                        )
+                        for k in (1, 2, 3)
+                    )
+                )
+                for s, g in leads.groupby("split", sort=False)
+            )
+            + " (sentences 1, 2, 3: the share of posts where the reference is "
+            "preferred).",
+        ]
     display(Markdown("\n".join(lines)))
 
 # %% [markdown]

@@ -55,7 +55,7 @@ def test_wrong_type_names_key_and_value():
     ({"world.heldout_domains": ["atlantis"]}, r"unknown domain\(s\) \['atlantis'\]"),
     ({"world.heldout_domains": []}, r"heldout_domains is empty"),
     ({"world.labeller_temperature": 0.0}, r"labeller_temperature must be > 0"),
-    ({"data.source": "reddit"}, r"data.source must be 'world' or 'tldr'"),
+    ({"data.source": "reddit"}, r"data.source must be 'world' \(summarisation\), 'instruct'"),
 ])
 def test_impossible_values(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -12,6 +12,10 @@ WORLD = InstructionWorld(0)
 DOMAINS = list(WORLD.lex.domains)
 
 
+def U(text: str, ins: instruct.Instruction) -> float:
+    return WORLD.utility(text, ins).total
+
+
 def sample(split: str, n: int, seed: int = 3) -> list[instruct.Instruction]:
     rng = random.Random(seed)
     return [WORLD.make_instruction(rng, rng.choice(DOMAINS), split, f"{split}-{i}") for i in range(n)]
@@ -60,7 +64,7 @@ def test_instructions_are_deterministic_and_round_trip():
     a, b = sample("ood_far", 5, seed=9), sample("ood_far", 5, seed=9)
     assert [x.to_dict() for x in a] == [y.to_dict() for y in b]
     again = instruct.Instruction.from_dict(a[0].to_dict())
-    assert again.to_dict() == a[0].to_dict() and WORLD.utility(again.reference, again) == WORLD.utility(
+    assert again.to_dict() == a[0].to_dict() and U(again.reference, again) == U(
         a[0].reference, a[0])
 
 
@@ -96,7 +100,7 @@ def test_content_counts_invented_and_unasked_facts_cost():
     assert u_padded.off_task == u_full.off_task + 1
     invented = full + " " + WORLD.posts.hallucinated_sentence(instruct._as_post(ins), random.Random(2))
     assert WORLD.part_utilities(invented, ins)[0].hallucinated >= 1
-    assert WORLD.utility(full, ins) > WORLD.utility(padded, ins) > WORLD.utility(invented, ins) - 0.1
+    assert U(full, ins) > U(padded, ins) > U(invented, ins) - 0.1
 
 
 def test_a_chained_instruction_reads_one_paragraph_per_part_in_order():
@@ -107,10 +111,10 @@ def test_a_chained_instruction_reads_one_paragraph_per_part_in_order():
     swapped = "\n\n".join(reversed(answers))
     run_on = " ".join(answers)  # one paragraph for two parts: the second part goes unanswered
     extra = right + "\n\nHope that helps."
-    assert WORLD.utility(right, ins) > WORLD.utility(swapped, ins)
-    assert WORLD.utility(right, ins) > WORLD.utility(run_on, ins)
-    assert WORLD.utility(extra, ins) == pytest.approx(
-        WORLD.utility(right, ins) - WORLD.weights.extra_paragraph_cost)
+    assert U(right, ins) > U(swapped, ins)
+    assert U(right, ins) > U(run_on, ins)
+    assert U(extra, ins) == pytest.approx(
+        U(right, ins) - WORLD.weights.extra_paragraph_cost)
 
 
 def test_copying_the_instruction_back_loses_nearly_always():
@@ -121,7 +125,7 @@ def test_copying_the_instruction_back_loses_nearly_always():
 def test_the_labeller_is_bradley_terry_on_the_utility():
     ins = one_of("note")
     worse = WORLD.corrupt("violating", ins, ins, random.Random(0))
-    d = WORLD.utility(ins.reference, ins) - WORLD.utility(worse, ins)
+    d = U(ins.reference, ins) - U(worse, ins)
     assert WORLD.preference_probability(ins.reference, worse, ins) == pytest.approx(1 / (1 + math.exp(-d / 0.1)))
     rng = random.Random(0)
     labels = [WORLD.label(ins.reference, worse, ins, rng) for _ in range(2000)]
@@ -143,3 +147,41 @@ def test_an_unknown_family_or_split_names_the_choices():
         WORLD.make_instruction(random.Random(0), DOMAINS[0], "test", "x")
     assert set(NEAR_FAMILIES) & set(ID_FAMILIES) == set() and Part.from_dict(
         sample("id", 1)[0].parts[0].to_dict()) == sample("id", 1)[0].parts[0]
+
+
+@pytest.mark.slow
+def test_the_same_notebooks_run_the_instruction_task_end_to_end(tmp_path):
+    """`smoke-instruct`: every notebook, unchanged, on the instruction world (Alpaca's prompt
+    template, the instruction judge, its oracle), into the results contract."""
+    import shutil
+    from pathlib import Path
+
+    import pandas as pd
+    from gendiv import claims, cli, data
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "notebooks", tmp_path / "notebooks")
+    shutil.copytree(root / "book", tmp_path / "book", ignore=shutil.ignore_patterns("_build", "notebooks"))
+    run = tmp_path / "run"
+    times = cli.run("smoke-instruct", root=tmp_path, run_dir=str(run))
+    assert len(times) == len(list((root / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+    test = runs_rows(run / "data" / "id_test.jsonl")
+    assert test[0]["prompt"].startswith("Below is an instruction that describes a task, paired with an input")
+    assert "### Instruction:\n" in test[0]["prompt"] and test[0]["prompt"].endswith("### Response:")
+    splits = pd.read_csv(run / "results" / "splits.csv").set_index(["split", "role"])
+    assert splits.loc[("ood_far", "test"), "genre"] == "sequential"
+    assert splits.loc[("id", "test"), "genre"] == "instruction"
+    checks = pd.read_csv(run / "results" / "judge_checks.csv")
+    assert set(checks["variant"]) == set(CORRUPTIONS)
+    winrates = pd.read_csv(run / "results" / "winrates.csv")
+    assert set(winrates["judge"]) == {"world"} and set(winrates["split"]) == set(data.SPLITS)
+    diversity = pd.read_csv(run / "results" / "diversity.csv")
+    assert diversity.loc[diversity["metric"] == "oracle", "value"].notna().all()
+    card = pd.read_csv(run / "results" / "claims.csv")
+    assert set(claims.ALL_CLAIMS.split()) <= set(card["claim"])
+
+
+def runs_rows(path):
+    from gendiv import runs
+
+    return runs.read_jsonl(path)

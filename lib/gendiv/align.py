@@ -250,7 +250,7 @@ def build_alignment(cfg: Config, force: bool = False) -> dict[str, Path]:
         paths: dict[str, Path] = {}
         if not ids:
             return paths
-        world = data.make_world(cfg) if cfg.data.source == "world" else None
+        world = data.world_or_none(cfg)
         tests, div_tests = artifacts.test_records(cfg), artifacts.test_records(cfg, cfg.diversity.n_inputs)
         splits = data.available_splits(cfg)
         device = pick_device(cfg.model.device)

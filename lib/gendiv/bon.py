@@ -48,7 +48,7 @@ def build_best_of_n(cfg: Config, force: bool = False) -> dict[str, Path]:
     (``samples/bon_{split}.jsonl``) and how the kept output improves with N
     (``results/bon_scaling.csv``, N = 1, 2, 4, ... taking the first N candidates)."""
     def body(root: Path) -> dict[str, Path]:
-        world = data.make_world(cfg) if cfg.data.source == "world" else None
+        world = data.world_or_none(cfg)
         sft = artifacts.sft_path(cfg)
         model, tok = load_causal_lm(sft, pick_device(cfg.model.device)), load_tokenizer(sft)
         rm = artifacts.load_reward_model(cfg)

@@ -460,7 +460,7 @@ def competence(cfg: Config) -> pd.DataFrame:
         check("SFT win rate against the reference", r.split, r.win_rate, f">= {least:.2f}", r.win_rate >= least,
               POLICY_CLAIMS)
     outputs = artifacts.method_outputs(cfg)
-    if cfg.data.source == "world":
+    if cfg.data.source in data.WORLD_SOURCES:
         for split in splits:  # both sample the same inputs in the same order (artifacts.method_outputs)
             _, lo, _ = stats.paired_difference(expected_utilities(outputs["sft"][split]),
                                                expected_utilities(outputs["base"][split]), seed=cfg.seed)

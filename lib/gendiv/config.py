@@ -43,7 +43,8 @@ class DataConfig:
     """Split sizes. Test sets are the first ``n_test`` examples of each split, in a fixed order."""
 
     source: str = "world"
-    """'world' (the miniature world) or 'tldr' (the paper's hub datasets; needs the network)."""
+    """'world' (the miniature summarisation world), 'instruct' (the miniature instruction world,
+    :mod:`gendiv.instruct`) or 'tldr' (the paper's hub datasets; needs the network)."""
     n_sft_train: int = 4000
     """SFT demonstrations (ID)."""
     n_sft_val: int = 200
@@ -466,14 +467,15 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"data.{name} must lie in [0, 1], got {getattr(d, name)}.")
     if not 0.0 <= cfg.sft.pretrain_mix < 1.0:
         raise ConfigError(f"sft.pretrain_mix must lie in [0, 1), got {cfg.sft.pretrain_mix}.")
-    if cfg.sft.pretrain_mix and d.source != "world":
+    if cfg.sft.pretrain_mix and d.source not in ("world", "instruct"):
         raise ConfigError(f"sft.pretrain_mix ({cfg.sft.pretrain_mix}) mixes the miniature world's pre-training "
                           f"documents into SFT; data.source {d.source!r} has none: set sft.pretrain_mix: 0.")
     if d.pretrain_summary_share + d.pretrain_comment_share > 1.0:
         raise ConfigError(f"data.pretrain_summary_share ({d.pretrain_summary_share}) plus "
                           f"data.pretrain_comment_share ({d.pretrain_comment_share}) must be at most 1.")
-    if d.source not in ("world", "tldr"):
-        raise ConfigError(f"data.source must be 'world' or 'tldr', got {d.source!r}.")
+    if d.source not in ("world", "instruct", "tldr"):
+        raise ConfigError(f"data.source must be 'world' (summarisation), 'instruct' (instruction following) or "
+                          f"'tldr' (the paper's hub data), got {d.source!r}.")
     domains = sorted(lexicon().domains)
     bad = [x for x in cfg.world.heldout_domains if x not in domains]
     if bad:

@@ -26,9 +26,12 @@ from tqdm.auto import tqdm
 from gendiv import runs
 from gendiv.config import Config
 from gendiv.embeddings import sentence_model
+from gendiv.instruct import Instruction, InstructionWorld
 from gendiv.world import CORRUPTIONS, EXTRACTIVE, Example, World, words
 
 SPLITS = ("id", "ood_near", "ood_far")
+WORLD_SOURCES = ("world", "instruct")
+"""The miniature worlds' sources (generated, with an exact judge); others come from the hub."""
 ID_ROLES = ("sft_train", "sft_val", "comparisons", "rl", "test")
 SPLITS_COLUMNS = ["split", "role", "n", "genre", "vocab_overlap_with_id", "type_overlap_with_id",
                   "embedding_distance_from_id", "predicate_overlap_with_id"]
@@ -60,8 +63,12 @@ def alpaca_prompt(instruction: str, input_text: str = "") -> str:
             f"completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:")
 
 
-def format_prompt(ex: Example) -> str:
-    """The prompt of a world example in the paper's template for its genre."""
+def format_prompt(ex: Example | Instruction) -> str:
+    """The prompt of a world example in the paper's template for its genre: TL;DR for a forum
+    post, CNN/DailyMail for a news report, Alpaca's for an instruction (what is asked as the
+    instruction, the situation as its input)."""
+    if isinstance(ex, Instruction):
+        return alpaca_prompt(ex.ask, ex.situation)
     if ex.genre == "forum":
         return tldr_prompt(ex.subreddit, ex.title, ex.body)
     return cnndm_prompt(ex.body)
@@ -194,20 +201,44 @@ def sequential_instructions_records(source: str = "UCL-DARK/sequential-instructi
 
 
 # ---------------------------------------------------------------- world splits
-def make_world(cfg: Config) -> World:
+def make_world(cfg: Config) -> World | InstructionWorld:
+    """The profile's miniature world: summarisation (``data.source: world``) or instruction
+    following (``data.source: instruct``)."""
+    if cfg.data.source == "instruct":
+        return InstructionWorld(seed=cfg.seed, labeller_temperature=cfg.world.labeller_temperature)
     return World(seed=cfg.seed, heldout_domains=cfg.world.heldout_domains,
                  labeller_temperature=cfg.world.labeller_temperature)
 
 
-def _record(ex: Example) -> dict:
+def world_or_none(cfg: Config) -> World | InstructionWorld | None:
+    """The profile's miniature world, or None for the hub's data (no exact judge)."""
+    return make_world(cfg) if cfg.data.source in WORLD_SOURCES else None
+
+
+def example_from(record: dict) -> Example | Instruction:
+    """A world record back as its example: an instruction (it has parts) or a post."""
+    return Instruction.from_dict(record) if "parts" in record else Example.from_dict(record)
+
+
+def _record(ex: Example | Instruction) -> dict:
     d = ex.to_dict()
     d["prompt"] = format_prompt(ex)
+    d["genre"] = ex.genre
     return d
 
 
-def world_split(world: World, cfg: Config, split: str, role: str, n: int) -> list[Example]:
-    """``n`` examples of ``split``/``role``, deterministic given the seed, split and role."""
+def world_split(world: World | InstructionWorld, cfg: Config, split: str, role: str,
+                n: int) -> list[Example | Instruction]:
+    """``n`` examples of ``split``/``role``, deterministic given the seed, split and role. In the
+    instruction world every split draws its situations from every domain: the shift is in what
+    is asked (:mod:`gendiv.instruct`)."""
     rng = random.Random(f"{cfg.seed}/{split}/{role}")
+    if isinstance(world, InstructionWorld):
+        if split not in SPLITS:
+            raise ValueError(f"Unknown split {split!r}; choose from {SPLITS}.")
+        names = world.train_domains
+        return [world.make_instruction(rng, names[i % len(names)] if i % 2 else rng.choice(names), split,
+                                       f"{split}-{role}-{i}") for i in range(n)]
     if split == "id":
         domains, genre = world.train_domains, "forum"
     elif split == "ood_near":
@@ -257,6 +288,7 @@ def pretraining_corpus(world: World, cfg: Config, n: int | None = None, stream: 
     """
     rng = random.Random(f"{cfg.seed}/{stream}")
     d = cfg.data
+    world = world.posts if isinstance(world, InstructionWorld) else world  # the base's language
     names = list(world.lex.domains)
     docs = []
     for i in range(d.n_pretrain_docs if n is None else n):
@@ -353,12 +385,20 @@ def shift_measures(records: dict[tuple[str, str], list[dict]], cfg: Config) -> p
 
 
 # ---------------------------------------------------------------- judge checks
-def judge_checks(world: World, tests: dict[str, list[Example]], seed: int) -> pd.DataFrame:
+def judge_variants(world: World | InstructionWorld) -> tuple[str, ...]:
+    """The worse responses the judge checks run: corrupted references, then (summarisation)
+    extractive baselines taken from the post."""
+    if isinstance(world, InstructionWorld):
+        return world.corruptions
+    return CORRUPTIONS + EXTRACTIVE
+
+
+def judge_checks(world: World | InstructionWorld, tests: dict[str, list[Example]], seed: int) -> pd.DataFrame:
     """How often the gold judge prefers the reference over each corrupted variant of it and each
     extractive baseline taken from the post (``world.CORRUPTIONS + world.EXTRACTIVE``; ties = 1/2)."""
     rows = []
     for split, exs in tests.items():
-        for variant in CORRUPTIONS + EXTRACTIVE:
+        for variant in judge_variants(world):
             rng = random.Random(f"{seed}/judge/{split}/{variant}")
             wins = []
             for i, ex in enumerate(exs):
@@ -373,7 +413,7 @@ def judge_demo(world: World, ex: Example, other: Example, seed: int) -> pd.DataF
     """The judge at work on one example: each variant's text and its utility breakdown
     (``other`` supplies the other-post summary)."""
     rng = random.Random(f"{seed}/demo")
-    rows = [("reference", ex.reference)] + [(v, world.corrupt(v, ex, other, rng)) for v in CORRUPTIONS + EXTRACTIVE]
+    rows = [("reference", ex.reference)] + [(v, world.corrupt(v, ex, other, rng)) for v in judge_variants(world)]
     out = []
     for name, text in rows:
         u = world.utility(text, ex)
@@ -395,7 +435,7 @@ def build_splits(cfg: Config, force: bool = False) -> dict[str, Path]:
 
     def body(root: Path) -> dict[str, Path]:
         paths: dict[str, Path] = {}
-        if cfg.data.source == "world":
+        if cfg.data.source in WORLD_SOURCES:
             world = make_world(cfg)
             examples = {}
             for (split, role), n in tqdm(split_sizes(cfg).items(), desc="splits", leave=False):
@@ -426,6 +466,6 @@ def load_split(cfg: Config, split: str, role: str = "test") -> list[dict]:
     return runs.read_jsonl(runs.artifact(cfg, "data", f"{split}_{role}"))
 
 
-def load_examples(cfg: Config, split: str, role: str = "test") -> list[Example]:
-    """World examples of a built split, with their latent facts."""
-    return [Example.from_dict(r) for r in load_split(cfg, split, role)]
+def load_examples(cfg: Config, split: str, role: str = "test") -> list[Example | Instruction]:
+    """World examples (posts or instructions) of a built split, with their latent facts."""
+    return [example_from(r) for r in load_split(cfg, split, role)]

@@ -406,7 +406,7 @@ def build_diversity(cfg: Config, force: bool = False) -> dict[str, Path]:
     per-input values (``logs/diversity_per_input.csv``) and each metric's time; rows of chapter
     9's methods in those files are kept."""
     def body(root: Path) -> dict[str, Path]:
-        world = data.make_world(cfg) if cfg.data.source == "world" else None
+        world = data.world_or_none(cfg)
         metrics = Metrics(cfg, world)
         unavailable = {m: why for m, why in metrics.available().items() if why}
         samples = per_input_samples(cfg, root)

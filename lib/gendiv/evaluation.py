@@ -23,8 +23,9 @@ def judge_list(cfg: Config, root: Path) -> list[tuple[object, int | None]]:
     """(judge, inputs per split it judges or None for all): the world's gold judge where the
     world is the data, and the LLM judge when configured (its answers cached under ``root``)."""
     out = []
-    if cfg.data.source == "world":
-        out.append((judges.WorldJudge(data.make_world(cfg)), None))
+    world = data.world_or_none(cfg)
+    if world is not None:
+        out.append((judges.WorldJudge(world), None))
     llm = judges.make_llm_judge(cfg.judge, root / "cache" / "judge")
     if llm is not None:
         out.append((llm, cfg.judge.n_inputs))

@@ -126,6 +126,17 @@ class Instruction:
     facts: list[Fact] = field(default_factory=list)
 
     @property
+    def ask(self) -> str:
+        """What the instruction asks, without the situation (the Alpaca template's instruction;
+        the situation is its input)."""
+        return self.instruction.split("\n\n", 1)[1]
+
+    @property
+    def genre(self) -> str:
+        """'instruction' or, for a chained one, 'sequential' (the splits table's genre column)."""
+        return "instruction" if len(self.parts) == 1 else "sequential"
+
+    @property
     def family(self) -> str:
         """The family, or 'sequential:<a>+<b>[+<c>]' for a chained instruction."""
         names = [p.family for p in self.parts]
@@ -155,6 +166,36 @@ class PartUtility:
     echo: float
     fluency: float
     total: float
+
+
+@dataclass(frozen=True)
+class InstructionUtility:
+    """A response's gold utility (``total``) with its parts' terms; ``coverage``, ``hallucinated``,
+    ``fluency`` and ``n_words`` summarise them as the summarisation world's :class:`Utility` does."""
+
+    total: float
+    parts: tuple[PartUtility, ...]
+    extra_paragraphs: int
+
+    @property
+    def coverage(self) -> float:
+        return sum(p.coverage for p in self.parts) / len(self.parts)
+
+    @property
+    def hallucinated(self) -> int:
+        return sum(p.hallucinated for p in self.parts)
+
+    @property
+    def fluency(self) -> float:
+        return min(p.fluency for p in self.parts)
+
+    @property
+    def n_words(self) -> int:
+        return sum(p.n_words for p in self.parts)
+
+    @property
+    def failed(self) -> tuple[str, ...]:
+        return tuple(f for p in self.parts for f in p.failed)
 
 
 @dataclass(frozen=True)
@@ -212,15 +253,59 @@ class InstructionWorld:
         self.posts = World(seed)  # the language, the lexicon and the fluency measure
         self.lex = lexicon()
 
+    corruptions = None  # set below the class: CORRUPTIONS
+    extractive: tuple[str, ...] = ()
+    """No extractive baselines: copying the instruction back is one of the corruptions."""
+
+    @property
+    def train_domains(self) -> tuple[str, ...]:
+        return tuple(self.lex.domains)
+
+    def judge_terms(self) -> list[dict[str, str]]:
+        """What the gold utility rewards and punishes, with this world's weights (as the
+        summarisation world's, for the book's world page)."""
+        w = self.weights
+        return [
+            {"term": "required facts stated (coverage)", "effect": "rewards",
+             "weight": "up to +1 per part: the stated share of the facts the part asks for"},
+            {"term": "facts the situation does not contain", "effect": "punishes",
+             "weight": f"-{w.hallucination_cost:g} each"},
+            {"term": "facts of the situation not asked for", "effect": "punishes",
+             "weight": f"-{w.off_task_cost:g} each"},
+            {"term": "each failed form requirement", "effect": "punishes",
+             "weight": f"-{w.form_cost:g} (one sentence, n items, addressee, avoided word, order, word limit)"},
+            {"term": "words past the part's budget", "effect": "punishes", "weight": f"-{w.excess_word_cost:g} a word"},
+            {"term": "the instruction copied back", "effect": "punishes",
+             "weight": f"-{w.echo_cost:g} x the share of its trigrams repeated"},
+            {"term": "repeated word trigrams", "effect": "punishes", "weight": f"-{w.repetition_cost:g} x their share"},
+            {"term": "word salad", "effect": "punishes",
+             "weight": f"coverage scaled by min(1, fluency / {w.fluency_floor:g})^2"},
+            {"term": "paragraphs beyond the parts asked for", "effect": "punishes",
+             "weight": f"-{w.extra_paragraph_cost:g} each"},
+            {"term": "empty part", "effect": "punishes", "weight": f"utility {w.empty_utility:g}"},
+        ]
+
+    def utility_formula(self) -> str:
+        """The gold utility as a LaTeX display equation, with this world's weights."""
+        w = self.weights
+        return (rf"u = \frac{{1}}{{|P|}} \sum_{{p \in P}} \big(\text{{coverage}}_p\, f_p"
+                rf" - {w.hallucination_cost:g}\, n_\text{{invented}} - {w.off_task_cost:g}\, n_\text{{off-task}}"
+                rf" - {w.form_cost:g}\, n_\text{{failed forms}}"
+                rf" - {w.excess_word_cost:g} \max(0, n_\text{{words}} - B_p)"
+                rf" - {w.echo_cost:g}\, e_p - {w.repetition_cost:g}\, r_p\big)"
+                rf" - {w.extra_paragraph_cost:g}\, n_\text{{extra paragraphs}}")
+
     # ---- generation ----
     def _situation(self, rng: random.Random, domain: str) -> tuple[list[Fact], str, dict]:
-        facts = [f for f in self.posts._sample_facts(rng, domain, "forum") if f.role != "ask"]
+        sampled = [f for f in self.posts._sample_facts(rng, domain, "forum") if f.role != "ask"]
+        facts = [f for f in sampled if f.role in ("problem", "cause")]  # short: a prompt fits the
+        facts += [next(f for f in sampled if f.role == role) for role in ("minor", "distractor")]  # tiny model
         order = facts[:]
         rng.shuffle(order)
         wording: dict = {}
         text = " ".join(self.posts._fill(rng, rng.choice(FORUM_SENTENCES[f.role]), f, "forum", wording)
                         for f in order)
-        opener = rng.choice(SITUATION_OPENERS)
+        opener = rng.choice(SITUATION_OPENERS) if rng.random() < 0.25 else ""
         return facts, (opener + " " + text).strip(), wording
 
     def _avoid_word(self, rng: random.Random, fact: Fact, wording: dict) -> str | None:
@@ -244,7 +329,7 @@ class InstructionWorld:
         if family == "recap":
             return Part(family, template, (problem, cause), one_sentence=True, budget=30)
         if family == "list":
-            n = 3 if minors and rng.random() < 0.5 else 2
+            n = 3 if minors and rng.random() < 0.4 else 2
             return Part(family, template.replace("{n}", str(n)), (problem, cause, *minors[: n - 2]), n_items=n,
                         budget=12 * n)
         if family == "note":
@@ -274,8 +359,13 @@ class InstructionWorld:
             else:
                 parts = [self._part(rng, rng.choice(ID_FAMILIES), facts, wording, held_out=True)]
         elif split == "ood_far":
-            chosen = rng.sample(FAMILIES, rng.choice((2, 2, 3)))
-            parts = [self._part(rng, fam, facts, wording, held_out=rng.random() < 0.5) for fam in chosen]
+            want, parts = rng.choice((2, 2, 3)), []
+            for fam in rng.sample(FAMILIES, len(FAMILIES)):  # distinct families (avoid may become a recap)
+                part = self._part(rng, fam, facts, wording, held_out=rng.random() < 0.5)
+                if part.family not in {p.family for p in parts}:
+                    parts.append(part)
+                if len(parts) == want:
+                    break
         else:
             raise ValueError(f"Unknown split {split!r}: 'id', 'ood_near' or 'ood_far'.")
         if len(parts) == 1:
@@ -424,7 +514,7 @@ class InstructionWorld:
         paras = paragraphs(response)
         return [self._part_utility(paras[i] if i < len(paras) else "", p, ins) for i, p in enumerate(ins.parts)]
 
-    def utility(self, response: str, ins: Instruction) -> float:
+    def utility(self, response: str, ins: Instruction) -> InstructionUtility:
         """Gold utility of ``response`` to ``ins`` (about 1 is ideal): the mean of its parts'
         utilities, each
 
@@ -435,16 +525,17 @@ class InstructionWorld:
         beyond the parts of a chained instruction."""
         parts = self.part_utilities(response, ins)
         extra = max(0, len(paragraphs(response)) - len(ins.parts)) if len(ins.parts) > 1 else 0
-        return sum(p.total for p in parts) / len(parts) - self.weights.extra_paragraph_cost * extra
+        total = sum(p.total for p in parts) / len(parts) - self.weights.extra_paragraph_cost * extra
+        return InstructionUtility(total, tuple(parts), extra)
 
     def judge(self, a: str, b: str, ins: Instruction) -> float:
         """The deterministic judge: 1 if A is better, 0 if B is, 0.5 on a tie."""
-        ua, ub = self.utility(a, ins), self.utility(b, ins)
+        ua, ub = self.utility(a, ins).total, self.utility(b, ins).total
         return 0.5 if abs(ua - ub) < 1e-9 else float(ua > ub)
 
     def preference_probability(self, a: str, b: str, ins: Instruction) -> float:
         """P(labeller prefers A) = sigmoid((u_A - u_B) / tau)."""
-        d = (self.utility(a, ins) - self.utility(b, ins)) / self.labeller_temperature
+        d = (self.utility(a, ins).total - self.utility(b, ins).total) / self.labeller_temperature
         return 1.0 / (1.0 + math.exp(-max(min(d, 50.0), -50.0)))
 
     def label(self, a: str, b: str, ins: Instruction, rng: random.Random) -> int:
@@ -518,5 +609,6 @@ def _as_post(ins: Instruction) -> _PostExample:
 
 CORRUPTIONS = ("truncated", "empty", "shuffled", "other_instruction", "instruction_echo", "off_task", "violating",
                "hallucinated")
+InstructionWorld.corruptions = CORRUPTIONS
 """Worse responses than the reference: the judge should prefer the reference to each on nearly every
 instruction (tested), and to a copy of the instruction on at least 95%."""

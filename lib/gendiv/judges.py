@@ -27,8 +27,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from gendiv import runs
-from gendiv.data import Example
+from gendiv import data, runs
 from gendiv.models import SMOLLM2, load_causal_lm, load_tokenizer, pick_device, smollm2_path
 
 JUDGE_PROMPT = """Which of the following summaries does a better job of summarizing the most \
@@ -61,7 +60,8 @@ class Judge(Protocol):
 
 
 class WorldJudge:
-    """The world's deterministic gold judge (:meth:`gendiv.world.World.judge`)."""
+    """A miniature world's deterministic gold judge (:meth:`gendiv.world.World.judge`, or the
+    instruction world's)."""
 
     name = "world"
 
@@ -69,7 +69,7 @@ class WorldJudge:
         self.world = world
 
     def compare(self, record: dict, a: str, b: str) -> float:
-        return self.world.judge(a, b, Example.from_dict(record))
+        return self.world.judge(a, b, data.example_from(record))
 
 
 class ChatBackend(Protocol):

@@ -20,7 +20,7 @@ GOLD_UTILITY_COLUMNS = ["method", "split", "mean_utility", "ci_low", "ci_high", 
 
 def gold_utilities(world, records: list[dict], outputs: list[str]) -> list[float]:
     """The world's gold utility of each output for its record's post."""
-    return [world.utility(o, data.Example.from_dict(r)).total for r, o in zip(records, outputs)]
+    return [world.utility(o, data.example_from(r)).total for r, o in zip(records, outputs)]
 
 
 def utility_row(method: str, split: str, utilities: list[float], seed: int) -> dict:

@@ -495,7 +495,7 @@ def evaluate_ppo(cfg: Config, force: bool = False) -> dict[str, Path]:
     samples, with gold utilities averaged over ``sampling.utility_samples`` samples per input as
     there (``logs/ppo_gold_utility.csv``); the first sample is the one chapter 6 judges."""
     def body(root: Path) -> dict[str, Path]:
-        world = data.make_world(cfg) if cfg.data.source == "world" else None
+        world = data.world_or_none(cfg)
         paths, rows = outputs.sample_outputs(cfg, artifacts.ppo_path(cfg), "ppo", artifacts.test_records(cfg),
                                              root / "samples", world)
         paths["gold_utility"] = runs.write_csv(root / "logs" / "ppo_gold_utility.csv",

@@ -145,7 +145,7 @@ def _judged_pairs(world, records: list[dict], pairs: list[tuple[str, str]], kind
     for rec, (sft_text, other), kind in zip(records, pairs, kinds):
         sft_side = "a" if rng.random() < 0.5 else "b"
         a, b = (sft_text, other) if sft_side == "a" else (other, sft_text)
-        ex = data.Example.from_dict(rec)
+        ex = data.example_from(rec)
         ua, ub = world.utility(a, ex).total, world.utility(b, ex).total
         judge = world.judge(a, b, ex)
         row = {"uid": rec["uid"], "split": rec["split"], "prompt": rec["prompt"], "kind": kind, "a": a, "b": b,
@@ -167,7 +167,7 @@ def build_comparisons(cfg: Config, force: bool = False) -> dict[str, Path]:
         records = data.load_split(cfg, "id", "comparisons")
         n_held = max(1, int(round(cfg.reward.heldout_share * len(records))))
         paths: dict[str, Path] = {}
-        if cfg.data.source != "world":
+        if cfg.data.source not in data.WORLD_SOURCES:
             rows = [{**r, "a": r["chosen"], "b": r["rejected"], "preferred": 0, "label": 0} for r in records]
             paths["comparisons_train"] = runs.write_jsonl(root / "data" / "comparisons_train.jsonl", rows[:-n_held])
             paths["comparisons_heldout"] = runs.write_jsonl(root / "data" / "comparisons_heldout.jsonl",

@@ -109,7 +109,7 @@ def evaluate_sft(cfg: Config, force: bool = False) -> dict[str, Path]:
     ``logs/context_reliance.csv`` how much each model reads the post
     (:func:`gendiv.outputs.context_reliance`)."""
     def body(root: Path) -> dict[str, Path]:
-        world = data.make_world(cfg) if cfg.data.source == "world" else None
+        world = data.world_or_none(cfg)
         tests = artifacts.test_records(cfg)
         policies = (("base", artifacts.base_path(cfg)), ("sft", artifacts.sft_path(cfg)))
         paths, rows = {}, []

@@ -71,7 +71,7 @@ def build_kl_sweep(cfg: Config, force: bool = False) -> dict[str, Path]:
     run is sampled as chapters 4 and 7 sample PPO: one sample per evaluation input with the run's
     seed, K per diversity input with diversity's seed."""
     def body(root: Path) -> dict[str, Path]:
-        world = data.make_world(cfg) if cfg.data.source == "world" else None
+        world = data.world_or_none(cfg)
         metrics = Metrics(cfg, world)
         rm = artifacts.load_reward_model(cfg)
         tests, div_tests = artifacts.test_records(cfg), artifacts.test_records(cfg, cfg.diversity.n_inputs)
