@@ -30,13 +30,12 @@ response's set of asserted facts and its shape.
 from __future__ import annotations
 
 import functools
-import math
 import random
 import re
 from dataclasses import dataclass, field
 
-from gendiv.world import (FORUM_SENTENCES, NARRATOR, Example as _PostExample, Fact, World, _cap, lexicon,
-                          words)
+from gendiv.world import (FORUM_SENTENCES, NARRATOR, Example as _PostExample, Fact, Judged, World, _cap,
+                          lexicon, shuffled, truncated, words)
 
 ID_FAMILIES = ("recap", "list", "note", "avoid")
 """Instruction families of the training distribution (and of the ID test)."""
@@ -242,7 +241,7 @@ def items(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip().startswith(("- ", "-\t")) and words(ln)]
 
 
-class InstructionWorld:
+class InstructionWorld(Judged):
     """Generator, labeller and judge of the instruction world, deterministic given ``seed``."""
 
     def __init__(self, seed: int = 0, labeller_temperature: float = 0.1,
@@ -528,20 +527,6 @@ class InstructionWorld:
         total = sum(p.total for p in parts) / len(parts) - self.weights.extra_paragraph_cost * extra
         return InstructionUtility(total, tuple(parts), extra)
 
-    def judge(self, a: str, b: str, ins: Instruction) -> float:
-        """The deterministic judge: 1 if A is better, 0 if B is, 0.5 on a tie."""
-        ua, ub = self.utility(a, ins).total, self.utility(b, ins).total
-        return 0.5 if abs(ua - ub) < 1e-9 else float(ua > ub)
-
-    def preference_probability(self, a: str, b: str, ins: Instruction) -> float:
-        """P(labeller prefers A) = sigmoid((u_A - u_B) / tau)."""
-        d = (self.utility(a, ins).total - self.utility(b, ins).total) / self.labeller_temperature
-        return 1.0 / (1.0 + math.exp(-max(min(d, 50.0), -50.0)))
-
-    def label(self, a: str, b: str, ins: Instruction, rng: random.Random) -> int:
-        """The noisy simulated labeller: 1 if it prefers A."""
-        return int(rng.random() < self.preference_probability(a, b, ins))
-
     def fact_set(self, text: str) -> frozenset:
         """The oracle diversity unit: the facts a response asserts and its shape (list or prose,
         and its number of paragraphs)."""
@@ -553,17 +538,11 @@ class InstructionWorld:
         """A worse response than the reference, of kind ``variant`` (:data:`CORRUPTIONS`)."""
         ref = ins.reference
         if variant == "truncated":
-            toks = ref.split()
-            return " ".join(toks[: max(1, len(toks) // 3)])
+            return truncated(ref)
         if variant == "empty":
             return ""
         if variant == "shuffled":
-            toks = ref.split()
-            for _ in range(10):
-                rng.shuffle(toks)
-                if " ".join(toks) != ref:
-                    break
-            return " ".join(toks)
+            return shuffled(ref, rng)
         if variant == "other_instruction":
             return other.reference
         if variant == "instruction_echo":

@@ -334,7 +334,47 @@ class UtilityWeights:
     coverage is scaled by (fluency / floor) squared."""
 
 
-class World:
+class Judged:
+    """The labeller and the judge of a miniature world, from its gold utility (``utility(text,
+    example).total``) and ``labeller_temperature``: shared by the summarisation and the
+    instruction worlds."""
+
+    labeller_temperature: float
+
+    def judge(self, a: str, b: str, ex) -> float:
+        """The deterministic gold judge: 1 if A is better, 0 if B is, 0.5 on a tie."""
+        ua, ub = self.utility(a, ex).total, self.utility(b, ex).total
+        if abs(ua - ub) < 1e-9:
+            return 0.5
+        return 1.0 if ua > ub else 0.0
+
+    def preference_probability(self, a: str, b: str, ex) -> float:
+        """P(labeller prefers A) = sigmoid((u_A - u_B) / tau), Bradley-Terry on gold utility."""
+        d = (self.utility(a, ex).total - self.utility(b, ex).total) / self.labeller_temperature
+        return 1.0 / (1.0 + math.exp(-max(min(d, 50.0), -50.0)))
+
+    def label(self, a: str, b: str, ex, rng: random.Random) -> int:
+        """The noisy simulated labeller: 1 if it prefers A, else 0 (a human-like noisy label)."""
+        return int(rng.random() < self.preference_probability(a, b, ex))
+
+
+def truncated(text: str) -> str:
+    """The first third of a text's words (a corrupted reference)."""
+    toks = text.split()
+    return " ".join(toks[: max(1, len(toks) // 3)])
+
+
+def shuffled(text: str, rng: random.Random) -> str:
+    """A text's words in another order (a corrupted reference)."""
+    toks = text.split()
+    for _ in range(10):
+        rng.shuffle(toks)
+        if " ".join(toks) != text:
+            break
+    return " ".join(toks)
+
+
+class World(Judged):
     """Generator, labeller and judge of the miniature world, deterministic given ``seed``."""
 
     def __init__(self, seed: int = 0, heldout_domains: Sequence[str] = (),
@@ -599,22 +639,6 @@ class World:
                 rf" - {w.excess_word_cost:g} \max(0, n_\text{{words}} - B) - {w.repetition_cost:g}\, r"
                 rf" - {w.unterminated_cost:g}\,[\text{{unterminated}}]")
 
-    def judge(self, summary_a: str, summary_b: str, ex: Example) -> float:
-        """The deterministic gold judge: 1 if A is better, 0 if B is, 0.5 on a tie."""
-        ua, ub = self.utility(summary_a, ex).total, self.utility(summary_b, ex).total
-        if abs(ua - ub) < 1e-9:
-            return 0.5
-        return 1.0 if ua > ub else 0.0
-
-    def preference_probability(self, summary_a: str, summary_b: str, ex: Example) -> float:
-        """P(labeller prefers A) = sigmoid((u_A - u_B) / tau), Bradley-Terry on gold utility."""
-        d = (self.utility(summary_a, ex).total - self.utility(summary_b, ex).total) / self.labeller_temperature
-        return 1.0 / (1.0 + math.exp(-max(min(d, 50.0), -50.0)))
-
-    def label(self, summary_a: str, summary_b: str, ex: Example, rng: random.Random) -> int:
-        """The noisy simulated labeller: 1 if it prefers A, else 0 (a human-like noisy label)."""
-        return int(rng.random() < self.preference_probability(summary_a, summary_b, ex))
-
     def fact_set(self, text: str) -> frozenset[tuple[str | None, str]]:
         """The facts a text asserts: the oracle diversity metric's unit."""
         return frozenset(self.lex.parse(text))
@@ -628,19 +652,13 @@ class World:
         if variant in EXTRACTIVE:
             return lead_sentences(ex.body, None if variant == "post_copy" else int(variant[-1]))
         if variant == "truncated":
-            toks = ref.split()
-            return " ".join(toks[: max(1, len(toks) // 3)])
+            return truncated(ref)
         if variant == "other_post":
             return other.reference
         if variant == "empty":
             return ""
         if variant == "shuffled":
-            toks = ref.split()
-            for _ in range(10):
-                rng.shuffle(toks)
-                if " ".join(toks) != ref:
-                    break
-            return " ".join(toks)
+            return shuffled(ref, rng)
         if variant == "hallucinated":
             return ref + " " + self.hallucinated_sentence(ex, rng)
         raise ValueError(f"Unknown judge-check variant {variant!r}; choose from {CORRUPTIONS + EXTRACTIVE}.")
