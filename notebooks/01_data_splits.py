@@ -21,7 +21,13 @@
 # *Reproduces the set-up of Kirk et al. (2024), Sec. 3 ("Tasks and datasets"): summarisation
 # data for supervised fine-tuning (SFT), reward modelling and RL, and test sets in distribution
 # (ID) and out of distribution (OOD).*
-#
+
+# %% [markdown]
+# ```{glue} key_result
+# ```
+# *The key result: how far each test split is from the training distribution (its section, below, explains the measures).*
+
+# %% [markdown]
 # The paper trains on Reddit TL;DR and tests on TL;DR (ID) and CNN/DailyMail (OOD). This book's
 # default profile builds the same structure in the **miniature world** (see
 # [the miniature world](../world.md)): forum posts from training domains (ID), forum posts from
@@ -31,11 +37,6 @@
 # This chapter builds the splits, shows examples, puts the judge to work on one post, checks that
 # the judge prefers references to corrupted versions of them and to copying from the post, and
 # measures how far each OOD split is from ID.
-
-# %% [markdown]
-# ```{glue} key_result
-# ```
-# *The key result: how far each test split is from the training distribution (its section, below, explains the measures).*
 
 # %% tags=["remove-cell"]
 # Colab only (does nothing elsewhere): fetch the book's repository, install the locked versions

@@ -20,7 +20,13 @@
 #
 # *Reproduces the first stage of RLHF in Kirk et al. (2024), Sec. 4 ("Models and training"):
 # supervised fine-tuning (SFT) of a pretrained language model on human demonstrations.*
-#
+
+# %% [markdown]
+# ```{glue} key_result
+# ```
+# *The key result: the gold utility of the base model, SFT and the human references on every split (drawn again, with the table, below).*
+
+# %% [markdown]
 # The paper fine-tunes LLaMA-7B on Reddit TL;DR for one epoch (learning rate 3e-5, cosine
 # schedule), with the loss on the summary tokens only and prompts truncated on the left. There is
 # no pretrained model of the miniature world's language, so the `tiny` profile starts from a
@@ -30,11 +36,6 @@
 # package; this chapter shows where it came from and measures it. Then it fine-tunes that base
 # model on the ID demonstrations with TRL's `SFTTrainer`, samples from both models on every test
 # split, and scores the samples with the gold judge's utility.
-
-# %% [markdown]
-# ```{glue} key_result
-# ```
-# *The key result: the gold utility of the base model, SFT and the human references on every split (drawn again, with the table, below).*
 
 # %% tags=["remove-cell"]
 # Colab only (does nothing elsewhere): fetch the book's repository, install the locked versions

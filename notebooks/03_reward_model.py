@@ -20,7 +20,13 @@
 #
 # *Reproduces the second stage of RLHF in Kirk et al. (2024), Sec. 4: a reward model (RM)
 # trained on pairwise preferences, and its accuracy in and out of distribution.*
-#
+
+# %% [markdown]
+# ```{glue} key_result
+# ```
+# *The key result: how often the reward model agrees with the judge on held-out pairs, in and out of distribution (its section below).*
+
+# %% [markdown]
 # The paper initialises the RM from the SFT model, adds a scalar head read at the last token,
 # trains it for one epoch on human comparisons with the Bradley-Terry loss, and then normalises
 # its scores by their mean and standard deviation on about 500 held-out items; PPO, Best-of-N
@@ -28,11 +34,6 @@
 # pipeline gathers them: two SFT samples per ID prompt, labelled by the miniature world's noisy
 # simulated labeller. The RM is trained with TRL's `RewardTrainer` and judged against the
 # world's exact judge on held-out ID pairs and on pairs from both OOD splits.
-
-# %% [markdown]
-# ```{glue} key_result
-# ```
-# *The key result: how often the reward model agrees with the judge on held-out pairs, in and out of distribution (its section below).*
 
 # %% tags=["remove-cell"]
 # Colab only (does nothing elsewhere): fetch the book's repository, install the locked versions

@@ -20,7 +20,13 @@
 #
 # *Reproduces the third stage of RLHF in Kirk et al. (2024), Sec. 4: reinforcement learning of
 # the SFT policy against the reward model with PPO and a KL penalty.*
-#
+
+# %% [markdown]
+# ```{glue} key_result
+# ```
+# *The key result: PPO's training, proxy reward and KL to SFT step by step (its section below).*
+
+# %% [markdown]
 # The policy starts from the SFT model and gains a newly initialised value head on its trunk. At
 # every step it writes one summary for each of `ppo.rollout_batch_size` ID prompts (temperature
 # 1, top-k 0, top-p 1). Each summary's reward is the normalised RM score at its last token minus
@@ -29,11 +35,6 @@
 # (gamma 1, lambda 0.95) and are whitened; the clipped policy and value losses are minimised for
 # `ppo.ppo_epochs` passes over minibatches, with a linearly decaying learning rate. TRL no longer
 # ships PPO, so the loop is `gendiv.ppo`, written on `accelerate`.
-
-# %% [markdown]
-# ```{glue} key_result
-# ```
-# *The key result: PPO's training, proxy reward and KL to SFT step by step (its section below).*
 
 # %% tags=["remove-cell"]
 # Colab only (does nothing elsewhere): fetch the book's repository, install the locked versions

@@ -20,18 +20,19 @@
 #
 # *Reproduces the Best-of-N baseline of Kirk et al. (2024), Sec. 4: N samples from the SFT
 # policy, the reward model keeps the best.*
-#
+
+# %% [markdown]
+# ```{glue} key_result
+# ```
+# *The key result: the kept output's proxy score and gold utility as N grows (its section below).*
+
+# %% [markdown]
 # Best-of-N (BoN) needs no RL training: for each input it draws `bon.n` SFT samples (paper: 16)
 # and keeps the one with the highest normalised RM score. It pays at inference: N samples per
 # kept output. The paper's text samples at temperature 0.7 and its code at 1.0; we follow the
 # code (`bon.temperature`), which also makes the candidates ordinary SFT samples that the
 # diversity chapter reuses. This chapter shows how the kept output's RM score and gold utility
 # grow with N, in and out of distribution, and what that costs.
-
-# %% [markdown]
-# ```{glue} key_result
-# ```
-# *The key result: the kept output's proxy score and gold utility as N grows (its section below).*
 
 # %% tags=["remove-cell"]
 # Colab only (does nothing elsewhere): fetch the book's repository, install the locked versions

@@ -21,7 +21,13 @@
 # *Reproduces Kirk et al. (2024), Sec. 5 and Fig. 2: the simulated-human win rates of SFT,
 # Best-of-N and RLHF against the references, in distribution and under two shifts, and the
 # generalisation gaps.*
-#
+
+# %% [markdown]
+# ```{glue} key_result
+# ```
+# *The key result, the paper's Fig. 2: each method's win rate against the human reference on every split (its section below).*
+
+# %% [markdown]
 # The paper's simulated human is GPT-4 judging which summary captures the most important points
 # precisely and concisely. Ours is the miniature world's gold judge, which compares the gold
 # utilities of the two summaries (exact; ties count one half). An LLM judge speaking the same
@@ -38,11 +44,6 @@
 # with $u_i$ the judge's utility for input $i$. Intervals are 95% percentile bootstrap intervals:
 # the 2.5th and 97.5th percentiles of $W$ over 1,000 resamples of the inputs with replacement
 # (paired where two methods share inputs; for the gap, ID and OOD inputs are resampled apart).
-
-# %% [markdown]
-# ```{glue} key_result
-# ```
-# *The key result, the paper's Fig. 2: each method's win rate against the human reference on every split (its section below).*
 
 # %% tags=["remove-cell"]
 # Colab only (does nothing elsewhere): fetch the book's repository, install the locked versions

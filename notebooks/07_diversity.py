@@ -20,7 +20,13 @@
 #
 # *Reproduces Kirk et al. (2024), Sec. 6 and Figs. 5-6: how RLHF changes the diversity of what
 # a policy writes, for many samples of one input (per-input) and across inputs (across-input).*
-#
+
+# %% [markdown]
+# ```{glue} key_result
+# ```
+# *The key result, the paper's Fig. 5: per-input diversity (EAD) of each method on every split (its section below, with the other metrics).*
+
+# %% [markdown]
 # Metrics (higher = more diverse): **EAD**, expectation-adjusted distinct n-grams (Liu et al.
 # 2022; whitespace tokens after removing "." and newlines, n = 1..5, V = `diversity.ead_vocab`);
 # **Sentence-BERT**, one minus the mean pairwise cosine similarity of sentence embeddings (model
@@ -53,11 +59,6 @@
 # with $e$ the sentence embedding and $F(y)$ the set of facts the world's parser reads from $y$.
 # The EAD denominator is the expected number of distinct $n$-grams in $C_n$ uniform draws from $V$
 # (Liu et al. 2022, eq. 3), so EAD does not fall just because outputs are longer.
-
-# %% [markdown]
-# ```{glue} key_result
-# ```
-# *The key result, the paper's Fig. 5: per-input diversity (EAD) of each method on every split (its section below, with the other metrics).*
 
 # %% tags=["remove-cell"]
 # Colab only (does nothing elsewhere): fetch the book's repository, install the locked versions

@@ -21,7 +21,13 @@
 # *Reproduces Kirk et al. (2024), Sec. 6.3 and its appendix on the KL penalty: does a larger KL
 # coefficient buy diversity back? Does the form of the penalty matter? (The verdicts on C6 and
 # C7 are on the scorecard, chapter 10.)*
-#
+
+# %% [markdown]
+# ```{glue} key_result
+# ```
+# *The key result: performance against per-input diversity, one point per KL coefficient (its section below).*
+
+# %% [markdown]
 # PPO is rerun from the same SFT model, RM, prompts and seed for every coefficient of
 # `ppo.kl_grid`. The paper does not publish its grid; ours is a log grid from 0 (no penalty)
 # through the paper's 0.05 to well above it, so it spans an unconstrained policy, the paper's
@@ -34,11 +40,6 @@
 #
 # whose optimum is $\pi^\star(y \mid x) \propto \pi_\text{SFT}(y \mid x)\, \exp(\hat r(x, y) / \beta)$: a larger
 # $\beta$ keeps the policy closer to SFT, a smaller one concentrates it on high-reward outputs.
-
-# %% [markdown]
-# ```{glue} key_result
-# ```
-# *The key result: performance against per-input diversity, one point per KL coefficient (its section below).*
 
 # %% tags=["remove-cell"]
 # Colab only (does nothing elsewhere): fetch the book's repository, install the locked versions

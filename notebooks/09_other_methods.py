@@ -21,7 +21,13 @@
 # *Not in the paper: do the alignment methods most used since it escape the trade-off it found?
 # Each runs on the same SFT policy, the same labelled comparisons and the same normalised RM as
 # PPO, and is measured exactly as PPO is in chapters 6-8.*
-#
+
+# %% [markdown]
+# ```{glue} key_result
+# ```
+# *The key result: PPO's KL sweep and the other methods, per-input diversity and gold utility against true KL to SFT (its section below).*
+
+# %% [markdown]
 # - **DPO** (Rafailov et al. 2023) skips the RM: it fits the policy to chapter 3's labelled
 #   comparisons directly, its loss $-\log \sigma\big(\beta \log \frac{\pi(y_w \mid x)}{\pi_\text{SFT}(y_w \mid x)}
 #   - \beta \log \frac{\pi(y_l \mid x)}{\pi_\text{SFT}(y_l \mid x)}\big)$ having the same KL-regularised optimum
@@ -34,11 +40,6 @@
 # All three use TRL's trainers; their KL terms differ from PPO's (the deviations page), so every
 # policy's true KL to SFT is measured the same way as the sweep's runs, and each method is a point
 # beside chapter 8's frontier.
-
-# %% [markdown]
-# ```{glue} key_result
-# ```
-# *The key result: PPO's KL sweep and the other methods, per-input diversity and gold utility against true KL to SFT (its section below).*
 
 # %% tags=["remove-cell"]
 # Colab only (does nothing elsewhere): fetch the book's repository, install the locked versions
