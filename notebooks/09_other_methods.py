@@ -29,9 +29,10 @@
 
 # %% [markdown]
 # - **DPO** (Rafailov et al. 2023) skips the RM: it fits the policy to chapter 3's labelled
-#   comparisons directly, its loss $-\log \sigma\big(\beta \log \frac{\pi(y_w \mid x)}{\pi_\text{SFT}(y_w \mid x)}
-#   - \beta \log \frac{\pi(y_l \mid x)}{\pi_\text{SFT}(y_l \mid x)}\big)$ having the same KL-regularised optimum
-#   as PPO's objective for a Bradley-Terry reward.
+#   comparisons (chosen $y_w$, rejected $y_l$) directly, minimising
+#   $-\log \sigma\big(\beta \log \frac{\pi(y_w \mid x)}{\pi_\text{SFT}(y_w \mid x)} -
+#   \beta \log \frac{\pi(y_l \mid x)}{\pi_\text{SFT}(y_l \mid x)}\big)$, whose optimum is that of
+#   PPO's KL-regularised objective for a Bradley-Terry reward.
 # - **RLOO** (Ahmadian et al. 2024) samples $k$ outputs per prompt and uses the mean RM score of
 #   the other $k - 1$ as each one's baseline: no value model.
 # - **GRPO** (Shao et al. 2024) samples a group of $k$ outputs per prompt and scales each score by

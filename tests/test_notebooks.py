@@ -172,6 +172,12 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
     assert "tag_injected-parameters" not in chapter1 and "tag_parameters" not in chapter1
     assert "settings differ from the defaults" in chapter1
     assert "tag_hide-input" in chapter1  # the setup code folded behind a toggle, its config line shown
+    # each chapter opens with its key figure (or the scorecard's table): above its first section
+    for nb in NOTEBOOKS:
+        page = (tmp_path / "book" / "_build" / "html" / "notebooks" / f"{nb.stem}.html").read_text()
+        first_section = page.index("<h2")
+        key = page.index("<table" if nb.stem == "10_scorecard" else "<img")
+        assert key < first_section, f"{nb.stem}: the key result is not above the first section"
     # The scorecard and intro pages paste chapter 10's generated verdicts and run description.
     html = tmp_path / "book" / "_build" / "html"
     scorecard = (html / "scorecard.html").read_text()
