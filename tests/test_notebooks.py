@@ -172,12 +172,13 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
     assert "tag_injected-parameters" not in chapter1 and "tag_parameters" not in chapter1
     assert "settings differ from the defaults" in chapter1
     assert "tag_hide-input" in chapter1  # the setup code folded behind a toggle, its config line shown
-    # each chapter opens with its key figure (or the scorecard's table): above its first section
+    # each chapter opens with its key figure (the scorecard: its table): right under the title and
+    # the one paragraph saying what it reproduces, before the chapter's text
     for nb in NOTEBOOKS:
         page = (tmp_path / "book" / "_build" / "html" / "notebooks" / f"{nb.stem}.html").read_text()
-        first_section = page.index("<h2")
-        key = page.index("<table" if nb.stem == "10_scorecard" else "<img")
-        assert key < first_section, f"{nb.stem}: the key result is not above the first section"
+        title = page.index("<h1", page.index("<article"))
+        key = page.index('<div class="output text_html">' if nb.stem == "10_scorecard" else "<img", title)
+        assert page.count("<p>", title, key) == 1, f"{nb.stem}: text comes before the key result"
     # The scorecard and intro pages paste chapter 10's generated verdicts and run description.
     html = tmp_path / "book" / "_build" / "html"
     scorecard = (html / "scorecard.html").read_text()
