@@ -204,11 +204,16 @@ def evidence(cfg: Config) -> tuple[pd.DataFrame, dict[str, str]]:
     notes["C3"] = f"N = {cfg.bon.n}: {cfg.bon.n} samples per output"
 
     diffs = pd.read_csv(runs.artifact(cfg, "diversity", "diversity_vs_sft"))
-    for claim, scope, metrics in (("C4", "per_input", ("ead", "sbert")),
-                                  ("C5", "across_input", ("ead", "sbert", "nli", "oracle"))):
-        sub = diffs[(diffs["method"] == "ppo") & (diffs["scope"] == scope) & (diffs["metric"].isin(metrics))]
+
+    def less_diverse(claim: str, method: str, scope: str, metrics: tuple[str, ...]) -> None:
+        """``method``'s diversity minus SFT's (diversity_vs_sft.csv): below zero?"""
+        sub = diffs[(diffs["method"] == method) & (diffs["scope"] == scope) & (diffs["metric"].isin(metrics))]
+        name = METHOD_NAMES.get(method) or align.label(method)
         for r in sub.itertuples():
-            add(claim, f"{r.split} {r.metric} PPO - SFT", r.difference, r.ci_low, r.ci_high, -1)
+            add(claim, f"{r.split} {r.metric} {name} - SFT", r.difference, r.ci_low, r.ci_high, -1)
+
+    less_diverse("C4", "ppo", "per_input", ("ead", "sbert"))
+    less_diverse("C5", "ppo", "across_input", ("ead", "sbert", "nli", "oracle"))
     effective = diffs[(diffs["method"] == "ppo") & (diffs["scope"] == "per_input")
                       & (diffs["metric"].isin(EFFECTIVE))]
     notes["C4"] = "diversity_vs_sft.csv, paired over inputs" + ("; beside them, not in the verdict, diversity "
@@ -246,10 +251,7 @@ def evidence(cfg: Config) -> tuple[pd.DataFrame, dict[str, str]]:
         for split in splits:
             beats_sft(c1, method_id, split)
         notes[c1] = notes["C1"]
-        sub = diffs[(diffs["method"] == method_id) & (diffs["scope"] == "per_input")
-                    & (diffs["metric"].isin(("ead", "sbert")))]
-        for r in sub.itertuples():
-            add(c4, f"{r.split} {r.metric} {align.label(method_id)} - SFT", r.difference, r.ci_low, r.ci_high, -1)
+        less_diverse(c4, method_id, "per_input", ("ead", "sbert"))
         notes[c4] = "diversity_vs_sft.csv, paired over inputs"
     return pd.DataFrame(rows, columns=EVIDENCE_COLUMNS), notes
 

@@ -34,7 +34,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from gendiv.world import (FORUM_SENTENCES, NARRATOR, Example as _PostExample, Fact, Judged, World, _cap,
+from gendiv.world import (FORUM_SENTENCES, Example as _PostExample, Fact, Judged, World, _cap,
                           lexicon, shuffled, truncated, words)
 
 ID_FAMILIES = ("recap", "list", "note", "avoid")
@@ -460,13 +460,8 @@ class InstructionWorld(Judged):
         by_pred = {f.predicate: f.key for f in ins.facts}
         required = list(part.facts)
         stated, first_seen, hallucinated, off_task = set(), {}, 0, 0
-        subject, position = None, 0
-        for kind, ident in self.lex.mentions(text):  # facts with the position they are first stated at
-            position += 1
-            if kind == "entity":
-                subject = ident
-                continue
-            key = (NARRATOR, ident) if self.lex.predicate_kind[ident] == "ask" else (subject, ident)
+        for position, (subject, ident) in enumerate(self.lex.assertions(text)):
+            key = (subject, ident)
             if key not in situation and subject is None and ident in by_pred:
                 key = by_pred[ident]
             if key in situation:

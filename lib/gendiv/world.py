@@ -154,23 +154,28 @@ class Lexicon:
                 out.append(best[1])
         return out
 
-    def parse(self, text: str) -> set[tuple[str | None, str]]:
-        """The facts a text asserts, as (entity id or None, predicate id) pairs.
+    def assertions(self, text: str) -> list[tuple[str | None, str]]:
+        """The facts a text asserts, in the order it asserts them (repeats kept), as (entity id or
+        None, predicate id) pairs.
 
         A predicate binds to the most recent entity mention (simple anaphora: "my landlord raised
         the rent and ignored the repair requests" asserts two facts about the landlord); asks bind
         to the narrator; a predicate before any entity binds to None.
         """
-        facts: set[tuple[str | None, str]] = set()
+        facts: list[tuple[str | None, str]] = []
         subject: str | None = None
         for kind, ident in self.mentions(text):
             if kind == "entity":
                 subject = ident
             elif self.predicate_kind[ident] == "ask":
-                facts.add((NARRATOR, ident))
+                facts.append((NARRATOR, ident))
             else:
-                facts.add((subject, ident))
+                facts.append((subject, ident))
         return facts
+
+    def parse(self, text: str) -> set[tuple[str | None, str]]:
+        """The set of facts a text asserts (:meth:`assertions`)."""
+        return set(self.assertions(text))
 
 
 @functools.lru_cache(maxsize=1)
