@@ -259,7 +259,7 @@ def build_alignment(cfg: Config, force: bool = False) -> dict[str, Path]:
         rm = artifacts.load_reward_model(cfg)
         metrics = Metrics(cfg, world)
         mine, samples, utility_rows, sweep_rows, per_input_rows = {}, {}, [], [], []
-        for method_id in ids:
+        for method_id in ids:  # one output per evaluation input, K per diversity input
             path = policy_path(cfg, method_id)
             p, u = outputs.sample_outputs(cfg, path, method_id, tests, root / "samples", world)
             paths.update(p)
@@ -275,10 +275,19 @@ def build_alignment(cfg: Config, force: bool = False) -> dict[str, Path]:
                                              for r, t in zip(div_tests[split], texts)]
                 runs.write_jsonl(root / "samples" / f"{method_id}_k{cfg.diversity.k}_{split}.jsonl",
                                  samples[method_id][split])
+        # Per-input diversity as chapter 7 measures it (SFT's K samples are chapter 7's own).
+        sft_k = {s: runs.read_jsonl(runs.artifact(cfg, "diversity", f"sft_{s}")) for s in splits}
+        rows, per_input, long_rows, sensitivity = diversity.measure_per_input(
+            cfg, metrics, {"sft": sft_k, **samples}, div_tests)
+        for method_id in ids:  # the sweep's measures: a point beside chapter 8's frontier
+            path = policy_path(cfg, method_id)
+            model = load_causal_lm(path, device).eval()
+            beta, form = method_kl_coef(cfg, method_id), KL_FORMS[family(method_id)]
+            for split in splits:
+                measured = {m: v for (who, sp, m), v in per_input.items() if who == method_id and sp == split}
                 values = sweep.policy_measures(cfg, rm, world, metrics, model, sft, sft_tok, tests[split],
                                                [r["output"] for r in mine[method_id][split]], div_tests[split],
-                                               [r["outputs"] for r in samples[method_id][split]])
-                beta, form = method_kl_coef(cfg, method_id), KL_FORMS[family(method_id)]
+                                               None, per_input_diversity=measured)
                 for measure, v in values.items():
                     mean, lo, hi = stats.bootstrap_ci(v, seed=cfg.seed)
                     sweep_rows.append({"kl_coef": beta, "split": split, "measure": measure, "value": mean,
@@ -290,10 +299,7 @@ def build_alignment(cfg: Config, force: bool = False) -> dict[str, Path]:
         sft_outputs = artifacts.method_outputs(cfg)["sft"]
         verdicts = evaluation.judge_methods(cfg, root, mine, sft_outputs, tests)
         paths.update(evaluation.write_tables(cfg, root, verdicts, evaluation.score_rows(cfg, mine, rm), ids))
-        # Diversity as chapter 7 measures it, SFT's values recomputed with the same draws to pair.
-        sft_k = {s: runs.read_jsonl(runs.artifact(cfg, "diversity", f"sft_{s}")) for s in splits}
-        rows, per_input, long_rows, sensitivity = diversity.measure_per_input(
-            cfg, metrics, {"sft": sft_k, **samples}, div_tests)
+        # Across-input diversity as chapter 7 measures it, SFT's recomputed with the same draws to pair.
         across, boot = diversity.measure_across_input(cfg, metrics, {"sft": sft_outputs, **mine}, splits)
         diffs = diversity.differences_from_sft(ids, per_input, boot, cfg.seed)
         res = runs.results_dir(cfg)

@@ -42,21 +42,24 @@ def true_kl(policy, sft, tok, records: list[dict], outputs: list[str], max_promp
 
 
 def policy_measures(cfg: Config, rm, world, metrics: Metrics, model, sft, sft_tok, records: list[dict],
-                    outputs: list[str], div_records: list[dict], k_samples: list[list[str]]) -> dict[str, np.ndarray]:
+                    outputs: list[str], div_records: list[dict], k_samples: list[list[str]] | None,
+                    per_input_diversity: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """What the sweep measures of one policy on one split, per input: the proxy RM score, the
     true sequence KL to SFT (:func:`true_kl`) of one output per evaluation input (``outputs``),
     with the world the win against the reference and the gold utility, and every per-input
-    diversity metric of the K samples per diversity input (``k_samples``)."""
+    diversity metric of the K samples per diversity input (``k_samples``; or, already measured,
+    ``per_input_diversity``: {metric: per-input values})."""
     values = {"proxy_reward": rm.score([r["prompt"] for r in records], outputs, cfg.sampling.batch_size),
               "true_kl": true_kl(model, sft, sft_tok, records, outputs, cfg.max_prompt_tokens, cfg.sampling.batch_size)}
     if world is not None:
         values["win_rate_vs_reference"] = judges.verdicts(judges.WorldJudge(world), records, outputs,
                                                           [r["reference"] for r in records])
         values["gold_utility"] = np.array(gold_utilities(world, records, outputs))
-    feats = metrics.prepare_many(k_samples, [[r] * len(t) for r, t in zip(div_records, k_samples)])
-    diversity = [metrics.compute(f) for f in feats]
-    for metric in diversity[0]:
-        values[f"per_input_{metric}"] = np.array([d[metric] for d in diversity])
+    if per_input_diversity is None:
+        feats = metrics.prepare_many(k_samples, [[r] * len(t) for r, t in zip(div_records, k_samples)])
+        diversity = [metrics.compute(f) for f in feats]
+        per_input_diversity = {metric: np.array([d[metric] for d in diversity]) for metric in diversity[0]}
+    values.update({f"per_input_{metric}": v for metric, v in per_input_diversity.items()})
     return values
 
 
