@@ -168,7 +168,7 @@ if world is not None:
 # %%
 if world is not None:
     checks = pd.read_csv(paths["judge_checks"])
-    variants = list(data.judge_variants(world))
+    variants = list(world.judge_variants)
     display(
         checks.pivot(
             index="variant", columns="split", values="reference_preferred_rate"

@@ -27,7 +27,7 @@ from gendiv import runs
 from gendiv.config import Config
 from gendiv.embeddings import sentence_model
 from gendiv.instruct import Instruction, InstructionWorld
-from gendiv.world import CORRUPTIONS, EXTRACTIVE, Example, World, words
+from gendiv.world import Example, World, words
 
 SPLITS = ("id", "ood_near", "ood_far")
 WORLD_SOURCES = ("world", "instruct")
@@ -385,20 +385,12 @@ def shift_measures(records: dict[tuple[str, str], list[dict]], cfg: Config) -> p
 
 
 # ---------------------------------------------------------------- judge checks
-def judge_variants(world: World | InstructionWorld) -> tuple[str, ...]:
-    """The worse responses the judge checks run: corrupted references, then (summarisation)
-    extractive baselines taken from the post."""
-    if isinstance(world, InstructionWorld):
-        return world.corruptions
-    return CORRUPTIONS + EXTRACTIVE
-
-
 def judge_checks(world: World | InstructionWorld, tests: dict[str, list[Example]], seed: int) -> pd.DataFrame:
     """How often the gold judge prefers the reference over each corrupted variant of it and each
-    extractive baseline taken from the post (``world.CORRUPTIONS + world.EXTRACTIVE``; ties = 1/2)."""
+    extractive baseline taken from the post (the world's ``judge_variants``; ties = 1/2)."""
     rows = []
     for split, exs in tests.items():
-        for variant in judge_variants(world):
+        for variant in world.judge_variants:
             rng = random.Random(f"{seed}/judge/{split}/{variant}")
             wins = []
             for i, ex in enumerate(exs):
@@ -413,7 +405,7 @@ def judge_demo(world: World, ex: Example, other: Example, seed: int) -> pd.DataF
     """The judge at work on one example: each variant's text and its utility breakdown
     (``other`` supplies the other-post summary)."""
     rng = random.Random(f"{seed}/demo")
-    rows = [("reference", ex.reference)] + [(v, world.corrupt(v, ex, other, rng)) for v in judge_variants(world)]
+    rows = [("reference", ex.reference)] + [(v, world.corrupt(v, ex, other, rng)) for v in world.judge_variants]
     out = []
     for name, text in rows:
         u = world.utility(text, ex)

@@ -252,9 +252,11 @@ class InstructionWorld(Judged):
         self.posts = World(seed)  # the language, the lexicon and the fluency measure
         self.lex = lexicon()
 
-    corruptions = None  # set below the class: CORRUPTIONS
-    extractive: tuple[str, ...] = ()
-    """No extractive baselines: copying the instruction back is one of the corruptions."""
+    @property
+    def judge_variants(self) -> tuple[str, ...]:
+        """The worse responses the judge checks run (:data:`CORRUPTIONS`; no extractive baseline:
+        copying the instruction back is one of them)."""
+        return CORRUPTIONS
 
     @property
     def train_domains(self) -> tuple[str, ...]:
@@ -583,6 +585,5 @@ def _as_post(ins: Instruction) -> _PostExample:
 
 CORRUPTIONS = ("truncated", "empty", "shuffled", "other_instruction", "instruction_echo", "off_task", "violating",
                "hallucinated")
-InstructionWorld.corruptions = CORRUPTIONS
 """Worse responses than the reference: the judge should prefer the reference to each on nearly every
 instruction (tested), and to a copy of the instruction on at least 95%."""

@@ -649,6 +649,12 @@ class World(Judged):
         return frozenset(self.lex.parse(text))
 
     # ---- corrupted variants and extractive baselines (the judge checks of notebook 01) ----
+    @property
+    def judge_variants(self) -> tuple[str, ...]:
+        """The worse summaries the judge checks run: corrupted references, then extractive
+        baselines taken from the post."""
+        return CORRUPTIONS + EXTRACTIVE
+
     def corrupt(self, variant: str, ex: Example, other: Example, rng: random.Random) -> str:
         """A corrupted version of ``ex.reference`` (truncated, other_post, empty, shuffled or
         hallucinated), or an extractive baseline taken from the post itself
