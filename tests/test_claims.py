@@ -116,6 +116,18 @@ def test_each_verdict_names_the_failed_checks_it_rests_on():
                                             "C6": ["SFT win rate (id)", "diversity inputs (id)"]}
     html = claims.scorecard_html(card.assign(statement="s", evidence="e", verdict="supported"), checks)
     assert "1 of 3 checks pass" in html and html.count("Not yet a finding") == 3
+    # the scorecard names the task its verdicts are on
+    html = claims.scorecard_html(card.assign(statement="s", evidence="e", verdict="supported",
+                                             task="instruction following"), checks)
+    assert "this run on instruction following finds: 3 supported" in html
+    assert html.count("in this run on instruction following.") == 3
+
+
+def test_each_profile_names_its_task():
+    from gendiv.config import load_profile, task_name
+    assert {p: task_name(load_profile(p)) for p in ("tiny", "tldr", "tiny-instruct", "alpacafarm")} == {
+        "tiny": "summarisation", "tldr": "summarisation", "tiny-instruct": "instruction following",
+        "alpacafarm": "instruction following"}
 
 
 def test_c7_reads_k2_at_k1s_true_kl_by_interpolation():

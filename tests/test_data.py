@@ -1,3 +1,4 @@
+import json
 import random
 
 import pandas as pd
@@ -95,6 +96,30 @@ def test_instruction_loaders():
     seq = data.sequential_instructions_records(str(FIXTURES / "sequential-instructions"))
     assert evals[0]["split"] == "ood_near" and seq[0]["split"] == "ood_far"
     assert evals[0]["domain"] == "helpful_base"
+
+
+def test_alpacafarm_loaders_read_the_hub_schema(tmp_path):
+    folder = FIXTURES / "alpaca_farm"
+    sft = data.alpacafarm_instruction_records(str(folder / "alpaca_instructions"), "sft")
+    assert sft[1]["prompt"].endswith("### Instruction:\nRewrite the sentence in the past tense.\n\n"
+                                     "### Input:\nShe walks to work.\n\n### Response:")
+    assert (sft[1]["reference"], sft[1]["uid"], sft[1]["split"]) == ("She walked to work.", "alpaca-sft-1", "id")
+    assert data.alpacafarm_instruction_records(str(folder / "alpaca_instructions"), "unlabeled")[0]["uid"] == \
+        "alpaca-unlabeled-0"
+    prefs = data.alpacafarm_preference_records(str(folder / "alpaca_human_preference"))
+    raw = data.load_hub_split(str(folder / "alpaca_human_preference"), "preference")
+    for r, src in zip(prefs, raw):  # preference names the preferred output, 1 or 2
+        assert (r["chosen"], r["rejected"]) == ((src["output_1"], src["output_2"]) if src["preference"] == 1
+                                                else (src["output_2"], src["output_1"]))
+    assert {src["preference"] for src in raw} == {1, 2}
+    # the hub id reads its config; a local folder is that config already
+    assert data._hub_config(data.ALPACA_FARM, data.ALPACA_FARM, "alpaca_instructions") == "alpaca_instructions"
+    assert data._hub_config(str(folder), data.ALPACA_FARM, "alpaca_instructions") is None
+    bad = tmp_path / "prefs"
+    bad.mkdir()
+    (bad / "preference.jsonl").write_text(json.dumps({**raw[0], "preference": 0}) + "\n")
+    with pytest.raises(ValueError, match="preference=0; expected 1 or 2"):
+        data.alpacafarm_preference_records(str(bad))
 
 
 def test_wrong_schema_names_the_missing_fields():

@@ -135,6 +135,24 @@ def test_http_judge_gives_up_with_a_clear_error(server, tmp_path, monkeypatch):
         Handler.fail_first = 1
 
 
+def test_llm_judge_asks_the_question_of_the_task():
+    """A summary pair is shown with its post; an instruction pair with its instruction and input
+    (AlpacaFarm's fields, or the instruction world's situation and what is asked)."""
+    judge = judges.LLMJudge(backend=None)
+    post = {"genre": "forum", "body": "My cat ate my homework.", "prompt": "SUBREDDIT: ..."}
+    assert "POST:\nMy cat ate my homework." in judge.prompt(post, "x", "y")
+    hub = {"genre": "instruction", "instruction": "Translate the sentence.", "input": "The cat sleeps.",
+           "prompt": "Below is an instruction ..."}
+    text = judge.prompt(hub, "Le chat dort.", "Cat.")
+    assert "## Instruction:\nTranslate the sentence.\n\n## Input:\nThe cat sleeps.\n\n## Output (a):\nLe chat dort." \
+        in text and "Summary" not in text
+    assert "## Input:\n(none)" in judge.prompt({**hub, "input": ""}, "a", "b")
+    world = {"genre": "sequential", "situation": "My landlord kept the deposit.",
+             "instruction": "My landlord kept the deposit.\n\nList two facts.", "prompt": "..."}
+    assert "## Instruction:\nList two facts.\n\n## Input:\nMy landlord kept the deposit." in judge.prompt(
+        world, "a", "b")
+
+
 def test_world_judge_prefers_the_reference_over_an_empty_output():
     from gendiv import data
     from gendiv.world import World

@@ -23,18 +23,22 @@ from transformers import AutoModelForSequenceClassification
 from conftest import FIXTURES, ROOT
 
 FIXTURE_TEXTS = [json.loads(line)[key] for path in FIXTURES.rglob("*.jsonl") for line in path.read_text().splitlines()
-                 for key in ("post", "summary", "article", "highlights") if key in json.loads(line)]
+                 for key in ("post", "summary", "article", "highlights", "instruction", "input", "output",
+                             "output_1", "output_2") if key in json.loads(line)]
 
 
 class ScriptedJudge(BaseHTTPRequestHandler):
-    """An OpenAI-compatible chat endpoint that prefers the shorter summary (ties: a)."""
+    """An OpenAI-compatible chat endpoint that prefers the shorter summary or output (ties: a)."""
     requests: list[str] = []
+    prompts: list[str] = []
 
     def do_POST(self):  # noqa: N802 (http.server's name)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         prompt = body["messages"][0]["content"]
         ScriptedJudge.requests.append(self.headers["Authorization"])
-        a, b = re.search(r"Summary \(a\):\n(.*?)\n\nSummary \(b\):\n(.*?)\n\nAnswer", prompt, re.S).groups()
+        ScriptedJudge.prompts.append(prompt)
+        a, b = re.search(r"(?:Summary|## Output) \(a\):\n(.*?)\n\n(?:Summary|## Output) \(b\):\n(.*?)\n\nAnswer",
+                         prompt, re.S).groups()
         reply = "Output (a)" if len(a) <= len(b) else "Output (b)"
         out = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
         self.send_response(200)
@@ -74,10 +78,16 @@ def micro(profile: str, tmp_path: Path, judge_url: str) -> Path:
     `gendiv stage` take profiles by path)."""
     base, nli = hub_format_models(tmp_path)
     raw = yaml.safe_load((Path(runs.__file__).parent / "profiles" / f"{profile}.yaml").read_text())
+    sources = {"tldr": {"tldr_source": str(FIXTURES / "openai-tldr-filtered"),
+                        "comparisons_source": str(FIXTURES / "openai-tldr-summarisation-preferences"),
+                        "cnndm_source": str(FIXTURES / "cnn_dailymail")},
+               "alpacafarm": {"alpaca_instructions_source": str(FIXTURES / "alpaca_farm" / "alpaca_instructions"),
+                              "alpaca_preferences_source": str(FIXTURES / "alpaca_farm" / "alpaca_human_preference"),
+                              "alpaca_id_test_source": str(FIXTURES / "alpaca-farm-id-test"),
+                              "alpaca_eval_source": str(FIXTURES / "alpaca_eval"),
+                              "sequential_source": str(FIXTURES / "sequential-instructions")}}[profile]
     overrides = {
-        "data": {"tldr_source": str(FIXTURES / "openai-tldr-filtered"),
-                 "comparisons_source": str(FIXTURES / "openai-tldr-summarisation-preferences"),
-                 "cnndm_source": str(FIXTURES / "cnn_dailymail"), "n_sft_train": 4, "n_rl_prompts": 2,
+        "data": {**sources, "n_sft_train": 4, "n_rl_prompts": 2,
                  "n_sft_val": 2, "n_comparison_prompts": 6, "n_test": 3, "n_shift_sample": 3},
         "model": {"base": str(base), "max_length": 512},
         "sft": {"batch_size": 2}, "reward": {"batch_size": 2, "n_normalisation": 4, "n_eval_ood": 2},
@@ -138,6 +148,46 @@ def test_tldr_profile_runs_every_stage_and_notebook_offline_on_the_fixtures(tmp_
                       ("06_evaluation", "evaluation")):
         assert f"[{stage}] cached" in executed[nb], nb
     assert "llm:gpt-4" in executed["06_evaluation"]
+
+
+@pytest.mark.slow
+def test_alpacafarm_profile_runs_every_stage_and_notebook_offline_on_the_fixtures(tmp_path, judge_url, monkeypatch):
+    """The paper's second task on the hub's data: AlpacaFarm's demonstrations, prompts and human
+    preferences; its ID test, AlpacaEval and Sequential Instructions; the LLM judge with the
+    instruction-following prompt."""
+    monkeypatch.setenv("GENDIV_TEST_JUDGE_KEY", "sk-test")
+    profile = micro("alpacafarm", tmp_path, judge_url)
+    cfg = load_profile(profile)
+    assert (cfg.data.source, cfg.judge.llm_backend, cfg.model.freeze_fraction) == ("alpacafarm", "http", 0.8)
+    ScriptedJudge.prompts.clear()
+    for row in stages.STAGES:
+        cli.run_one_stage(row.name, str(profile))
+    run = Path(cfg.run_dir)
+    sft_rows = runs.read_jsonl(run / "data" / "id_sft_train.jsonl")
+    assert sft_rows[1]["prompt"].endswith("### Input:\nShe walks to work.\n\n### Response:")
+    assert sft_rows[1]["reference"] == "She walked to work."
+    # the human preferences train the RM: output_2 preferred in the second row
+    train = runs.read_jsonl(run / "data" / "comparisons_train.jsonl")
+    assert (train[1]["chosen"], train[1]["rejected"]) == ("Guten Morgen.", "Bonjour.")
+    # every judge request is the instruction-following prompt, with the instruction and its input
+    assert ScriptedJudge.prompts and all("## Instruction:" in p and "Summary (a)" not in p
+                                         for p in ScriptedJudge.prompts)
+    assert any("## Instruction:\nTranslate the sentence into French.\n\n## Input:\nThe cat sleeps." in p
+               for p in ScriptedJudge.prompts)
+    winrates = pd.read_csv(run / "results" / "winrates.csv")
+    assert set(winrates["judge"]) == {"llm:gpt-4"}
+    assert set(winrates["split"]) == {"id", "ood_near", "ood_far"}  # AlpacaEval and Sequential Instructions
+    assert set(winrates["method"]) >= {"sft", "ppo", "bon", "dpo_beta0.1", "rloo", "grpo"}
+    splits = pd.read_csv(run / "results" / "splits.csv")
+    assert splits.loc[splits["role"] == "test", "embedding_distance_from_id"].notna().all()
+    card = pd.read_csv(run / "results" / "claims.csv")
+    assert list(card.columns) == claims.CLAIMS_COLUMNS
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    shutil.copytree(ROOT / "book", tmp_path / "book", ignore=shutil.ignore_patterns("_build", "notebooks"))
+    times = cli.run(str(profile), root=tmp_path)
+    assert len(times) == len(list((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+    executed = (tmp_path / "book" / "notebooks" / "06_evaluation.ipynb").read_text()
+    assert "[evaluation] cached" in executed and "llm:gpt-4" in executed
 
 
 @pytest.mark.smol

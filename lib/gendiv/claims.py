@@ -27,11 +27,13 @@ import numpy as np
 import pandas as pd
 
 from gendiv import align, artifacts, data, ppo, runs, stats
-from gendiv.config import Config
+from gendiv.config import Config, task_name
 from gendiv.diversity import EFFECTIVE
 from gendiv.outputs import expected_utilities
 
-CLAIMS_COLUMNS = ["claim", "statement", "evidence", "verdict"]
+CLAIMS_COLUMNS = ["claim", "statement", "evidence", "verdict", "task"]
+"""One row per claim; ``task`` (summarisation, instruction following) keeps two tasks' scorecards
+apart when they are read side by side."""
 EVIDENCE_COLUMNS = ["claim", "comparison", "value", "ci_low", "ci_high", "null", "sign", "outcome"]
 """One row per comparison a verdict rests on (``results/claims_evidence.csv``): the estimate and
 its 95% interval, the value of no effect (``null``: 0 for a difference, 0.5 for a head-to-head
@@ -321,7 +323,8 @@ def scorecard(cfg: Config, ev: pd.DataFrame | None = None, notes: dict[str, str]
             text = "; ".join(t for t in (text, note) if t)
         elif note:
             text = f"{text} ({note})"
-        rows.append({"claim": claim, "statement": statement, "evidence": text, "verdict": verdict[claim]})
+        rows.append({"claim": claim, "statement": statement, "evidence": text, "verdict": verdict[claim],
+                     "task": task_name(cfg)})
     return pd.DataFrame(rows, columns=CLAIMS_COLUMNS)
 
 
@@ -446,7 +449,7 @@ def competence(cfg: Config) -> pd.DataFrame:
     rate against the reference, SFT against the base model in gold utility (paired over inputs,
     interval above zero), the RM's accuracy, whether PPO's proxy reward flattened, whether the KL
     sweep's runs end apart, and the sample sizes. A verdict that rests on a failed check is not a
-    finding: it may be an artefact of a model that cannot summarise or a sample too small."""
+    finding: it may be an artefact of a model that cannot do the task or a sample too small."""
     splits = data.available_splits(cfg)
     rows = []
 
@@ -539,7 +542,8 @@ def scorecard_html(card: pd.DataFrame, checks: pd.DataFrame | None = None) -> st
         + (f"<td>{len(notes[r.claim]) or 'none'}</td>" if checks is not None else "") + "</tr>"
         for r in card.itertuples())
     paragraphs = "".join(
-        f"<p><b>{escape(r.claim)} is {escape(r.verdict)}</b> in this run. {escape(r.statement)}<br>"
+        f"<p><b>{escape(r.claim)} is {escape(r.verdict)}</b> in this run"
+        f"{' on ' + escape(r.task) if 'task' in card else ''}. {escape(r.statement)}<br>"
         f"<small>Evidence: {escape(r.evidence)}</small>"
         + (f"<br><small><i>Not yet a finding: the verdict rests on failed checks: "
            f"{escape('; '.join(notes[r.claim]))}.</i></small>" if notes[r.claim] else "") + "</p>"
@@ -549,6 +553,8 @@ def scorecard_html(card: pd.DataFrame, checks: pd.DataFrame | None = None) -> st
         intro = (f"<p>Competence and power: {int(checks['passed'].sum())} of {len(checks)} checks pass "
                  f"(results/competence.csv). A verdict that rests on a failed check is reported, but it is not "
                  f"a finding.</p>")
-    return (f"<p>Of the {len(card)} claims, this run finds: {escape(summary)}.</p>{intro}"
+    tasks = sorted(set(card["task"])) if "task" in card else []
+    on = f" on {escape(' and '.join(tasks))}" if tasks else ""
+    return (f"<p>Of the {len(card)} claims, this run{on} finds: {escape(summary)}.</p>{intro}"
             f"<table class='table'><thead><tr>{head}</tr></thead>"
             f"<tbody>{rows}</tbody></table>{paragraphs}")

@@ -38,13 +38,22 @@ class WorldConfig:
     """tau of the simulated labeller, P(A > B) = sigmoid((u_A - u_B) / tau); smaller is less noisy."""
 
 
+DATA_SOURCES = ("world", "instruct", "tldr", "alpacafarm")
+"""The miniature worlds (summarisation, instruction following) and the paper's hub data for each."""
+TASKS = {"world": "summarisation", "tldr": "summarisation", "instruct": "instruction following",
+         "alpacafarm": "instruction following"}
+"""The paper's task each data source belongs to (the scorecard's ``task`` column)."""
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Split sizes. Test sets are the first ``n_test`` examples of each split, in a fixed order."""
 
     source: str = "world"
     """'world' (the miniature summarisation world), 'instruct' (the miniature instruction world,
-    :mod:`gendiv.instruct`) or 'tldr' (the paper's hub datasets; needs the network)."""
+    :mod:`gendiv.instruct`), 'tldr' (the paper's summarisation data from the hub) or 'alpacafarm'
+    (the paper's instruction-following data from the hub); the hub's need the network or local
+    copies (the ``*_source`` fields)."""
     n_sft_train: int = 4000
     """SFT demonstrations (ID)."""
     n_sft_val: int = 200
@@ -70,6 +79,18 @@ class DataConfig:
     """Hub id or local path of CNN/DailyMail 3.0.0 (data.source = 'tldr')."""
     comparisons_source: str = "UCL-DARK/openai-tldr-summarisation-preferences"
     """Hub id or local path of the summarize-from-feedback comparisons (data.source = 'tldr')."""
+    alpaca_instructions_source: str = "tatsu-lab/alpaca_farm"
+    """Hub id (its config 'alpaca_instructions') or local folder of AlpacaFarm's instructions, with
+    the splits sft (demonstrations), unlabeled (RL prompts) and val (data.source = 'alpacafarm')."""
+    alpaca_preferences_source: str = "tatsu-lab/alpaca_farm"
+    """Hub id (its config 'alpaca_human_preference', split 'preference') or local folder of
+    AlpacaFarm's human pairwise preferences (data.source = 'alpacafarm')."""
+    alpaca_id_test_source: str = "UCL-DARK/alpaca-farm-id-test"
+    """Hub id or local folder of the ID test instructions (data.source = 'alpacafarm')."""
+    alpaca_eval_source: str = "tatsu-lab/alpaca_eval"
+    """Hub id or local folder of AlpacaEval, the OOD-near test (data.source = 'alpacafarm')."""
+    sequential_source: str = "UCL-DARK/sequential-instructions"
+    """Hub id or local folder of Sequential Instructions, the OOD-far test (data.source = 'alpacafarm')."""
 
 
 @dataclass(frozen=True)
@@ -473,9 +494,9 @@ def _validate(cfg: Config) -> None:
     if d.pretrain_summary_share + d.pretrain_comment_share > 1.0:
         raise ConfigError(f"data.pretrain_summary_share ({d.pretrain_summary_share}) plus "
                           f"data.pretrain_comment_share ({d.pretrain_comment_share}) must be at most 1.")
-    if d.source not in ("world", "instruct", "tldr"):
-        raise ConfigError(f"data.source must be 'world' (summarisation), 'instruct' (instruction following) or "
-                          f"'tldr' (the paper's hub data), got {d.source!r}.")
+    if d.source not in DATA_SOURCES:
+        raise ConfigError(f"data.source must be 'world' (summarisation), 'instruct' (instruction following), "
+                          f"'tldr' or 'alpacafarm' (the paper's hub data for each), got {d.source!r}.")
     domains = sorted(lexicon().domains)
     bad = [x for x in cfg.world.heldout_domains if x not in domains]
     if bad:
@@ -619,3 +640,8 @@ def differences(cfg: Config) -> list[str]:
 def describe(cfg: Config) -> str:
     """The resolved config as YAML, for printing in notebooks."""
     return yaml.safe_dump(json.loads(json.dumps(cfg.to_dict(), default=list)), sort_keys=False)
+
+
+def task_name(cfg: Config) -> str:
+    """The paper's task this profile's data belongs to: 'summarisation' or 'instruction following'."""
+    return TASKS[cfg.data.source]

@@ -170,16 +170,55 @@ def tldr_comparison_records(source: str, split: str) -> list[dict]:
     return out
 
 
-def _instruction_records(source: str, split: str, split_name: str, config_name: str | None = None
-                         ) -> list[dict]:
+def _hub_config(source: str, hub_id: str, config_name: str) -> str | None:
+    """A multi-config dataset's config name for its hub id; None for a local copy (whose folder
+    holds that config's splits)."""
+    return config_name if source == hub_id else None
+
+
+def _instruction_records(source: str, split: str, split_name: str, config_name: str | None = None,
+                         uid_prefix: str | None = None) -> list[dict]:
+    """Instruction rows (instruction, optional input, output) as records in Alpaca's prompt; the
+    instruction and input stay on the record (the LLM judge shows them)."""
     rows = load_hub_split(source, split, config_name)
     out = []
     for i, r in enumerate(rows):
         _require(r, ("instruction", "output"), source)
-        out.append({"uid": f"{split_name}-{i}", "split": split_name, "genre": "instruction",
-                    "domain": r.get("dataset", "instruction"),
+        out.append({"uid": f"{uid_prefix or split_name}-{i}", "split": split_name, "genre": "instruction",
+                    "domain": r.get("dataset", "instruction"), "instruction": r["instruction"],
+                    "input": r.get("input") or "",
                     "prompt": alpaca_prompt(r["instruction"], r.get("input") or ""),
                     "reference": r["output"].strip()})
+    return out
+
+
+ALPACA_FARM = "tatsu-lab/alpaca_farm"
+
+
+def alpacafarm_instruction_records(source: str = ALPACA_FARM, split: str = "sft") -> list[dict]:
+    """AlpacaFarm's instructions (config alpaca_instructions; splits sft: 10k demonstrations,
+    unlabeled: 20k prompts for RL, val: 2k, preference: 20k), as ID records."""
+    return _instruction_records(source, split, "id", _hub_config(source, ALPACA_FARM, "alpaca_instructions"),
+                                uid_prefix=f"alpaca-{split}")
+
+
+def alpacafarm_preference_records(source: str = ALPACA_FARM, split: str = "preference") -> list[dict]:
+    """AlpacaFarm's human pairwise preferences (config alpaca_human_preference: instruction,
+    input, output_1, output_2, preference = 1 or 2 for the preferred output) as comparison
+    records (prompt, chosen, rejected)."""
+    rows = load_hub_split(source, split, _hub_config(source, ALPACA_FARM, "alpaca_human_preference"))
+    out = []
+    for i, r in enumerate(rows):
+        _require(r, ("instruction", "output_1", "output_2", "preference"), source)
+        choice = int(r["preference"])
+        if choice not in (1, 2):
+            raise ValueError(f"Preference row {i} of {source!r} has preference={r['preference']!r}; "
+                             "expected 1 or 2 (the preferred output).")
+        texts = [r["output_1"].strip(), r["output_2"].strip()]
+        out.append({"uid": f"alpaca-cmp-{split}-{i}", "split": "id", "genre": "instruction",
+                    "instruction": r["instruction"], "input": r.get("input") or "",
+                    "prompt": alpaca_prompt(r["instruction"], r.get("input") or ""),
+                    "chosen": texts[choice - 1], "rejected": texts[2 - choice]})
     return out
 
 
@@ -190,8 +229,8 @@ def alpacafarm_id_records(source: str = "UCL-DARK/alpaca-farm-id-test", split: s
 
 def alpaca_eval_records(source: str = "tatsu-lab/alpaca_eval", split: str = "eval") -> list[dict]:
     """AlpacaEval (805 instructions; instruction, output, generator, dataset): OOD for AlpacaFarm."""
-    return _instruction_records(source, split, "ood_near",
-                                "alpaca_eval" if source == "tatsu-lab/alpaca_eval" else None)
+    return _instruction_records(source, split, "ood_near", _hub_config(source, "tatsu-lab/alpaca_eval",
+                                                                       "alpaca_eval"))
 
 
 def sequential_instructions_records(source: str = "UCL-DARK/sequential-instructions",
@@ -326,8 +365,23 @@ def split_sizes(cfg: Config) -> dict[tuple[str, str], int]:
 
 
 def hub_splits(cfg: Config) -> dict[tuple[str, str], list[dict]]:
-    """The paper's summarisation data in our split structure (data.source = 'tldr')."""
+    """The paper's data in our split structure: summarisation (data.source = 'tldr': TL;DR,
+    summarize-from-feedback's comparisons, CNN/DailyMail as the far shift; no OOD-near split) or
+    instruction following ('alpacafarm': AlpacaFarm's demonstrations, unlabeled prompts and human
+    preferences, its ID test, AlpacaEval as the near shift, Sequential Instructions as the far)."""
     d = cfg.data
+    if d.source == "alpacafarm":
+        return {("id", "sft_train"): alpacafarm_instruction_records(d.alpaca_instructions_source, "sft")[
+                    : d.n_sft_train],
+                ("id", "rl"): alpacafarm_instruction_records(d.alpaca_instructions_source, "unlabeled")[
+                    : d.n_rl_prompts],
+                ("id", "sft_val"): alpacafarm_instruction_records(d.alpaca_instructions_source, "val")[
+                    : d.n_sft_val],
+                ("id", "comparisons"): alpacafarm_preference_records(d.alpaca_preferences_source)[
+                    : d.n_comparison_prompts],
+                ("id", "test"): alpacafarm_id_records(d.alpaca_id_test_source)[: d.n_test],
+                ("ood_near", "test"): alpaca_eval_records(d.alpaca_eval_source)[: d.n_test],
+                ("ood_far", "test"): sequential_instructions_records(d.sequential_source)[: d.n_test]}
     train = tldr_records(d.tldr_source, "train")
     need = d.n_sft_train + d.n_rl_prompts
     if len(train) < need:

@@ -1,7 +1,8 @@
 """Pairwise judges and win rates: the world's gold judge and an LLM judge.
 
 Paper (Sec. 5): GPT-4 at temperature 0 through alpaca_eval judges pairs of summaries: which one
-captures the most important points of the post, precisely and concisely. The main metric is the
+captures the most important points of the post, precisely and concisely (for instructions:
+which output follows the instruction better, alpaca_eval's pairwise question). The main metric is the
 win rate against the dataset's reference; ties count one half. Here:
 
 * :class:`WorldJudge` -- the miniature world's deterministic judge (exact, free); the default.
@@ -44,6 +45,26 @@ Summary (b):
 {b}
 
 Answer with exactly one of "Output (a)" or "Output (b)"."""
+
+INSTRUCTION_JUDGE_PROMPT = """Select the output, (a) or (b), that best follows the given instruction: \
+the one a careful person who wrote the instruction would prefer. Judge how well each output does \
+what is asked, and whether it is accurate and helpful; not its length.
+
+## Instruction:
+{instruction}
+
+## Input:
+{input}
+
+## Output (a):
+{a}
+
+## Output (b):
+{b}
+
+Answer with exactly one of "Output (a)" or "Output (b)"."""
+"""The pairwise prompt for instruction following, in the spirit of AlpacaFarm's and AlpacaEval's
+pairwise annotators (the paper judges its instruction-following outputs through alpaca_eval)."""
 
 
 class JudgeUnavailableError(RuntimeError):
@@ -96,6 +117,14 @@ class LLMJudge:
         self.backend, self.name, self.unparsed = backend, name, 0
 
     def prompt(self, record: dict, a: str, b: str) -> str:
+        """The pairwise prompt for the record's task: an instruction (its instruction and input)
+        or a post or article to summarise."""
+        if "instruction" in record:
+            instruction, given = record["instruction"], record.get("input", "")
+            if "situation" in record:  # the miniature world's: the situation, then what is asked
+                instruction, given = instruction.split("\n\n", 1)[-1], record["situation"]
+            return INSTRUCTION_JUDGE_PROMPT.format(instruction=instruction.strip(), input=given.strip() or "(none)",
+                                                   a=a.strip(), b=b.strip())
         source = record.get("body") or record.get("post") or record.get("article") or record["prompt"]
         kind = "article" if record.get("genre") == "news" or "article" in record else "post"
         return JUDGE_PROMPT.format(kind=kind, kind_title=kind.upper(), source=source.strip(), a=a.strip(),
