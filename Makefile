@@ -1,6 +1,22 @@
 # gendiv: `make book` (main job) and `make test`. Both set up .venv on a fresh machine.
 PYTHON ?= python3
-PROFILE ?= tiny
+# The book has a part per task of the paper. TASK: both (default), summarisation or instruction;
+# each task's default profile below. PROFILE=<name or YAML path> runs that profile alone (its
+# task's part), e.g. `make book PROFILE=smoke`.
+TASK ?= both
+SUMMARISATION_PROFILE ?= tiny
+INSTRUCTION_PROFILE ?= tiny-instruct
+ifneq ($(PROFILE),)
+BOOK_PROFILES := $(PROFILE)
+else ifeq ($(TASK),both)
+BOOK_PROFILES := $(SUMMARISATION_PROFILE) $(INSTRUCTION_PROFILE)
+else ifeq ($(TASK),summarisation)
+BOOK_PROFILES := $(SUMMARISATION_PROFILE)
+else ifeq ($(TASK),instruction)
+BOOK_PROFILES := $(INSTRUCTION_PROFILE)
+else
+$(error TASK must be both, summarisation or instruction (got '$(TASK)'))
+endif
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -31,11 +47,12 @@ $(STAMP): pyproject.toml requirements.lock
 
 venv: $(STAMP)
 
-## book: execute every notebook on PROFILE (default tiny) and build the HTML book
+## book: execute every notebook on each task's profile (TASK, PROFILE above) and build the HTML
+## book, one part per task executed
 book: notebooks html
 
 notebooks: venv
-	$(BIN)/gendiv run --profile $(PROFILE)
+	for profile in $(BOOK_PROFILES); do $(BIN)/gendiv run --profile $$profile || exit 1; done
 
 html: venv
 	$(BIN)/gendiv book
@@ -95,7 +112,7 @@ $(PEER_VENV)/.installed: pyproject.toml
 	touch $@
 
 peer-ppo: $(PEER_VENV)/.installed
-	$(PEER_VENV)/bin/python tests/benchmarks/ppo_vs_trl.py --profile $(PROFILE) $(if $(RUN_DIR),--run-dir $(RUN_DIR))
+	$(PEER_VENV)/bin/python tests/benchmarks/ppo_vs_trl.py --profile $(or $(PROFILE),$(SUMMARISATION_PROFILE)) $(if $(RUN_DIR),--run-dir $(RUN_DIR))
 
 clean:
-	rm -rf book/_build book/notebooks
+	rm -rf book/_build book/notebooks book/instruction

@@ -35,7 +35,10 @@
 # LLaMA, it was pre-trained once, before this run, by a deterministic command, and ships with the
 # package; this chapter shows where it came from and measures it. Then it fine-tunes that base
 # model on the ID demonstrations with TRL's `SFTTrainer`, samples from both models on every test
-# split, and scores the samples with the gold judge's utility.
+# split, and scores the samples with the gold judge's utility. On instruction following (the
+# book's second part) the paper starts from AlpacaFarm's SFT model, fine-tuned on 10k Alpaca
+# demonstrations in Alpaca's prompt template; here the same shipped base learns the template and
+# the forms from the instruction world's demonstrations.
 
 # %% tags=["remove-cell"]
 # Colab only (does nothing elsewhere): fetch the book's repository, install the locked versions
@@ -81,8 +84,10 @@ from gendiv import (
     sft,
     stats,
 )
+from gendiv.config import task_words
 
 cfg = runs.start(profile, seed=seed, run_dir=run_dir)
+words = task_words(cfg)  # summary / response, post / instruction
 
 # %% [markdown]
 # ## The base model
@@ -242,7 +247,7 @@ if len(gold):
         cfg=cfg,
         xlabel="test split",
         ylabel="mean gold utility (95% CI)",
-        title="Gold utility of base, SFT and reference summaries",
+        title=f"Gold utility of base, SFT and reference {words['outputs']}",
         order=splits,
         hue_order=["base", "sft", "reference"],
     )
@@ -294,7 +299,8 @@ for split in splits:
 # $$
 #
 # averaged over inputs with a bootstrap interval. It is 0 for a model that ignores the post and
-# grows as the model copies from it. A rise in `nll_own` from the base to the
+# grows as the model copies from it. On instruction following, the post is the instruction's
+# situation and the reference the response a person wrote. A rise in `nll_own` from the base to the
 # SFT model on a split is forgetting: fine-tuning made that split's references less likely.
 
 # %%

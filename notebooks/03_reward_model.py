@@ -70,8 +70,10 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 from gendiv import data, plots, reward, runs
+from gendiv.config import task_words
 
 cfg = runs.start(profile, seed=seed, run_dir=run_dir)
+words = task_words(cfg)  # summary / response, post / instruction
 
 # %% [markdown]
 # ## Comparison data
@@ -82,7 +84,8 @@ cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 # (`reward.reference_pair_share`). Like the paper's comparison data, which pits many policies and
 # human references against each other, the mix gives the RM pairs of varied contrast. The
 # simulated labeller prefers one summary with probability $\sigma\big((u_A - u_B) / \tau\big)$, with $u$
-# the gold utility. A share of
+# the gold utility (on instruction following: two responses, and the instruction world's utility;
+# the paper's AlpacaFarm RM learnt from AlpacaFarm's pairwise preferences). A share of
 # prompts (`reward.heldout_share`) is held out for measuring the RM. How often does the labeller
 # agree with the exact judge?
 
@@ -124,7 +127,7 @@ if "utility_a" in everything:
             f"{len(decided):,} pairs (tau = {cfg.world.labeller_temperature}); "
             f"{float((everything['preferred'] < 0).mean()):.1%} of pairs are ties "
             "for the judge "
-            "(two equally good or equally bad summaries)."
+            f"(two equally good or equally bad {words['outputs']})."
         )
     )
 else:
@@ -160,7 +163,7 @@ plots.curves(
 )
 normalisation = json.loads((reward_paths["rm"] / "normalisation.json").read_text())
 print(
-    f"Normalisation on {normalisation['n']} held-out summaries: mean "
+    f"Normalisation on {normalisation['n']} held-out {words['outputs']}: mean "
     f"{normalisation['mean']:.4f}, "
     f"std {normalisation['std']:.4f}"
 )

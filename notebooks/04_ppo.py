@@ -28,8 +28,8 @@
 
 # %% [markdown]
 # The policy starts from the SFT model and gains a newly initialised value head on its trunk. At
-# every step it writes one summary for each of `ppo.rollout_batch_size` ID prompts (temperature
-# 1, top-k 0, top-p 1). Each summary's reward is the normalised RM score at its last token minus
+# every step it writes one summary (on instruction following, one response) for each of
+# `ppo.rollout_batch_size` ID prompts (temperature 1, top-k 0, top-p 1). Each one's reward is the normalised RM score at its last token minus
 # `ppo.kl_coef` times a per-token estimate of the KL divergence from the frozen SFT policy
 # (the paper's code uses 0.5 (log pi_ref - log pi)^2 and beta = 0.05). Advantages come from GAE
 # (gamma 1, lambda 0.95) and are whitened; the clipped policy and value losses are minimised for
@@ -68,8 +68,10 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 from gendiv import data, outputs, plots, ppo, runs, stats
+from gendiv.config import task_words
 
 cfg = runs.start(profile, seed=seed, run_dir=run_dir)
+words = task_words(cfg)  # summary / response, post / instruction
 
 # %% [markdown]
 # ## What PPO optimises
@@ -197,8 +199,8 @@ display(
 samples = pd.DataFrame(runs.read_jsonl(ppo_paths["samples"]))
 if len(samples):
     shown = samples.groupby("step").head(1)
-    shown = shown.assign(post=shown["prompt"].str.slice(-160))[
-        ["step", "post", "response", "proxy_reward"]
+    shown = shown.assign(**{words["input"]: shown["prompt"].str.slice(-160)})[
+        ["step", words["input"], "response", "proxy_reward"]
     ]
     with pd.option_context("display.max_colwidth", 160):
         display(shown.round(2))
@@ -230,7 +232,7 @@ if len(gold):
         cfg=cfg,
         xlabel="test split",
         ylabel="mean gold utility (95% CI)",
-        title="Gold utility of SFT and PPO summaries",
+        title=f"Gold utility of SFT and PPO {words['outputs']}",
         order=splits,
         hue_order=["sft", "ppo", "reference"],
     )
@@ -273,8 +275,9 @@ lines = [
     "training, "
     f"{last['proxy_reward'].mean():.2f} over the last; KL to the SFT policy "
     f"{first['kl'].mean():.2f} -> "
-    f"{last['kl'].mean():.2f} nats per summary (max {log['kl'].max():.2f}); "
-    "responses "
+    f"{last['kl'].mean():.2f} nats per {words['output']} "
+    f"(max {log['kl'].max():.2f}); "
+    f"{words['outputs']} "
     f"{first['response_length'].mean():.1f} -> "
     f"{last['response_length'].mean():.1f} tokens."
 ]

@@ -29,8 +29,9 @@
 
 # %% [markdown]
 # The paper's simulated human is GPT-4 judging which summary captures the most important points
-# precisely and concisely. Ours is the miniature world's gold judge, which compares the gold
-# utilities of the two summaries (exact; ties count one half). An LLM judge speaking the same
+# precisely and concisely (on instruction following, through AlpacaEval's pairwise prompt: which
+# response follows the instruction better). Ours is the miniature world's gold judge, which
+# compares the gold utilities of the two outputs (exact; ties count one half). An LLM judge speaking the same
 # pairwise prompt, asked in both orders, can be added with `judge.llm_backend`. Every method is
 # judged on the same inputs: one sample per input, the first `sampling.n_eval_inputs` test inputs
 # of each split. The win rate of a method's outputs $y_i$ against opponents $y'_i$ (the

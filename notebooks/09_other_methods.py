@@ -109,7 +109,7 @@ else:
 # %% [markdown]
 # ## Training
 #
-# DPO's loss and how often its implicit reward ranks the chosen summary above the rejected one on
+# DPO's loss and how often its implicit reward ranks the chosen output above the rejected one on
 # its training batches; RLOO's and GRPO's mean normalised RM score and KL term per step (TRL's own
 # estimates: RLOO's the sequence log-ratio, GRPO's the per-token k3).
 

@@ -123,6 +123,19 @@ def test_each_verdict_names_the_failed_checks_it_rests_on():
     assert html.count("in this run on instruction following.") == 3
 
 
+def test_the_scorecard_across_tasks_gives_each_claims_verdict_per_task():
+    summ = pd.DataFrame({"claim": ["C1", "C2", "C1[dpo]"], "verdict": ["supported", "mixed", "inconclusive"]})
+    inst = pd.DataFrame({"claim": ["C1", "C2"], "verdict": ["not supported", "supported"]})
+    checks = pd.DataFrame({"passed": [True, False, True]})
+    text = claims.tasks_markdown({"summarisation (tiny)": summ, "instruction following (tiny-instruct)": inst},
+                                 {"summarisation (tiny)": checks, "instruction following (tiny-instruct)": None})
+    assert text.splitlines() == [
+        "| claim | summarisation (tiny) | instruction following (tiny-instruct) |", "|---|---|---|",
+        "| C1 | supported | not supported |", "| C2 | mixed | supported |", "| C1[dpo] | inconclusive | not run |",
+        "| competence checks passed | 2 of 3 | not computed |"]
+    assert "No task's claims" in claims.tasks_markdown({}, {})
+
+
 def test_each_profile_names_its_task():
     from gendiv.config import load_profile, task_name
     assert {p: task_name(load_profile(p)) for p in ("tiny", "tldr", "tiny-instruct", "alpacafarm")} == {

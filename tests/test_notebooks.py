@@ -9,6 +9,7 @@ import sys
 import jupytext
 import pandas as pd
 import pytest
+import yaml
 from conftest import ROOT
 from gendiv import claims, cli, data
 
@@ -85,8 +86,42 @@ def test_a_profile_file_reaches_the_notebooks_as_an_absolute_path(tmp_path, monk
     seen = []
     monkeypatch.setattr(cli, "execute_notebook", lambda nb, out, prof, *a: seen.append(prof) or 0.0)
     monkeypatch.chdir(tmp_path)
-    cli.run("mine.yaml", stages=["01"], root=ROOT)
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    cli.run("mine.yaml", stages=["01"], root=tmp_path)
     assert seen == [str(profile)]
+    # the part records what it ran on, for the book's scorecard across tasks
+    part = json.loads((tmp_path / "book" / "notebooks" / cli.PART_FILE).read_text())
+    assert part["profile"] == str(profile) and part["task"] == "summarisation"
+
+
+def test_each_task_has_its_part_of_the_book():
+    from gendiv.config import TASKS
+
+    assert set(cli.PARTS) == set(TASKS.values())
+    toc = (ROOT / "book" / "_toc.yml").read_text()
+    for folder in cli.PARTS.values():
+        for nb in NOTEBOOKS:
+            assert f"file: {folder}/{nb.stem}\n" in toc
+
+
+def test_the_book_leaves_out_a_part_not_executed_and_refuses_a_part_half_run(tmp_path):
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    shutil.copytree(ROOT / "book", tmp_path / "book", ignore=shutil.ignore_patterns("_build", "notebooks"))
+    summarisation = tmp_path / "book" / "notebooks"
+    summarisation.mkdir()
+    for nb in NOTEBOOKS:
+        (summarisation / nb.name).write_text("{}")
+    parts = cli.executed_parts(tmp_path)
+    assert list(parts) == ["summarisation"]
+    toc = yaml.safe_load(cli.built_toc(tmp_path / "book", parts).read_text())
+    files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    assert "notebooks/10_scorecard" in files and "scorecard" in files
+    assert not any(f.startswith("instruction/") for f in files)
+    assert len(toc["parts"]) == 2 and toc["root"] == "intro"
+    (tmp_path / "book" / "instruction").mkdir()
+    (tmp_path / "book" / "instruction" / NOTEBOOKS[0].name).write_text("{}")
+    with pytest.raises(cli.RunFailed, match=r"instruction following part .* not finished: 02_sft.ipynb"):
+        cli.executed_parts(tmp_path)
 
 
 def test_book_refuses_to_build_before_the_notebooks_ran(tmp_path):
@@ -112,7 +147,7 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
                 "diversity.csv": ["method", "split", "scope", "metric", "value", "ci_low", "ci_high", "n_inputs", "k"],
                 "rm_accuracy.csv": ["split", "accuracy", "ci_low", "ci_high", "n"],
                 "kl_sweep.csv": ["kl_coef", "split", "measure", "value", "ci_low", "ci_high", "estimator", "method"],
-                "claims.csv": ["claim", "statement", "evidence", "verdict"],
+                "claims.csv": ["claim", "statement", "evidence", "verdict", "task"],
                 "competence.csv": ["check", "split", "value", "threshold", "passed", "claims"]}
     for name, columns in contract.items():
         frame = pd.read_csv(results / name)
@@ -197,6 +232,47 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
     assert "produced by the <b>smoke</b> profile" in intro
     assert "colab.research.google.com/github/gendiv/gendiv/blob/main/notebooks/01_data_splits.ipynb" in \
         (html / "notebooks" / "01_data_splits.html").read_text()
+
+    # The second task: the same notebooks, unchanged, on smoke-instruct (Alpaca's prompt template,
+    # the instruction judge, its oracle), into the results contract and the book's second part
+    instruct_run = tmp_path / "runs" / "smoke-instruct"
+    times = cli.run("smoke-instruct", root=tmp_path, run_dir=str(instruct_run))
+    assert set(times) == {nb.stem for nb in NOTEBOOKS}
+    test = json.loads((instruct_run / "data" / "id_test.jsonl").read_text().splitlines()[0])
+    assert test["prompt"].startswith("Below is an instruction that describes a task, paired with an input")
+    assert "### Instruction:\n" in test["prompt"] and test["prompt"].endswith("### Response:")
+    splits = pd.read_csv(instruct_run / "results" / "splits.csv").set_index(["split", "role"])
+    assert splits.loc[("ood_far", "test"), "genre"] == "sequential"
+    assert splits.loc[("id", "test"), "genre"] == "instruction"
+    from gendiv.instruct import CORRUPTIONS
+    assert set(pd.read_csv(instruct_run / "results" / "judge_checks.csv")["variant"]) == set(CORRUPTIONS)
+    instruct_winrates = pd.read_csv(instruct_run / "results" / "winrates.csv")
+    assert set(instruct_winrates["judge"]) == {"world"} and set(instruct_winrates["split"]) == set(data.SPLITS)
+    instruct_diversity = pd.read_csv(instruct_run / "results" / "diversity.csv")
+    assert instruct_diversity.loc[instruct_diversity["metric"] == "oracle", "value"].notna().all()
+    instruct_card = pd.read_csv(instruct_run / "results" / "claims.csv")
+    assert list(instruct_card["claim"]) == list(verdicts["claim"])
+    assert set(instruct_card["task"]) == {"instruction following"} and set(verdicts["task"]) == {"summarisation"}
+    assert not (tmp_path / "book" / "notebooks" / "part.json").read_text().count("smoke-instruct")
+
+    cli.build_book(tmp_path)
+    for nb in NOTEBOOKS:  # both parts, each chapter's page once per part
+        assert (html / "notebooks" / f"{nb.stem}.html").exists() and (html / "instruction" / f"{nb.stem}.html").exists()
+    page = (html / "instruction" / "06_evaluation.html").read_text()
+    assert "tiny-instruct" not in page and "smoke-instruct" in page
+    # each part's generated text speaks of its task's outputs
+    assert "held-out responses" in (html / "instruction" / "03_reward_model.html").read_text()
+    assert "held-out summaries" in (html / "notebooks" / "03_reward_model.html").read_text()
+    # its launch button opens the same clean notebook in the repository
+    assert "colab.research.google.com/github/gendiv/gendiv/blob/main/notebooks/06_evaluation.ipynb" in page
+    assert "blob/main/instruction/" not in page
+    # the scorecard gives every claim's verdict on each task, from each run's claims.csv
+    scorecard = (html / "scorecard.html").read_text()
+    assert "summarisation (smoke)" in scorecard and "instruction following (smoke-instruct)" in scorecard
+    table = scorecard[scorecard.index("summarisation (smoke)"):]
+    for (claim, v1), v2 in zip(zip(verdicts["claim"], verdicts["verdict"]), instruct_card["verdict"]):
+        assert f"<td><p>{claim}</p></td>\n<td><p>{v1}</p></td>\n<td><p>{v2}</p></td>" in table, claim
+    assert "has no" not in scorecard  # both parts are in this copy
 
 
 def test_notebook_code_reads_at_the_column_width():

@@ -186,7 +186,7 @@ def test_alpacafarm_profile_runs_every_stage_and_notebook_offline_on_the_fixture
     shutil.copytree(ROOT / "book", tmp_path / "book", ignore=shutil.ignore_patterns("_build", "notebooks"))
     times = cli.run(str(profile), root=tmp_path)
     assert len(times) == len(list((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
-    executed = (tmp_path / "book" / "notebooks" / "06_evaluation.ipynb").read_text()
+    executed = (tmp_path / "book" / "instruction" / "06_evaluation.ipynb").read_text()  # its task's part
     assert "[evaluation] cached" in executed and "llm:gpt-4" in executed
 
 

@@ -558,3 +558,22 @@ def scorecard_html(card: pd.DataFrame, checks: pd.DataFrame | None = None) -> st
     return (f"<p>Of the {len(card)} claims, this run{on} finds: {escape(summary)}.</p>{intro}"
             f"<table class='table'><thead><tr>{head}</tr></thead>"
             f"<tbody>{rows}</tbody></table>{paragraphs}")
+
+
+def tasks_markdown(cards: dict[str, pd.DataFrame], checks: dict[str, pd.DataFrame | None]) -> str:
+    """One table of every claim's verdict on each task (the columns: ``cards``' keys, each a run's
+    ``results/claims.csv``), then each task's competence checks passed: the book's scorecard
+    across tasks, as Markdown. A claim a task's run does not make reads "not run"."""
+    if not cards:
+        return "No task's claims have been computed in this copy of the book."
+    order = list(dict.fromkeys(c for card in cards.values() for c in card["claim"]))
+    verdict = {label: dict(zip(card["claim"], card["verdict"])) for label, card in cards.items()}
+    lines = ["| claim | " + " | ".join(cards) + " |", "|---|" + "---|" * len(cards)]
+    for claim in order:
+        lines.append(f"| {claim} | " + " | ".join(verdict[label].get(claim, "not run") for label in cards) + " |")
+    passed = []
+    for label in cards:
+        table = checks.get(label)
+        passed.append("not computed" if table is None else f"{int(table['passed'].sum())} of {len(table)}")
+    lines.append("| competence checks passed | " + " | ".join(passed) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,7 +1,10 @@
 """The ``gendiv`` command: execute the notebooks with papermill, then build the HTML book.
 
-    gendiv run --profile tiny [--stages 01 02] [--force]   executed notebooks -> book/notebooks/
-    gendiv book                                            strict Jupyter Book 1.x build -> book/_build/html
+    gendiv run --profile tiny [--stages 01 02] [--force]   executed notebooks -> the task's part of the book
+                                                           (book/notebooks/, or book/instruction/ for
+                                                           instruction following)
+    gendiv book                                            strict Jupyter Book 1.x build of the parts
+                                                           executed -> book/_build/html
     gendiv profiles                                        list the shipped profiles
     gendiv pretrain --profile tiny [--out DIR]             pre-train the tiny base model (the shipped one
                                                            by default: lib/gendiv/pretrained/<model.base>)
@@ -14,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import subprocess
@@ -25,7 +29,7 @@ import pandas as pd
 import yaml
 
 from gendiv import claims, pretraining, runs, stages
-from gendiv.config import ALIGN_METHODS, ConfigError, available_profiles, load_profile
+from gendiv.config import ALIGN_METHODS, ConfigError, available_profiles, load_profile, task_name
 
 
 class RunFailed(RuntimeError):
@@ -103,17 +107,38 @@ def hide_parameter_cells(path: Path) -> None:
     nbformat.write(nb, str(path))
 
 
+PARTS = {"summarisation": "notebooks", "instruction following": "instruction"}
+"""The book's part for each of the paper's tasks: the folder under book/ that ``gendiv run``
+writes the task's executed notebooks to (the same notebooks, on a profile of that task)."""
+PART_FILE = "part.json"
+"""Written beside a part's executed notebooks: the profile, task and run folder they ran on."""
+BUILT_TOC = "_toc.yml"
+"""The table of contents ``gendiv book`` builds with, in book/_build/: book/_toc.yml less the
+parts not executed."""
+TASKS_SCORECARD = Path("generated") / "scorecard_tasks.md"
+"""The per-task scorecard (book/_build/...), included by the scorecard page."""
+
+
+def part_dir(task: str, root: Path | None = None) -> Path:
+    """Where the executed notebooks of ``task``'s part of the book go."""
+    return (root or runs.project_root()) / "book" / PARTS[task]
+
+
 def run(profile: str, stages: list[str] | None = None, force: bool = False, log_output: bool = False,
         root: Path | None = None, run_dir: str = "") -> dict[str, float]:
-    """Execute the selected notebooks in order on ``profile``; stop at the first failure.
+    """Execute the selected notebooks in order on ``profile`` into the book's part of the profile's
+    task (:data:`PARTS`); stop at the first failure.
 
     A profile given as a YAML path is made absolute: the notebooks run from notebooks/.
     """
-    load_profile(profile)  # fail fast on a bad profile name or file
+    cfg = load_profile(profile, run_dir=run_dir or None)  # fail fast on a bad profile name or file
     if profile.endswith((".yaml", ".yml")):
         profile = str(Path(profile).resolve())
     root = root or runs.project_root()
-    out_dir = root / "book" / "notebooks"
+    out_dir = part_dir(task_name(cfg), root)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs.write_json(out_dir / PART_FILE, {"profile": profile, "task": task_name(cfg),
+                                          "run_dir": str(runs.run_dir(cfg))})
     times = {}
     selected = select_notebooks(stages, root)
     for i, nb in enumerate(selected, 1):
@@ -147,22 +172,107 @@ def stamp_repository_url(root: Path | None = None) -> list[Path]:
     return changed
 
 
+def executed_parts(root: Path | None = None) -> dict[str, Path]:
+    """The book's parts whose every notebook has been executed, by task, in the book's order.
+    A part begun but not finished is an error that names what is missing."""
+    root = root or runs.project_root()
+    parts = {}
+    for task in PARTS:
+        folder = part_dir(task, root)
+        if not (folder / PART_FILE).exists() and not any(folder.glob("*.ipynb")):
+            continue
+        missing = [nb.name for nb in list_notebooks(root) if not (folder / nb.name).exists()]
+        if missing:
+            raise RunFailed(f"The {task} part of the book is not finished: {', '.join(missing)} not yet executed in "
+                            f"{folder}. Run `gendiv run --profile <a {task} profile>` (or `make book`) again; "
+                            "finished stages are reused.")
+        parts[task] = folder
+    return parts
+
+
+def built_toc(book: Path, parts: dict[str, Path]) -> Path:
+    """book/_toc.yml less the chapters of parts not executed (and parts left empty), written to
+    book/_build/_toc.yml for the build."""
+    toc = yaml.safe_load((book / "_toc.yml").read_text())
+    skipped = {PARTS[t] for t in PARTS if t not in parts}
+    kept = []
+    for part in toc["parts"]:
+        chapters = [c for c in part["chapters"] if c["file"].split("/", 1)[0] not in skipped]
+        if chapters:
+            kept.append({**part, "chapters": chapters})
+    out = book / "_build" / BUILT_TOC
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump({**toc, "parts": kept}, sort_keys=False))
+    return out
+
+
+def part_runs(parts: dict[str, Path]) -> dict[str, dict]:
+    """Each executed part's profile and run folder (its part.json)."""
+    return {task: json.loads((folder / PART_FILE).read_text()) for task, folder in parts.items()
+            if (folder / PART_FILE).exists()}
+
+
+def write_tasks_scorecard(book: Path, parts: dict[str, Path]) -> Path:
+    """The scorecard page's per-task section (book/_build/generated/scorecard_tasks.md): every
+    claim's verdict on each task this copy of the book ran, from each run's results/claims.csv."""
+    cards, checks = {}, {}
+    for task, info in part_runs(parts).items():
+        results = Path(info["run_dir"]) / "results"
+        label = f"{task} ({Path(info['profile']).stem})"
+        if (results / "claims.csv").exists():
+            cards[label] = pd.read_csv(results / "claims.csv")
+            checks[label] = pd.read_csv(results / "competence.csv") if (results / "competence.csv").exists() else None
+    out = book / "_build" / TASKS_SCORECARD
+    out.parent.mkdir(parents=True, exist_ok=True)
+    absent = [t for t in PARTS if t not in parts]
+    text = claims.tasks_markdown(cards, checks)
+    if absent:
+        text += (f"\n\nThis copy of the book has no {' or '.join(absent)} part: `make book` builds both "
+                 f"tasks, `make book TASK=instruction` adds that part to a built summarisation part.\n")
+    out.write_text(text)
+    return out
+
+
+def point_launch_buttons_at_the_notebooks(html: Path, branch: str) -> None:
+    """Every part runs the same notebooks: the launch buttons of a part other than book/notebooks/
+    open the clean notebook at the repository's notebooks/ (Jupyter Book would point them at the
+    part's folder, which the repository does not have)."""
+    for folder in PARTS.values():
+        if folder == "notebooks":
+            continue
+        for page in (html / folder).glob("*.html"):
+            text = page.read_text()
+            fixed = text.replace(f"/blob/{branch}/{folder}/", f"/blob/{branch}/notebooks/")
+            if fixed != text:
+                page.write_text(fixed)
+
+
 def build_book(root: Path | None = None, strict: bool = True) -> Path:
-    """Build the HTML book from the executed notebooks (Jupyter Book 1.x, no execution)."""
+    """Build the HTML book from the executed notebooks (Jupyter Book 1.x, no execution): one part
+    per task executed (the summarisation part required: the book's pages read it), and the
+    scorecard's verdicts per task."""
     root = root or runs.project_root()
     book = root / "book"
-    missing = [nb.name for nb in list_notebooks(root) if not (book / "notebooks" / nb.name).exists()]
-    if missing:
-        raise RunFailed(f"Not yet executed: {', '.join(missing)}. Run `gendiv run --profile tiny` "
-                        "(or `make book`) first; the book only renders executed notebooks.")
+    parts = executed_parts(root)
+    if "summarisation" not in parts:
+        missing = [nb.name for nb in list_notebooks(root)]
+        raise RunFailed(f"Not yet executed: {', '.join(missing)} (the summarisation part, which the book's pages "
+                        "read). Run `gendiv run --profile tiny` (or `make book`) first; the book only renders "
+                        "executed notebooks.")
+    toc = built_toc(book, parts)
+    write_tasks_scorecard(book, parts)
     exe = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(exe) if exe.exists() else (shutil.which("jupyter-book") or "jupyter-book"), "build", str(book)]
+    cmd = [str(exe) if exe.exists() else (shutil.which("jupyter-book") or "jupyter-book"), "build", str(book),
+           "--toc", str(toc)]
     if strict:
         cmd += ["-W", "-n", "--keep-going"]
+    print(f"Parts: {', '.join(parts)}", flush=True)
     print("$", " ".join(cmd), flush=True)
     result = subprocess.run(cmd, cwd=root)
     if result.returncode != 0:
         raise RunFailed(f"The book build failed (exit {result.returncode}); see the warnings above.")
+    config = yaml.safe_load((book / "_config.yml").read_text())
+    point_launch_buttons_at_the_notebooks(book / "_build" / "html", config["repository"].get("branch", "main"))
     index = book / "_build" / "html" / "index.html"
     print(f"Book: {index}")
     return index

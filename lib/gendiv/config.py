@@ -645,3 +645,13 @@ def describe(cfg: Config) -> str:
 def task_name(cfg: Config) -> str:
     """The paper's task this profile's data belongs to: 'summarisation' or 'instruction following'."""
     return TASKS[cfg.data.source]
+
+
+TASK_WORDS = {"summarisation": {"output": "summary", "outputs": "summaries", "input": "post"},
+              "instruction following": {"output": "response", "outputs": "responses", "input": "instruction"}}
+"""What the chapters call an output and an input of each task, in their generated text."""
+
+
+def task_words(cfg: Config) -> dict[str, str]:
+    """The profile's task's words for an output, outputs and an input (:data:`TASK_WORDS`)."""
+    return TASK_WORDS[task_name(cfg)]
