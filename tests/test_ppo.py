@@ -36,12 +36,46 @@ def make_lm(tok, seed=0):
     return models.tiny_llama(tok, hidden_size=32, n_layers=2, n_heads=2, intermediate_size=64, max_length=64)
 
 
-def trainer(tok, lm, ref, steps=4, checkpoint_path=None, **overrides):
+def trainer(tok, lm, ref, steps=4, checkpoint_path=None, reuse_frozen=True, **overrides):
     cfg = PPOConfig(**{**dict(steps=steps, rollout_batch_size=8, minibatch_size=4, ppo_epochs=2, lr=3e-3,
                               kl_coef=0.05, log_samples_every=1, checkpoint_every=2), **overrides})
     prompts = [f"Post {i}:" for i in range(12)]
     return ppo.PPOTrainer(lm, ref, CountingReward(), tok, prompts, cfg, max_new_tokens=8, max_prompt_tokens=16,
-                          seed=3, checkpoint_path=checkpoint_path, run_id="test")
+                          seed=3, checkpoint_path=checkpoint_path, run_id="test", reuse_frozen=reuse_frozen)
+
+
+def test_frozen_bottom_blocks_run_once_per_rollout_with_the_same_numbers(tok):
+    """With the bottom blocks and embeddings frozen (model.freeze_fraction), PPO computes their
+    output once per rollout and its updates start from there: the run is the one that passes the
+    whole model every time, to the last bit, with fewer block passes."""
+    def run(reuse):
+        torch.manual_seed(0)
+        lm = models.tiny_llama(tok, hidden_size=32, n_layers=4, n_heads=2, intermediate_size=64, max_length=64)
+        models.freeze_bottom(lm, 0.5)
+        calls = {"bottom": 0}
+        lm.model.layers[0].register_forward_hook(lambda *a: calls.__setitem__("bottom", calls["bottom"] + 1))
+        t = trainer(tok, lm, make_lm(tok), steps=3, reuse_frozen=reuse)
+        t.train()
+        return t, calls["bottom"]
+
+    whole, whole_calls = run(False)
+    reused, reused_calls = run(True)
+    assert (whole.frozen, reused.frozen) == (0, 2)
+    assert strip_timing(whole.log) == strip_timing(reused.log)
+    for a, b in zip(whole.unwrapped.parameters(), reused.unwrapped.parameters()):
+        assert torch.equal(a, b)
+    # block 0 ran in generation and the rollout's pass either way; in each of the 2 epochs x 2
+    # minibatches of a step only without reuse
+    assert whole_calls - reused_calls == 3 * 2 * 2
+
+
+def test_nothing_is_reused_when_the_bottom_trains(tok):
+    lm = make_lm(tok)
+    assert ppo.frozen_blocks(lm) == 0  # every block trains
+    models.freeze_bottom(lm, 0.5)
+    assert ppo.frozen_blocks(lm) == 1
+    lm.get_input_embeddings().weight.requires_grad = True  # an embedding that trains: its blocks' input moves
+    assert ppo.frozen_blocks(lm) == 0
 
 
 def strip_timing(log):

@@ -150,18 +150,71 @@ def sample_policy(cfg: Config, model, tokenizer, records: list[dict], seed: int,
 
 
 # ------------------------------------------------------------------ log-probs of responses
-def response_outputs(lm, input_ids, attention_mask, n_response, temperature=1.0, value_head=None):
+def response_outputs(lm, input_ids, attention_mask, n_response, temperature=1.0, value_head=None, start=None):
     """Logits (divided by ``temperature``) predicting each of the last ``n_response`` tokens of
     each row, and the ``value_head``'s values there (None without one). Rows are a left-padded
-    prompt followed by a response; positions count real tokens only."""
-    hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                           position_ids=position_ids(attention_mask), use_cache=False).last_hidden_state
+    prompt followed by a response; positions count real tokens only.
+
+    ``start`` = (k, hidden): run only blocks k and above, from ``hidden``, the input of block k
+    that :func:`block_input` computed (the same result as the whole model, with less compute,
+    when the bottom k blocks and the embeddings do not change between the two calls)."""
+    trunk, positions = lm.base_model, position_ids(attention_mask)
+    if start is None:
+        hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                       use_cache=False).last_hidden_state
+    else:
+        k, below = start
+        with _blocks(trunk, slice(k, None)):
+            hidden = trunk(inputs_embeds=below, attention_mask=attention_mask, position_ids=positions,
+                           use_cache=False).last_hidden_state
     # position t predicts token t+1: the response's tokens are predicted from the n_response
     # positions before them, so the LM head runs on those positions only.
     h = hidden[:, -n_response - 1:-1]
     logits = lm.get_output_embeddings()(h).float() / temperature
     values = value_head(h).squeeze(-1).float() if value_head is not None else None
     return logits, values
+
+
+@contextlib.contextmanager
+def _blocks(trunk, which: slice, norm: bool = True):
+    """The trunk running only the blocks ``which`` (and no final norm unless ``norm``)."""
+    layers, final = trunk.layers, trunk.norm
+    trunk.layers = layers[which]
+    if not norm:
+        trunk.norm = torch.nn.Identity()
+    try:
+        yield trunk
+    finally:
+        trunk.layers, trunk.norm = layers, final
+
+
+def frozen_blocks(lm) -> int:
+    """How many bottom blocks of ``lm`` train nothing, with its input embeddings: the input of the
+    first block that trains is then the same before and after any update, and
+    :func:`block_input` can compute it once for several passes (PPO's epochs). 0 when the
+    embeddings or the first block train, or the trunk is not a list of blocks (``layers``) with a
+    final ``norm`` that takes ``inputs_embeds`` (Llama and its kin; others run whole)."""
+    trunk = getattr(lm, "base_model", None)
+    if not isinstance(getattr(trunk, "layers", None), torch.nn.ModuleList) or not hasattr(trunk, "norm"):
+        return 0
+    if any(p.requires_grad for p in lm.get_input_embeddings().parameters()):
+        return 0
+    n = 0
+    for block in trunk.layers:
+        if any(p.requires_grad for p in block.parameters()):
+            break
+        n += 1
+    return n
+
+
+@torch.no_grad()
+def block_input(lm, input_ids, attention_mask, k: int) -> torch.Tensor:
+    """The hidden states entering block ``k`` of ``lm`` (the embeddings for k = 0): what
+    :func:`response_outputs` starts from with ``start=(k, hidden)``."""
+    trunk = lm.base_model
+    with _blocks(trunk, slice(0, k), norm=False):
+        return trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                     use_cache=False).last_hidden_state
 
 
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

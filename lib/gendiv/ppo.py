@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from gendiv import artifacts, data, outputs, runs
 from gendiv.config import KL_ESTIMATORS, Config, ConfigError
-from gendiv.lm import entropy_from_logits, gather_logprobs, response_outputs, tokenizer_sides
+from gendiv.lm import (block_input, entropy_from_logits, frozen_blocks, gather_logprobs, response_outputs,
+                       tokenizer_sides)
 from gendiv.models import load_causal_lm, load_policy, pick_device, save_pretrained_atomic
 
 
@@ -185,9 +186,12 @@ class PolicyWithValueHead(torch.nn.Module):
         torch.nn.init.zeros_(self.value_head.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int,
-                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probability logits and values for the last ``n_response`` tokens of each row."""
-        return response_outputs(self.lm, input_ids, attention_mask, n_response, temperature, self.value_head)
+                temperature: float = 1.0, start: tuple[int, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability logits and values for the last ``n_response`` tokens of each row
+        (``start``: from the input of a block on, :func:`gendiv.lm.response_outputs`)."""
+        return response_outputs(self.lm, input_ids, attention_mask, n_response, temperature, self.value_head,
+                                start=start)
 
 
 # ------------------------------------------------------------------ rollouts
@@ -208,14 +212,19 @@ class Rollout:
     texts: list[str]
     generation_s: float
     scoring_s: float
+    frozen: int = 0                # bottom blocks that train nothing (0: none, the model runs whole)
+    block_input: torch.Tensor | None = None  # (B, Lq + Lr, hidden) entering block ``frozen``
 
 
 @torch.no_grad()
 def rollout(policy: PolicyWithValueHead, ref_lm, reward_model, tokenizer, prompts: list[str], *,
             max_new_tokens: int, max_prompt_tokens: int, temperature: float = 1.0, top_k: int = 0,
-            top_p: float = 1.0, seed: int = 0, missing_eos_penalty: float | None = None) -> Rollout:
+            top_p: float = 1.0, seed: int = 0, missing_eos_penalty: float | None = None,
+            frozen: int = 0) -> Rollout:
     """Sample one response per prompt from the policy (KV cache, left padding), then score it
-    with the policy (log-probs, values, entropy), the reference and the normalised RM."""
+    with the policy (log-probs, values, entropy), the reference and the normalised RM. With
+    ``frozen`` > 0 bottom blocks that train nothing, the policy's pass keeps the input of the
+    first block that trains, so that PPO's updates start there (same numbers, less compute)."""
     device = next(policy.parameters()).device
     with tokenizer_sides(tokenizer, "left", "left"):
         enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens,
@@ -233,7 +242,8 @@ def rollout(policy: PolicyWithValueHead, ref_lm, reward_model, tokenizer, prompt
     mask = response_mask(response, eos)
     attention_mask = torch.cat([enc["attention_mask"], mask.long()], dim=1)
     n = response.shape[1]
-    logits, values = policy(out, attention_mask, n, temperature)
+    below = block_input(policy.lm, out, attention_mask, frozen) if frozen else None
+    logits, values = policy(out, attention_mask, n, temperature, start=(frozen, below) if frozen else None)
     ref_logits, _ = response_outputs(ref_lm, out, attention_mask, n, temperature)
     logprobs, ref_logprobs = gather_logprobs(logits, response), gather_logprobs(ref_logits, response)
     entropy = entropy_from_logits(logits)
@@ -245,7 +255,7 @@ def rollout(policy: PolicyWithValueHead, ref_lm, reward_model, tokenizer, prompt
         scores = torch.where(has_eos, scores, scores - missing_eos_penalty)
     policy.train(was_training)
     return Rollout(out, attention_mask, response, mask, logprobs, ref_logprobs, values, entropy, scores,
-                   prompts, texts, generation_s, time.perf_counter() - t0)
+                   prompts, texts, generation_s, time.perf_counter() - t0, frozen, below)
 
 
 # ------------------------------------------------------------------ the loop
@@ -274,7 +284,8 @@ class PPOTrainer:
 
     def __init__(self, policy_lm, ref_lm, reward_model, tokenizer, prompts: list[str], ppo, *,
                  max_new_tokens: int, max_prompt_tokens: int, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: int = 0, checkpoint_path: Path | None = None, run_id: str = ""):
+                 top_p: float = 1.0, seed: int = 0, checkpoint_path: Path | None = None, run_id: str = "",
+                 reuse_frozen: bool = True):
         if not prompts:
             raise ValueError("PPO needs at least one prompt.")
         self.ppo, self.seed, self.prompts, self.tokenizer = ppo, seed, prompts, tokenizer
@@ -297,6 +308,9 @@ class PPOTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: max(0.0, 1 - i / self.n_updates))
         self.policy, self.optimizer = self.accelerator.prepare(policy, optimizer)
         self.ref_lm = ref_lm.eval().requires_grad_(False)
+        # The bottom blocks that train nothing (model.freeze_fraction) give the same input to the
+        # first block that trains at every PPO epoch: computed once per rollout, not per pass.
+        self.frozen = frozen_blocks(policy_lm) if reuse_frozen else 0
         self.reward_model = reward_model
         self.kl_controller = AdaptiveKLController(ppo.kl_coef, ppo.kl_target, ppo.kl_horizon) \
             if ppo.adaptive_kl else None
@@ -328,7 +342,7 @@ class PPOTrainer:
         acc = self.accelerator
         batch = rollout(self.unwrapped, self.ref_lm, self.reward_model, self.tokenizer, self.prompts_for_step(step),
                         seed=self.seed * 1_000_003 + step + acc.process_index * 7_919_993,
-                        missing_eos_penalty=c.missing_eos_penalty, **self.sampling)
+                        missing_eos_penalty=c.missing_eos_penalty, frozen=self.frozen, **self.sampling)
         mask = batch.mask
         with torch.no_grad():
             rewards, kl = token_rewards(batch.scores, batch.logprobs, batch.ref_logprobs, mask, self.kl_coef,
@@ -345,8 +359,9 @@ class PPOTrainer:
         for _ in range(c.ppo_epochs):
             for idx in torch.randperm(n_rows, generator=generator).split(mb):
                 idx = idx.to(mask.device)
+                start = (batch.frozen, batch.block_input[idx]) if batch.frozen else None
                 logits, values = self.policy(batch.input_ids[idx], batch.attention_mask[idx], n,
-                                             self.sampling["temperature"])
+                                             self.sampling["temperature"], start=start)
                 logprobs = gather_logprobs(logits, batch.response[idx])
                 pg, pg_stats = policy_loss(logprobs, batch.logprobs[idx], advantages[idx], mask[idx], c.clip)
                 vf, vf_stats = value_loss(values, batch.values[idx], returns[idx], mask[idx], c.value_clip)

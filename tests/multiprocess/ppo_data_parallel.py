@@ -25,6 +25,7 @@ def main(out: Path) -> None:
     tok = models.train_tokenizer(CORPUS, vocab_size=300)
     torch.manual_seed(0)  # the same initial weights on every process
     lm = models.tiny_llama(tok, hidden_size=32, n_layers=2, n_heads=2, intermediate_size=64, max_length=64)
+    models.freeze_bottom(lm, 0.5)  # as the profiles: the frozen block's output computed once per rollout
     torch.manual_seed(0)
     ref = models.tiny_llama(tok, hidden_size=32, n_layers=2, n_heads=2, intermediate_size=64, max_length=64)
     sampled = []
