@@ -75,7 +75,8 @@ cfg = runs.start(profile, seed=seed, run_dir=run_dir)
 # A verdict is a finding only if the models are competent and the samples large enough. Before
 # the verdicts, the run checks itself (`gendiv.claims.competence`; each check's threshold is in
 # the table): does SFT beat the human reference often enough, and the base model clearly, is the
-# RM right about the judge's preferences, did PPO's proxy reward flatten, do the sweep's runs end
+# RM right about the judge's preferences (overall, and between two of SFT's own samples, which is
+# what Best-of-N and PPO ask of it), did PPO's proxy reward flatten, do the sweep's runs end
 # at clearly different KL, and are the samples as large as the book promises? Each verdict then
 # names the failed checks it rests on.
 

@@ -225,6 +225,13 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
     checks = pd.read_csv(results / "competence.csv")
     evaluated = checks[checks["check"] == "evaluation inputs"]
     assert set(evaluated["split"]) == set(data.SPLITS) and not evaluated["passed"].any()
+    # the RM is also checked where BoN and PPO use it: between two SFT samples, on every split
+    ranks = checks[checks["check"].str.startswith("RM accuracy on two SFT samples")].set_index("split")
+    by_kind = pd.read_csv(run_dir / "logs" / "rm_accuracy_by_kind.csv")
+    by_kind = by_kind[by_kind["kind"] == "sft_vs_sft"].set_index("split")
+    assert set(ranks.index) == set(by_kind.index) and len(ranks) >= 2
+    for split, r in ranks.iterrows():
+        assert r["value"] == round(by_kind.loc[split, "ci_low"], 4) and r["passed"] == (r["value"] > 0.5)
     assert scorecard.count("Not yet a finding") == len(verdicts)
     world_page = (html / "world.html").read_text()  # the judge's weights, pasted from chapter 1
     assert "facts the post does not contain" in world_page and "0.03" in world_page

@@ -432,6 +432,11 @@ far above these)."""
 RM_ACCURACY_ID, RM_ACCURACY_FLOOR = 0.70, 0.60
 """Least RM accuracy against the judge in distribution, and least lower end of its interval on
 every split: an RM near chance gives PPO and Best-of-N nothing to optimise."""
+RM_RANKS_SFT = 0.50
+"""Least lower end of the interval of the RM's accuracy on pairs of two SFT samples: those are
+what Best-of-N and PPO rank. The overall accuracy mixes in pairs against the base model and the
+reference, which an RM can get right by telling the models apart; on SFT's own samples it may
+still be at chance, and then nothing it ranks is a finding about RLHF."""
 MIN_EVAL_INPUTS, MIN_DIVERSITY_INPUTS, MIN_K = 200, 50, 8
 """Least inputs per split for the evaluation (paper: 500), inputs per split and samples per input
 for per-input diversity."""
@@ -447,7 +452,8 @@ def competence(cfg: Config) -> pd.DataFrame:
     """Can this run's models and samples carry the paper's measurements? Checks computed from the
     run's results (``COMPETENCE_COLUMNS``: the claims each check carries in ``claims``): SFT's win
     rate against the reference, SFT against the base model in gold utility (paired over inputs,
-    interval above zero), the RM's accuracy, whether PPO's proxy reward flattened, whether the KL
+    interval above zero), the RM's accuracy (overall, and on pairs of two SFT samples: what
+    Best-of-N and PPO rank), whether PPO's proxy reward flattened, whether the KL
     sweep's runs end apart, and the sample sizes. A verdict that rests on a failed check is not a
     finding: it may be an artefact of a model that cannot do the task or a sample too small."""
     splits = data.available_splits(cfg)
@@ -477,6 +483,10 @@ def competence(cfg: Config) -> pd.DataFrame:
                   r.accuracy >= RM_ACCURACY_ID, POLICY_CLAIMS)
         check("RM accuracy, interval's lower end", r.split, r.ci_low, f"> {RM_ACCURACY_FLOOR:.2f}",
               r.ci_low > RM_ACCURACY_FLOOR, POLICY_CLAIMS)
+    by_kind = pd.read_csv(runs.artifact(cfg, "reward", "rm_accuracy_by_kind"))
+    for r in by_kind[by_kind["kind"] == "sft_vs_sft"].itertuples():  # none on hub data (no kinds)
+        check("RM accuracy on two SFT samples (what BoN and PPO rank), interval's lower end", r.split, r.ci_low,
+              f"> {RM_RANKS_SFT:.2f}", r.ci_low > RM_RANKS_SFT, POLICY_CLAIMS)
     log = pd.read_csv(runs.artifact(cfg, "ppo", "log"))
     if len(log) >= 5:
         trend = ppo.reward_trend(log)
