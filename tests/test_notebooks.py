@@ -229,9 +229,10 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
     ranks = checks[checks["check"].str.startswith("RM accuracy on two SFT samples")].set_index("split")
     by_kind = pd.read_csv(run_dir / "logs" / "rm_accuracy_by_kind.csv")
     by_kind = by_kind[by_kind["kind"] == "sft_vs_sft"].set_index("split")
-    assert set(ranks.index) == set(by_kind.index) and len(ranks) >= 2
-    for split, r in ranks.iterrows():
-        assert r["value"] == round(by_kind.loc[split, "ci_low"], 4) and r["passed"] == (r["value"] > 0.5)
+    assert set(ranks.index) == set(data.SPLITS) and "id" in by_kind.index
+    for split, r in ranks.iterrows():  # smoke has SFT-SFT pairs in distribution only: the others fail
+        low = by_kind["ci_low"].get(split, float("nan"))
+        assert (r["value"] == round(low, 4) and r["passed"] == (low > 0.5)) or (pd.isna(low) and not r["passed"])
     assert scorecard.count("Not yet a finding") == len(verdicts)
     world_page = (html / "world.html").read_text()  # the judge's weights, pasted from chapter 1
     assert "facts the post does not contain" in world_page and "0.03" in world_page
