@@ -32,7 +32,7 @@ TORCH_INDEX ?=
 unexport PYTHONDONTWRITEBYTECODE
 PIP := -m pip install -q --disable-pip-version-check --no-compile
 
-.PHONY: venv book notebooks html test test-smol lint sync clean peer-ppo lock screenshots
+.PHONY: venv book book-check notebooks html test test-smol lint sync clean peer-ppo lock screenshots
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +49,12 @@ venv: $(STAMP)
 
 ## book: execute every notebook on each task's profile (TASK, PROFILE above) and build the HTML
 ## book, one part per task executed
-book: notebooks html
+book: book-check notebooks html
+
+# Before any notebook runs: the book can be built once these profiles ran (its pages read the
+# summarisation part), so `make book TASK=instruction` on a fresh clone stops at once.
+book-check: venv
+	$(BIN)/gendiv book --check-after $(BOOK_PROFILES)
 
 notebooks: venv
 	for profile in $(BOOK_PROFILES); do $(BIN)/gendiv run --profile $$profile || exit 1; done

@@ -131,6 +131,20 @@ def test_book_refuses_to_build_before_the_notebooks_ran(tmp_path):
         cli.build_book(tmp_path)
 
 
+def test_make_book_stops_before_running_when_the_book_could_not_be_built(tmp_path):
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    shutil.copytree(ROOT / "book", tmp_path / "book", ignore=shutil.ignore_patterns("_build", "notebooks"))
+    with pytest.raises(cli.RunFailed, match="smoke-instruct .*without its summarisation part"):
+        cli.check_book_after(["smoke-instruct"], tmp_path)
+    cli.check_book_after(["smoke"], tmp_path)
+    cli.check_book_after(["smoke", "smoke-instruct"], tmp_path)
+    summarisation = tmp_path / "book" / "notebooks"  # a built summarisation part: instruction adds to it
+    summarisation.mkdir()
+    for nb in NOTEBOOKS:
+        (summarisation / nb.name).write_text("{}")
+    cli.check_book_after(["smoke-instruct"], tmp_path)
+
+
 @pytest.mark.slow
 def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
     shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")

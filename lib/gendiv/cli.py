@@ -247,6 +247,18 @@ def point_launch_buttons_at_the_notebooks(html: Path, branch: str) -> None:
                 page.write_text(fixed)
 
 
+def check_book_after(profiles: list[str], root: Path | None = None) -> None:
+    """Fail before any notebook runs if the book could not be built after running ``profiles``:
+    the book's pages read the summarisation part, so it must be executed already or be among
+    them (``make book TASK=instruction`` on a fresh clone would otherwise run every notebook of
+    the instruction part and only then stop)."""
+    tasks = {task_name(load_profile(p)) for p in profiles}
+    if "summarisation" not in tasks and "summarisation" not in executed_parts(root):
+        raise RunFailed(f"Running {', '.join(profiles)} ({', '.join(sorted(tasks))}) would leave the book without its "
+                        "summarisation part, which the book's pages read. Run `make book` (both tasks) or "
+                        "`make book TASK=summarisation` first; `TASK=instruction` then adds its part.")
+
+
 def build_book(root: Path | None = None, strict: bool = True) -> Path:
     """Build the HTML book from the executed notebooks (Jupyter Book 1.x, no execution): one part
     per task executed (the summarisation part required: the book's pages read it), and the
@@ -362,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--run-dir", default="", help="run folder (default: runs/<profile> in the project)")
     p_book = sub.add_parser("book", help="build the HTML book from the executed notebooks")
     p_book.add_argument("--no-strict", action="store_true", help="do not turn warnings into errors")
+    p_book.add_argument("--check-after", nargs="+", metavar="PROFILE",
+                        help="build nothing: fail if the book could not be built after running these profiles")
     sub.add_parser("profiles", help="list the shipped profiles")
     p_pre = sub.add_parser("pretrain", help="pre-train the tiny base model of a profile (deterministic)")
     p_pre.add_argument("--profile", default="tiny", help="profile name or YAML path (default: tiny)")
@@ -382,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
             times = run(args.profile, args.stages, args.force, args.log_output,
                         run_dir=str(Path(args.run_dir).resolve()) if args.run_dir else "")
             print(f"All {len(times)} notebook(s) done in {sum(times.values()):.1f}s.")
+        elif args.command == "book" and args.check_after:
+            check_book_after(args.check_after)
         elif args.command == "book":
             build_book(strict=not args.no_strict)
         elif args.command == "stage":
