@@ -104,13 +104,22 @@ def test_each_task_has_its_part_of_the_book():
             assert f"file: {folder}/{nb.stem}\n" in toc
 
 
-def test_the_book_leaves_out_a_part_not_executed_and_refuses_a_part_half_run(tmp_path):
-    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
-    shutil.copytree(ROOT / "book", tmp_path / "book", ignore=shutil.ignore_patterns("_build", "notebooks"))
-    summarisation = tmp_path / "book" / "notebooks"
-    summarisation.mkdir()
+def _book_sources(root):
+    """The repository's notebooks and book sources (no build, no executed part) under ``root``."""
+    shutil.copytree(ROOT / "notebooks", root / "notebooks")
+    shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("_build", "notebooks"))
+
+
+def _stub_part(folder):
+    """A part of the book whose every notebook counts as executed (empty stand-ins)."""
+    folder.mkdir()
     for nb in NOTEBOOKS:
-        (summarisation / nb.name).write_text("{}")
+        (folder / nb.name).write_text("{}")
+
+
+def test_the_book_leaves_out_a_part_not_executed_and_refuses_a_part_half_run(tmp_path):
+    _book_sources(tmp_path)
+    _stub_part(tmp_path / "book" / "notebooks")
     parts = cli.executed_parts(tmp_path)
     assert list(parts) == ["summarisation"]
     toc = yaml.safe_load(cli.built_toc(tmp_path / "book", parts).read_text())
@@ -125,30 +134,24 @@ def test_the_book_leaves_out_a_part_not_executed_and_refuses_a_part_half_run(tmp
 
 
 def test_book_refuses_to_build_before_the_notebooks_ran(tmp_path):
-    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
-    shutil.copytree(ROOT / "book", tmp_path / "book", ignore=shutil.ignore_patterns("_build", "notebooks"))
+    _book_sources(tmp_path)
     with pytest.raises(cli.RunFailed, match="Not yet executed: 01_data_splits.ipynb"):
         cli.build_book(tmp_path)
 
 
 def test_make_book_stops_before_running_when_the_book_could_not_be_built(tmp_path):
-    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
-    shutil.copytree(ROOT / "book", tmp_path / "book", ignore=shutil.ignore_patterns("_build", "notebooks"))
+    _book_sources(tmp_path)
     with pytest.raises(cli.RunFailed, match="smoke-instruct .*without its summarisation part"):
         cli.check_book_after(["smoke-instruct"], tmp_path)
     cli.check_book_after(["smoke"], tmp_path)
     cli.check_book_after(["smoke", "smoke-instruct"], tmp_path)
-    summarisation = tmp_path / "book" / "notebooks"  # a built summarisation part: instruction adds to it
-    summarisation.mkdir()
-    for nb in NOTEBOOKS:
-        (summarisation / nb.name).write_text("{}")
+    _stub_part(tmp_path / "book" / "notebooks")  # a built summarisation part: instruction adds to it
     cli.check_book_after(["smoke-instruct"], tmp_path)
 
 
 @pytest.mark.slow
 def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
-    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
-    shutil.copytree(ROOT / "book", tmp_path / "book", ignore=shutil.ignore_patterns("_build", "notebooks"))
+    _book_sources(tmp_path)
     run_dir = tmp_path / "runs" / "smoke"
     times = cli.run("smoke", root=tmp_path, run_dir=str(run_dir))
     assert set(times) == {nb.stem for nb in NOTEBOOKS}

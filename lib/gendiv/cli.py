@@ -110,6 +110,8 @@ def hide_parameter_cells(path: Path) -> None:
 PARTS = {"summarisation": "notebooks", "instruction following": "instruction"}
 """The book's part for each of the paper's tasks: the folder under book/ that ``gendiv run``
 writes the task's executed notebooks to (the same notebooks, on a profile of that task)."""
+PAGES_PART = "summarisation"
+"""The part the book's own pages (intro, world, scorecard) read: no book is built without it."""
 PART_FILE = "part.json"
 """Written beside a part's executed notebooks: the profile, task and run folder they ran on."""
 BUILT_TOC = "_toc.yml"
@@ -253,7 +255,7 @@ def check_book_after(profiles: list[str], root: Path | None = None) -> None:
     them (``make book TASK=instruction`` on a fresh clone would otherwise run every notebook of
     the instruction part and only then stop)."""
     tasks = {task_name(load_profile(p)) for p in profiles}
-    if "summarisation" not in tasks and "summarisation" not in executed_parts(root):
+    if PAGES_PART not in tasks and PAGES_PART not in executed_parts(root):
         raise RunFailed(f"Running {', '.join(profiles)} ({', '.join(sorted(tasks))}) would leave the book without its "
                         "summarisation part, which the book's pages read. Run `make book` (both tasks) or "
                         "`make book TASK=summarisation` first; `TASK=instruction` then adds its part.")
@@ -266,7 +268,7 @@ def build_book(root: Path | None = None, strict: bool = True) -> Path:
     root = root or runs.project_root()
     book = root / "book"
     parts = executed_parts(root)
-    if "summarisation" not in parts:
+    if PAGES_PART not in parts:
         missing = [nb.name for nb in list_notebooks(root)]
         raise RunFailed(f"Not yet executed: {', '.join(missing)} (the summarisation part, which the book's pages "
                         "read). Run `gendiv run --profile tiny` (or `make book`) first; the book only renders "
