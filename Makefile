@@ -63,8 +63,11 @@ html: venv
 	$(BIN)/gendiv book
 
 ## test: the test suite (unit tests, notebooks on the smoke profile, the strict book build)
+# A worker per core (pytest-xdist; tests/conftest.py gives each one torch thread and starts the
+# slow tests first): 10 min instead of 16 on 2 cores. TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= auto
 test: venv
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 ## test-smol: the smol profile (SmolLM2-135M) through every stage at micro sizes on the CPU
 test-smol: venv

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from datasets import Dataset
 
 from gendiv import artifacts, data, diversity, evaluation, outputs, runs, stages, stats, sweep
 from gendiv.config import Config, ConfigError
@@ -120,9 +119,10 @@ def _save_policy(cfg: Config, model, tok, out: Path) -> Path:
 
 
 # ------------------------------------------------------------------ DPO
-def dpo_dataset(tokenizer, comparisons: list[dict], max_prompt_tokens: int) -> Dataset:
+def dpo_dataset(tokenizer, comparisons: list[dict], max_prompt_tokens: int):
     """Prompt / chosen / rejected rows for TRL's DPOTrainer from labelled comparisons (the
     labeller's choice), prompts cut on the left as SFT's, each summary as SFT's target."""
+    from datasets import Dataset  # slow to import; only training needs it
     eos = tokenizer.eos_token
     return Dataset.from_dict({
         "prompt": left_truncate(tokenizer, [c["prompt"] for c in comparisons], max_prompt_tokens),
@@ -193,6 +193,7 @@ def build_online(cfg: Config, method: str, force: bool = False) -> dict[str, Pat
         from trl import GRPOConfig as TrainerConfig, GRPOTrainer as Trainer
     else:
         raise ValueError(f"Unknown online method {method!r}: 'rloo' or 'grpo'.")
+    from datasets import Dataset  # slow to import; only training needs it
     require_method(cfg, method)
 
     def body(root: Path) -> dict[str, Path]:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from peft import LoraConfig, get_peft_model
 from tokenizers import ByteLevelBPETokenizer
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig,
                           LlamaForCausalLM, PreTrainedTokenizerFast)
@@ -232,6 +231,7 @@ def freeze_bottom(model: torch.nn.Module, fraction: float) -> ParameterCount:
 
 def add_lora(model: torch.nn.Module, r: int, alpha: int, dropout: float = 0.0, task_type: str = "CAUSAL_LM"):
     """Wrap ``model`` with LoRA adapters on the attention and MLP projections (peft)."""
+    from peft import LoraConfig, get_peft_model  # heavy (~3 s); only LoRA profiles need it
     targets = sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
                       if isinstance(mod, torch.nn.Linear) and name.rsplit(".", 1)[-1].endswith("_proj")})
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets or None,

@@ -20,10 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 from transformers.utils import logging as transformers_logging
-from trl import RewardConfig, RewardTrainer
 
 from gendiv import artifacts, data, runs, stages, stats
 from gendiv.config import Config
@@ -40,6 +38,8 @@ def train_reward_model(sft_path: Path, comparisons: list[dict], out_dir: Path, *
                        device: torch.device | None = None) -> pd.DataFrame:
     """Train an RM from the SFT checkpoint on (prompt, chosen, rejected) with TRL's RewardTrainer;
     save it to ``out_dir``; return the log history."""
+    from datasets import Dataset  # slow to import; only training needs it
+    from trl import RewardConfig, RewardTrainer  # heavy (~5 s): only training needs it, not cached reads
     device = device or pick_device()
     tok = load_tokenizer(sft_path)
     # The new score head is reported as "missing" from the SFT checkpoint: expected, so not shown.

@@ -12,8 +12,6 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
-from datasets import Dataset
-from trl import SFTConfig, SFTTrainer
 
 from gendiv import artifacts, data, outputs, runs
 from gendiv.config import Config
@@ -21,10 +19,11 @@ from gendiv.lm import left_truncate, tokenizer_sides
 from gendiv.models import load_causal_lm, load_policy, load_tokenizer, pick_device, save_pretrained_atomic, use_bf16
 
 
-def sft_dataset(tokenizer, records: list[dict], max_prompt_tokens: int) -> Dataset:
+def sft_dataset(tokenizer, records: list[dict], max_prompt_tokens: int):
     """A prompt-completion ``datasets.Dataset`` of the records' prompts and references; a record
     with a ``document`` (:func:`gendiv.data.sft_mix_records`) has an empty prompt and the document
     as its completion, so the loss covers all of it."""
+    from datasets import Dataset  # slow to import; only training needs it
     prompts = left_truncate(tokenizer, [r["prompt"] for r in records], max_prompt_tokens)
     eos = tokenizer.eos_token
     completions = [r["document"] + eos if "document" in r else data.sft_target(r["reference"], eos)
@@ -42,9 +41,10 @@ def _length_grouping(config_cls, on: bool) -> dict:
 
 def make_trainer(model, tokenizer, train_records: list[dict], val_records: list[dict], *, epochs: float,
                  lr: float, batch_size: int, scheduler: str, max_length: int, max_prompt_tokens: int,
-                 seed: int, output_dir: str, group_by_length: bool = False) -> SFTTrainer:
+                 seed: int, output_dir: str, group_by_length: bool = False):
     """A configured TRL SFTTrainer (completion-only loss, bf16 only on a GPU that has it); prompts
     are cut on the left to ``max_prompt_tokens``."""
+    from trl import SFTConfig, SFTTrainer  # heavy (~5 s): only training needs it, not the notebooks' cached reads
     device = next(model.parameters()).device
     with warnings.catch_warnings():  # transformers' own deprecation notices, not ours to fix
         warnings.simplefilter("ignore", FutureWarning)
