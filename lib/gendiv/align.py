@@ -135,11 +135,10 @@ def build_dpo(cfg: Config, force: bool = False) -> dict[str, Path]:
     comparisons, one policy per beta of ``align.dpo_betas`` (``models/dpo_beta<b>``), the SFT
     policy frozen as the reference (with LoRA: the adapters switched off). Logs TRL's loss,
     implicit-reward accuracy and margin per step (``logs/dpo.csv``)."""
-    from trl import DPOConfig, DPOTrainer
-
     require_method(cfg, "dpo")
 
     def body(root: Path) -> dict[str, Path]:
+        from trl import DPOConfig, DPOTrainer  # heavy (~5 s): only training needs it, not a cached read
         a, sft = cfg.align, artifacts.sft_path(cfg)
         comparisons = runs.read_jsonl(runs.artifact(cfg, "comparisons", "comparisons_train"))
         device = pick_device(cfg.model.device)
@@ -187,16 +186,16 @@ def build_online(cfg: Config, method: str, force: bool = False) -> dict[str, Pat
     ``align.rl_steps`` steps, KL coefficient :func:`rl_kl_coef`. GRPO keeps TRL's defaults for what
     the comparison does not fix (group-scaled advantages, its token-level loss); both say so on
     the deviations page. Saves ``models/<method>`` and the step log ``logs/<method>.csv``."""
-    if method == "rloo":
-        from trl import RLOOConfig as TrainerConfig, RLOOTrainer as Trainer
-    elif method == "grpo":
-        from trl import GRPOConfig as TrainerConfig, GRPOTrainer as Trainer
-    else:
+    if method not in ("rloo", "grpo"):
         raise ValueError(f"Unknown online method {method!r}: 'rloo' or 'grpo'.")
-    from datasets import Dataset  # slow to import; only training needs it
     require_method(cfg, method)
 
     def body(root: Path) -> dict[str, Path]:
+        from datasets import Dataset  # heavy, as trl: only training needs them, not a cached read
+        if method == "rloo":
+            from trl import RLOOConfig as TrainerConfig, RLOOTrainer as Trainer
+        else:
+            from trl import GRPOConfig as TrainerConfig, GRPOTrainer as Trainer
         a, s, sft = cfg.align, cfg.sampling, artifacts.sft_path(cfg)
         model, tok, counts = load_policy(cfg, sft)
         print(f"{LABELS[method]} trains {counts}: {a.rl_steps} steps of {a.rl_prompts} prompts x {a.rl_k} samples, "
