@@ -122,6 +122,31 @@ def test_alpacafarm_loaders_read_the_hub_schema(tmp_path):
         data.alpacafarm_preference_records(str(bad))
 
 
+def test_alpaca_prompt_without_its_opening_sentence_keeps_the_sections():
+    with_input = data.alpaca_prompt("Say it.", "It rains.", preamble=False)
+    assert with_input == "### Instruction:\nSay it.\n\n### Input:\nIt rains.\n\n### Response:"
+    assert data.alpaca_prompt("Say it.", preamble=False) == "### Instruction:\nSay it.\n\n### Response:"
+    assert data.alpaca_prompt("Say it.", "It rains.") == data.ALPACA_PREAMBLE[0] + "\n\n" + with_input
+    assert data.alpaca_prompt("Say it.").startswith(data.ALPACA_PREAMBLE[1] + "\n\n### Instruction:")
+
+
+@pytest.mark.parametrize("preamble", [True, False])
+def test_alpacafarm_splits_follow_the_instruction_preamble_setting(preamble):
+    folder = FIXTURES / "alpaca_farm"
+    cfg = load_profile("alpacafarm", **{
+        "data.alpaca_instructions_source": str(folder / "alpaca_instructions"),
+        "data.alpaca_preferences_source": str(folder / "alpaca_human_preference"),
+        "data.alpaca_id_test_source": str(FIXTURES / "alpaca-farm-id-test"),
+        "data.alpaca_eval_source": str(FIXTURES / "alpaca_eval"),
+        "data.sequential_source": str(FIXTURES / "sequential-instructions"),
+        "data.instruction_preamble": preamble})
+    records = data.hub_splits(cfg)
+    prompts = [r["prompt"] for recs in records.values() for r in recs]
+    assert len(records) == 7 and prompts
+    assert all(p.startswith(data.ALPACA_PREAMBLE) == preamble for p in prompts)
+    assert all(p.startswith(("Below", "### Instruction:\n")) and p.endswith("### Response:") for p in prompts)
+
+
 def test_wrong_schema_names_the_missing_fields():
     with pytest.raises(ValueError, match=r"lack field\(s\) \['post', 'title', 'subreddit', 'summary'\]"):
         data.tldr_records(str(FIXTURES / "cnn_dailymail"), "test")

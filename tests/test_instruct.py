@@ -4,8 +4,10 @@ an exact judge that checks what was asked on free text."""
 import math
 import random
 
+import numpy as np
 import pytest
-from gendiv import instruct
+from gendiv import data, instruct, models, pretraining
+from gendiv.config import load_profile
 from gendiv.instruct import CORRUPTIONS, FAMILIES, ID_FAMILIES, NEAR_FAMILIES, TASKS, InstructionWorld, Part
 
 WORLD = InstructionWorld(0)
@@ -147,3 +149,21 @@ def test_an_unknown_family_or_split_names_the_choices():
         WORLD.make_instruction(random.Random(0), DOMAINS[0], "test", "x")
     assert set(NEAR_FAMILIES) & set(ID_FAMILIES) == set() and Part.from_dict(
         sample("id", 1)[0].parts[0].to_dict()) == sample("id", 1)[0].parts[0]
+
+
+def test_tiny_instruct_prompts_fit_the_shipped_base_without_alpacas_opening_sentence():
+    """tiny-instruct leaves out Alpaca's fixed opening sentence (data.instruction_preamble): with it
+    no chained (OOD-far) test prompt fit the 192 tokens the shipped base's 256 positions leave beside
+    64 new ones; without it every ID and OOD-near prompt fits, and 7 in 8 chained ones."""
+    cfg = load_profile("tiny-instruct")
+    assert not cfg.data.instruction_preamble and cfg.max_prompt_tokens == 192
+    tok = models.load_tokenizer(pretraining.shipped_dir("tiny"))
+    world = data.make_world(cfg)
+    fits = {}
+    for split in data.SPLITS:
+        examples = data.world_split(world, cfg, split, "test", 200)
+        for preamble in (True, False):
+            n = [len(tok(data.format_prompt(e, preamble), add_special_tokens=False)["input_ids"]) for e in examples]
+            fits[split, preamble] = float(np.mean(np.array(n) <= cfg.max_prompt_tokens))
+    assert fits["id", False] == fits["ood_near", False] == 1.0
+    assert fits["ood_far", False] >= 0.85 and fits["ood_far", True] == 0.0

@@ -258,14 +258,15 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
     assert "colab.research.google.com/github/gendiv/gendiv/blob/main/notebooks/01_data_splits.ipynb" in \
         (html / "notebooks" / "01_data_splits.html").read_text()
 
-    # The second task: the same notebooks, unchanged, on smoke-instruct (Alpaca's prompt template,
-    # the instruction judge, its oracle), into the results contract and the book's second part
+    # The second task: the same notebooks, unchanged, on smoke-instruct (Alpaca's prompt template
+    # without its opening sentence, as tiny-instruct; the instruction judge, its oracle), into the
+    # results contract and the book's second part
     instruct_run = tmp_path / "runs" / "smoke-instruct"
     times = cli.run("smoke-instruct", root=tmp_path, run_dir=str(instruct_run))
     assert set(times) == {nb.stem for nb in NOTEBOOKS}
     test = json.loads((instruct_run / "data" / "id_test.jsonl").read_text().splitlines()[0])
-    assert test["prompt"].startswith("Below is an instruction that describes a task, paired with an input")
-    assert "### Instruction:\n" in test["prompt"] and test["prompt"].endswith("### Response:")
+    assert test["prompt"].startswith("### Instruction:\n") and "\n\n### Input:\n" in test["prompt"]
+    assert test["prompt"].endswith("### Response:")
     splits = pd.read_csv(instruct_run / "results" / "splits.csv").set_index(["split", "role"])
     assert splits.loc[("ood_far", "test"), "genre"] == "sequential"
     assert splits.loc[("id", "test"), "genre"] == "instruction"

@@ -71,6 +71,11 @@ class DataConfig:
     pretrain_comment_share: float = 0.0
     """Share of pre-training documents that end with a reader's comment quoting sentences of the
     post verbatim (text that rewards reading back); the rest are bare posts and reports."""
+    instruction_preamble: bool = True
+    """Instruction following: open each prompt with Alpaca's fixed sentence ("Below is an
+    instruction that describes a task ..."), as the paper. The miniature instruction profiles leave
+    it out: its words are outside the world's vocabulary, so it takes 60 of the shipped base's 256
+    positions and pushed every chained (OOD-far) prompt past the prompt budget (deviations page)."""
     n_shift_sample: int = 200
     """Texts per split embedded to measure the shift from ID (mean all-MiniLM-L6-v2 distance)."""
     tldr_source: str = "UCL-DARK/openai-tldr-filtered"

@@ -53,22 +53,28 @@ def cnndm_prompt(article: str) -> str:
     return f"ARTICLE: {article}\nTL;DR:"
 
 
-def alpaca_prompt(instruction: str, input_text: str = "") -> str:
-    """The Alpaca/AlpacaFarm instruction prompt (with or without an input)."""
+ALPACA_PREAMBLE = ("Below is an instruction that describes a task, paired with an input that provides further "
+                   "context. Write a response that appropriately completes the request.",
+                   "Below is an instruction that describes a task. Write a response that appropriately "
+                   "completes the request.")
+"""Alpaca's opening sentence, with an input and without (``data.instruction_preamble``)."""
+
+
+def alpaca_prompt(instruction: str, input_text: str = "", preamble: bool = True) -> str:
+    """The Alpaca/AlpacaFarm instruction prompt (with or without an input); ``preamble=False``
+    leaves out its fixed opening sentence (:data:`ALPACA_PREAMBLE`) and keeps the sections."""
+    opening = ALPACA_PREAMBLE[0 if input_text else 1] + "\n\n" if preamble else ""
     if input_text:
-        return ("Below is an instruction that describes a task, paired with an input that provides "
-                "further context. Write a response that appropriately completes the request.\n\n"
-                f"### Instruction:\n{instruction}\n\n### Input:\n{input_text}\n\n### Response:")
-    return ("Below is an instruction that describes a task. Write a response that appropriately "
-            f"completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:")
+        return f"{opening}### Instruction:\n{instruction}\n\n### Input:\n{input_text}\n\n### Response:"
+    return f"{opening}### Instruction:\n{instruction}\n\n### Response:"
 
 
-def format_prompt(ex: Example | Instruction) -> str:
+def format_prompt(ex: Example | Instruction, preamble: bool = True) -> str:
     """The prompt of a world example in the paper's template for its genre: TL;DR for a forum
     post, CNN/DailyMail for a news report, Alpaca's for an instruction (what is asked as the
-    instruction, the situation as its input)."""
+    instruction, the situation as its input; ``preamble`` as :func:`alpaca_prompt`)."""
     if isinstance(ex, Instruction):
-        return alpaca_prompt(ex.ask, ex.situation)
+        return alpaca_prompt(ex.ask, ex.situation, preamble)
     if ex.genre == "forum":
         return tldr_prompt(ex.subreddit, ex.title, ex.body)
     return cnndm_prompt(ex.body)
@@ -259,9 +265,9 @@ def example_from(record: dict) -> Example | Instruction:
     return Instruction.from_dict(record) if "parts" in record else Example.from_dict(record)
 
 
-def _record(ex: Example | Instruction) -> dict:
+def _record(ex: Example | Instruction, preamble: bool = True) -> dict:
     d = ex.to_dict()
-    d["prompt"] = format_prompt(ex)
+    d["prompt"] = format_prompt(ex, preamble)
     d["genre"] = ex.genre
     return d
 
@@ -371,7 +377,7 @@ def hub_splits(cfg: Config) -> dict[tuple[str, str], list[dict]]:
     preferences, its ID test, AlpacaEval as the near shift, Sequential Instructions as the far)."""
     d = cfg.data
     if d.source == "alpacafarm":
-        return {("id", "sft_train"): alpacafarm_instruction_records(d.alpaca_instructions_source, "sft")[
+        out = {("id", "sft_train"): alpacafarm_instruction_records(d.alpaca_instructions_source, "sft")[
                     : d.n_sft_train],
                 ("id", "rl"): alpacafarm_instruction_records(d.alpaca_instructions_source, "unlabeled")[
                     : d.n_rl_prompts],
@@ -382,6 +388,11 @@ def hub_splits(cfg: Config) -> dict[tuple[str, str], list[dict]]:
                 ("id", "test"): alpacafarm_id_records(d.alpaca_id_test_source)[: d.n_test],
                 ("ood_near", "test"): alpaca_eval_records(d.alpaca_eval_source)[: d.n_test],
                 ("ood_far", "test"): sequential_instructions_records(d.sequential_source)[: d.n_test]}
+        if not d.instruction_preamble:
+            for records in out.values():
+                for r in records:
+                    r["prompt"] = alpaca_prompt(r["instruction"], r["input"], preamble=False)
+        return out
     train = tldr_records(d.tldr_source, "train")
     need = d.n_sft_train + d.n_rl_prompts
     if len(train) < need:
@@ -486,7 +497,7 @@ def build_splits(cfg: Config, force: bool = False) -> dict[str, Path]:
             examples = {}
             for (split, role), n in tqdm(split_sizes(cfg).items(), desc="splits", leave=False):
                 examples[(split, role)] = world_split(world, cfg, split, role, n)
-            records = {k: [_record(e) for e in v] for k, v in examples.items()}
+            records = {k: [_record(e, cfg.data.instruction_preamble) for e in v] for k, v in examples.items()}
             tests = {s: examples[(s, "test")] for s in SPLITS}
             paths["judge_checks"] = runs.write_csv(runs.results_dir(cfg) / "judge_checks.csv",
                                                    judge_checks(world, tests, cfg.seed))
