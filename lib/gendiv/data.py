@@ -378,16 +378,16 @@ def hub_splits(cfg: Config) -> dict[tuple[str, str], list[dict]]:
     d = cfg.data
     if d.source == "alpacafarm":
         out = {("id", "sft_train"): alpacafarm_instruction_records(d.alpaca_instructions_source, "sft")[
-                    : d.n_sft_train],
-                ("id", "rl"): alpacafarm_instruction_records(d.alpaca_instructions_source, "unlabeled")[
-                    : d.n_rl_prompts],
-                ("id", "sft_val"): alpacafarm_instruction_records(d.alpaca_instructions_source, "val")[
-                    : d.n_sft_val],
-                ("id", "comparisons"): alpacafarm_preference_records(d.alpaca_preferences_source)[
-                    : d.n_comparison_prompts],
-                ("id", "test"): alpacafarm_id_records(d.alpaca_id_test_source)[: d.n_test],
-                ("ood_near", "test"): alpaca_eval_records(d.alpaca_eval_source)[: d.n_test],
-                ("ood_far", "test"): sequential_instructions_records(d.sequential_source)[: d.n_test]}
+                   : d.n_sft_train],
+               ("id", "rl"): alpacafarm_instruction_records(d.alpaca_instructions_source, "unlabeled")[
+                   : d.n_rl_prompts],
+               ("id", "sft_val"): alpacafarm_instruction_records(d.alpaca_instructions_source, "val")[
+                   : d.n_sft_val],
+               ("id", "comparisons"): alpacafarm_preference_records(d.alpaca_preferences_source)[
+                   : d.n_comparison_prompts],
+               ("id", "test"): alpacafarm_id_records(d.alpaca_id_test_source)[: d.n_test],
+               ("ood_near", "test"): alpaca_eval_records(d.alpaca_eval_source)[: d.n_test],
+               ("ood_far", "test"): sequential_instructions_records(d.sequential_source)[: d.n_test]}
         if not d.instruction_preamble:
             for records in out.values():
                 for r in records:
