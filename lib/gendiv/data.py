@@ -183,9 +183,10 @@ def _hub_config(source: str, hub_id: str, config_name: str) -> str | None:
 
 
 def _instruction_records(source: str, split: str, split_name: str, config_name: str | None = None,
-                         uid_prefix: str | None = None) -> list[dict]:
-    """Instruction rows (instruction, optional input, output) as records in Alpaca's prompt; the
-    instruction and input stay on the record (the LLM judge shows them)."""
+                         uid_prefix: str | None = None, preamble: bool = True) -> list[dict]:
+    """Instruction rows (instruction, optional input, output) as records in Alpaca's prompt
+    (``preamble`` as :func:`alpaca_prompt`); the instruction and input stay on the record (the LLM
+    judge shows them)."""
     rows = load_hub_split(source, split, config_name)
     out = []
     for i, r in enumerate(rows):
@@ -193,7 +194,7 @@ def _instruction_records(source: str, split: str, split_name: str, config_name: 
         out.append({"uid": f"{uid_prefix or split_name}-{i}", "split": split_name, "genre": "instruction",
                     "domain": r.get("dataset", "instruction"), "instruction": r["instruction"],
                     "input": r.get("input") or "",
-                    "prompt": alpaca_prompt(r["instruction"], r.get("input") or ""),
+                    "prompt": alpaca_prompt(r["instruction"], r.get("input") or "", preamble),
                     "reference": r["output"].strip()})
     return out
 
@@ -201,14 +202,16 @@ def _instruction_records(source: str, split: str, split_name: str, config_name: 
 ALPACA_FARM = "tatsu-lab/alpaca_farm"
 
 
-def alpacafarm_instruction_records(source: str = ALPACA_FARM, split: str = "sft") -> list[dict]:
+def alpacafarm_instruction_records(source: str = ALPACA_FARM, split: str = "sft",
+                                   preamble: bool = True) -> list[dict]:
     """AlpacaFarm's instructions (config alpaca_instructions; splits sft: 10k demonstrations,
     unlabeled: 20k prompts for RL, val: 2k, preference: 20k), as ID records."""
     return _instruction_records(source, split, "id", _hub_config(source, ALPACA_FARM, "alpaca_instructions"),
-                                uid_prefix=f"alpaca-{split}")
+                                uid_prefix=f"alpaca-{split}", preamble=preamble)
 
 
-def alpacafarm_preference_records(source: str = ALPACA_FARM, split: str = "preference") -> list[dict]:
+def alpacafarm_preference_records(source: str = ALPACA_FARM, split: str = "preference",
+                                  preamble: bool = True) -> list[dict]:
     """AlpacaFarm's human pairwise preferences (config alpaca_human_preference: instruction,
     input, output_1, output_2, preference = 1 or 2 for the preferred output) as comparison
     records (prompt, chosen, rejected)."""
@@ -223,26 +226,28 @@ def alpacafarm_preference_records(source: str = ALPACA_FARM, split: str = "prefe
         texts = [r["output_1"].strip(), r["output_2"].strip()]
         out.append({"uid": f"alpaca-cmp-{split}-{i}", "split": "id", "genre": "instruction",
                     "instruction": r["instruction"], "input": r.get("input") or "",
-                    "prompt": alpaca_prompt(r["instruction"], r.get("input") or ""),
+                    "prompt": alpaca_prompt(r["instruction"], r.get("input") or "", preamble),
                     "chosen": texts[choice - 1], "rejected": texts[2 - choice]})
     return out
 
 
-def alpacafarm_id_records(source: str = "UCL-DARK/alpaca-farm-id-test", split: str = "test") -> list[dict]:
+def alpacafarm_id_records(source: str = "UCL-DARK/alpaca-farm-id-test", split: str = "test",
+                          preamble: bool = True) -> list[dict]:
     """AlpacaFarm's ID test set (instruction, input, output)."""
-    return _instruction_records(source, split, "id")
+    return _instruction_records(source, split, "id", preamble=preamble)
 
 
-def alpaca_eval_records(source: str = "tatsu-lab/alpaca_eval", split: str = "eval") -> list[dict]:
+def alpaca_eval_records(source: str = "tatsu-lab/alpaca_eval", split: str = "eval",
+                        preamble: bool = True) -> list[dict]:
     """AlpacaEval (805 instructions; instruction, output, generator, dataset): OOD for AlpacaFarm."""
     return _instruction_records(source, split, "ood_near", _hub_config(source, "tatsu-lab/alpaca_eval",
-                                                                       "alpaca_eval"))
+                                                                       "alpaca_eval"), preamble=preamble)
 
 
 def sequential_instructions_records(source: str = "UCL-DARK/sequential-instructions",
-                                    split: str = "test") -> list[dict]:
+                                    split: str = "test", preamble: bool = True) -> list[dict]:
     """Sequential Instructions (533 multi-step instructions): the bigger shift for AlpacaFarm."""
-    return _instruction_records(source, split, "ood_far")
+    return _instruction_records(source, split, "ood_far", preamble=preamble)
 
 
 # ---------------------------------------------------------------- world splits
@@ -377,22 +382,19 @@ def hub_splits(cfg: Config) -> dict[tuple[str, str], list[dict]]:
     preferences, its ID test, AlpacaEval as the near shift, Sequential Instructions as the far)."""
     d = cfg.data
     if d.source == "alpacafarm":
-        out = {("id", "sft_train"): alpacafarm_instruction_records(d.alpaca_instructions_source, "sft")[
-                   : d.n_sft_train],
-               ("id", "rl"): alpacafarm_instruction_records(d.alpaca_instructions_source, "unlabeled")[
-                   : d.n_rl_prompts],
-               ("id", "sft_val"): alpacafarm_instruction_records(d.alpaca_instructions_source, "val")[
-                   : d.n_sft_val],
-               ("id", "comparisons"): alpacafarm_preference_records(d.alpaca_preferences_source)[
-                   : d.n_comparison_prompts],
-               ("id", "test"): alpacafarm_id_records(d.alpaca_id_test_source)[: d.n_test],
-               ("ood_near", "test"): alpaca_eval_records(d.alpaca_eval_source)[: d.n_test],
-               ("ood_far", "test"): sequential_instructions_records(d.sequential_source)[: d.n_test]}
-        if not d.instruction_preamble:
-            for records in out.values():
-                for r in records:
-                    r["prompt"] = alpaca_prompt(r["instruction"], r["input"], preamble=False)
-        return out
+        pre = d.instruction_preamble
+        return {("id", "sft_train"): alpacafarm_instruction_records(d.alpaca_instructions_source, "sft", pre)[
+                    : d.n_sft_train],
+                ("id", "rl"): alpacafarm_instruction_records(d.alpaca_instructions_source, "unlabeled", pre)[
+                    : d.n_rl_prompts],
+                ("id", "sft_val"): alpacafarm_instruction_records(d.alpaca_instructions_source, "val", pre)[
+                    : d.n_sft_val],
+                ("id", "comparisons"): alpacafarm_preference_records(d.alpaca_preferences_source, preamble=pre)[
+                    : d.n_comparison_prompts],
+                ("id", "test"): alpacafarm_id_records(d.alpaca_id_test_source, preamble=pre)[: d.n_test],
+                ("ood_near", "test"): alpaca_eval_records(d.alpaca_eval_source, preamble=pre)[: d.n_test],
+                ("ood_far", "test"): sequential_instructions_records(d.sequential_source, preamble=pre)[
+                    : d.n_test]}
     train = tldr_records(d.tldr_source, "train")
     need = d.n_sft_train + d.n_rl_prompts
     if len(train) < need:
