@@ -35,13 +35,44 @@ def test_the_judge_prefers_the_reference_to_every_kind_of_worse_response(split):
     inss = sample(split, 200)
     rng = random.Random(5)
     for variant in CORRUPTIONS:
-        wins = [WORLD.judge(ins.reference, WORLD.corrupt(variant, ins, inss[i - 1], rng), ins)
-                for i, ins in enumerate(inss)]
-        rate = sum(wins) / len(wins)
-        # a reference now and then leaves a fact out (as people do), and then loses to a response
-        # that states every fact with one slip of form; everything else loses nearly always
-        assert rate >= (0.95 if variant in ("instruction_echo", "empty", "truncated", "hallucinated") else 0.9), \
-            (variant, rate)
+        worse = [WORLD.corrupt(variant, ins, inss[i - 1], rng) for i, ins in enumerate(inss)]
+        rate = np.mean([WORLD.judge(ins.reference, w, ins) for ins, w in zip(inss, worse)])
+        if variant in ("off_task", "violating"):
+            # every required fact with the form broken: it beats a reference that slipped (a fact
+            # left out, a closing sentence after one asked for), as a reader would prefer it; the
+            # same facts in the asked form beat it on nearly every instruction
+            assert rate >= 0.85, (variant, rate)
+            asked = ["\n\n".join(WORLD.render(random.Random(i), p, ins.facts) for p in ins.parts)
+                     for i, ins in enumerate(inss)]
+            assert np.mean([WORLD.judge(a, w, ins) for a, w, ins in zip(asked, worse, inss)]) >= 0.97, variant
+        else:
+            assert rate >= 0.95, (variant, rate)
+
+
+def test_references_slip_as_people_do_and_rarely_sit_at_the_ceiling():
+    """References are good but imperfect at the rates of REFERENCE_SLIPS; a closing sentence states
+    no fact; and the judge rarely ties a complete answer with the reference (every word costs)."""
+    inss = sample("id", 400)
+    prose = [ins for ins in inss if ins.parts[0].family in ("recap", "avoid")]
+    tails = np.mean([any(ins.reference.endswith(t) for t in instruct.REFERENCE_TAILS) for ins in prose])
+    assert abs(tails - instruct.REFERENCE_SLIPS["tail"]) < 0.06, tails
+    for tail in instruct.REFERENCE_TAILS:
+        assert not WORLD.lex.assertions(tail), tail
+    short = np.mean([WORLD.utility(ins.reference, ins).coverage < 1 for ins in inss if ins.parts[0].family != "list"
+                     and len(ins.parts[0].facts) > 1])
+    assert abs(short - instruct.REFERENCE_SLIPS["omit"]) < 0.06, short
+    utilities = np.array([U(ins.reference, ins) for ins in inss])
+    assert 0.75 < utilities.mean() < 0.95  # good, not perfect (the summarisation world's: about 0.85)
+    # the same facts in the asked form, in other words: a tie only where the word counts agree
+    # (32% of these; without the word cost, 78%, as every complete answer scored the same)
+    other = ["\n\n".join(WORLD.render(random.Random(i), p, ins.facts) for p in ins.parts)
+             for i, ins in enumerate(inss)]
+    ties = np.mean([WORLD.judge(o, ins.reference, ins) == 0.5 for o, ins in zip(other, inss)])
+    assert ties < 0.4, ties
+    ins = one_of("recap")
+    (part,) = ins.parts
+    complete = WORLD.render(random.Random(0), part, ins.facts)
+    assert U(complete, ins) - U(complete + " Hope this helps.", ins) == pytest.approx(0.3 + 3 * 0.005, abs=1e-9)
 
 
 def test_the_shift_is_graded_by_what_is_asked():

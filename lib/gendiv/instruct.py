@@ -22,9 +22,12 @@ A response's gold utility (:meth:`InstructionWorld.utility`) averages its parts'
 (paragraph i answers part i): coverage of the required facts, minus invented facts, off-task
 facts, each failed form requirement, words past the part's budget, the share of the part's
 instruction copied back, and repetition; coverage is scaled by fluency as in the summarisation
-world. References are human-like (good, sometimes a fact short or a form slip); the labeller is
-Bradley-Terry on the utility and the judge its deterministic version; the oracle's unit is a
-response's set of asserted facts and its shape.
+world, and every word costs a little (of two responses that do what was asked, the judge prefers the
+more concise, as the paper's judge asks for precision and concision). References are human-like:
+good, and imperfect as people's are, at the summarisation world's rates (a required fact left out,
+an unasked detail added, a friendly closing sentence); the labeller is Bradley-Terry on the utility
+and the judge its deterministic version; the oracle's unit is a response's set of asserted facts
+and its shape.
 """
 
 from __future__ import annotations
@@ -78,6 +81,16 @@ TASKS = {
 SEQUENTIAL_INTROS = ["Please do the following, in order, each in its own paragraph:",
                      "Answer these in order, one paragraph each:",
                      "I have a few requests; handle them in order, one paragraph per request:"]
+REFERENCE_TAILS = ["Hope this helps.", "Let me know if you need anything else.", "I hope that makes sense.",
+                   "Good luck with it."]
+"""Friendly closing sentences people add to an answer (a slip in a one-sentence answer)."""
+REFERENCE_SLIPS = {"omit": 0.15, "detail": 0.12, "tail": 0.15}
+"""How often a reference part slips as people's answers do: a required fact left out (parts of
+two or more facts, not lists), an unasked detail added, a closing sentence from
+:data:`REFERENCE_TAILS` (prose parts). The summarisation world's references leave out a salient fact
+7-28% of the time, add a detail 12% and a tail 15%; with rarer slips (8% and 5%, no tails) nine in
+ten instruction references sat at the utility's ceiling, and a policy could tie them but not beat
+them."""
 SITUATION_OPENERS = ["Here is my situation.", "Some context first.", "Okay, so this is what is going on.",
                      "I could use some help with something.", ""]
 
@@ -216,6 +229,10 @@ class InstructionWeights:
     """Times the share of repeated word trigrams."""
     extra_paragraph_cost: float = 0.2
     """Per paragraph beyond the parts asked for."""
+    word_cost: float = 0.005
+    """Per word of the part, within its budget too: of two responses that state what was asked in
+    the asked form, the more concise wins (a 20-word answer pays 0.1). Without it, every complete
+    answer scored exactly the same and the judge called a tie where a reader would prefer one."""
     empty_utility: float = -0.1
     """The utility of an empty part."""
     fluency_floor: float = 0.85
@@ -275,6 +292,7 @@ class InstructionWorld(Judged):
              "weight": f"-{w.off_task_cost:g} each"},
             {"term": "each failed form requirement", "effect": "punishes",
              "weight": f"-{w.form_cost:g} (one sentence, n items, addressee, avoided word, order, word limit)"},
+            {"term": "every word (concision)", "effect": "punishes", "weight": f"-{w.word_cost:g} a word"},
             {"term": "words past the part's budget", "effect": "punishes", "weight": f"-{w.excess_word_cost:g} a word"},
             {"term": "the instruction copied back", "effect": "punishes",
              "weight": f"-{w.echo_cost:g} x the share of its trigrams repeated"},
@@ -292,7 +310,7 @@ class InstructionWorld(Judged):
         return (rf"u = \frac{{1}}{{|P|}} \sum_{{p \in P}} \big(\text{{coverage}}_p\, f_p"
                 rf" - {w.hallucination_cost:g}\, n_\text{{invented}} - {w.off_task_cost:g}\, n_\text{{off-task}}"
                 rf" - {w.form_cost:g}\, n_\text{{failed forms}}"
-                rf" - {w.excess_word_cost:g} \max(0, n_\text{{words}} - B_p)"
+                rf" - {w.word_cost:g}\, n_\text{{words}} - {w.excess_word_cost:g} \max(0, n_\text{{words}} - B_p)"
                 rf" - {w.echo_cost:g}\, e_p - {w.repetition_cost:g}\, r_p\big)"
                 rf" - {w.extra_paragraph_cost:g}\, n_\text{{extra paragraphs}}")
 
@@ -412,18 +430,21 @@ class InstructionWorld(Judged):
         return _cap(" and ".join(clauses) + ".")
 
     def reference(self, rng: random.Random, ins: Instruction, wording: dict | None = None) -> str:
-        """A human-like reference: each part answered in its form, one paragraph each; now and
-        then a required fact is left out, a detail added, or a sentence added to a one-sentence
-        answer."""
+        """A human-like reference: each part answered in its form, one paragraph each, and now and
+        then slipping as people do (:data:`REFERENCE_SLIPS`): a required fact left out, an unasked
+        detail added, a friendly closing sentence."""
         out = []
         for part in ins.parts:
             keys = list(part.facts)
-            if len(keys) > 1 and part.family != "list" and rng.random() < 0.08:
+            if len(keys) > 1 and part.family != "list" and rng.random() < REFERENCE_SLIPS["omit"]:
                 keys.pop()
             text = self.render(rng, part, ins.facts, wording, tuple(keys))
+            prose = part.family not in ("list", "headline")
             minors = [f for f in ins.facts if f.role == "minor"]
-            if part.family not in ("list", "headline") and minors and rng.random() < 0.05:
+            if prose and minors and rng.random() < REFERENCE_SLIPS["detail"]:
                 text += " " + _cap(self._say(rng, rng.choice(minors).key, ins.facts, wording)) + "."
+            if prose and part.family != "note" and rng.random() < REFERENCE_SLIPS["tail"]:
+                text += " " + rng.choice(REFERENCE_TAILS)
             out.append(text)
         return "\n\n".join(out)
 
@@ -499,7 +520,8 @@ class InstructionWorld(Judged):
         flu = self.fluency(text)
         flu_factor = min(1.0, flu / w.fluency_floor) ** 2
         total = (coverage * flu_factor - w.hallucination_cost * hallucinated - w.off_task_cost * off_task
-                 - w.form_cost * len(failed) - w.excess_word_cost * max(0, len(toks) - part.budget)
+                 - w.form_cost * len(failed) - w.word_cost * len(toks)
+                 - w.excess_word_cost * max(0, len(toks) - part.budget)
                  - w.echo_cost * echo - w.repetition_cost * repetition)
         return PartUtility(coverage, hallucinated, off_task, tuple(failed), len(toks), echo, flu, total)
 
@@ -515,7 +537,7 @@ class InstructionWorld(Judged):
         utilities, each
 
             u = coverage * f - 0.35 n_invented - 0.1 n_off_task - 0.3 n_failed_forms
-                - 0.03 max(0, n_words - budget) - 1.0 echo - 1.0 repetition
+                - 0.005 n_words - 0.03 max(0, n_words - budget) - 1.0 echo - 1.0 repetition
 
         (weights :class:`InstructionWeights`), minus ``extra_paragraph_cost`` per paragraph
         beyond the parts of a chained instruction."""
