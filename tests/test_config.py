@@ -51,7 +51,11 @@ def test_wrong_type_names_key_and_value():
     ({"data.n_test": 0}, r"data.n_test must be at least 1, got 0"),
     ({"data.pretrain_summary_share": 1.5}, r"pretrain_summary_share must lie in \[0, 1\]"),
     ({"data.pretrain_summary_share": 0.6, "data.pretrain_comment_share": 0.5},
-     r"pretrain_summary_share \(0.6\) plus data.pretrain_comment_share \(0.5\) must be at most 1"),
+     r"pretrain_summary_share \(0.6\), data.pretrain_comment_share \(0.5\), data.pretrain_instruction_share "
+     r"\(0.0\) add up to more than 1"),
+    ({"data.pretrain_instruction_share": 0.8, "data.pretrain_comment_share": 0.3},
+     r"data.pretrain_instruction_share \(0.8\) add up to more than 1; lower one"),
+    ({"data.pretrain_instruction_share": -0.1}, r"pretrain_instruction_share must lie in \[0, 1\], got -0.1"),
     ({"world.heldout_domains": ["atlantis"]}, r"unknown domain\(s\) \['atlantis'\]"),
     ({"world.heldout_domains": []}, r"heldout_domains is empty"),
     ({"world.labeller_temperature": 0.0}, r"labeller_temperature must be > 0"),

@@ -4,7 +4,8 @@ import random
 import pandas as pd
 import pytest
 from conftest import FIXTURES
-from gendiv import data, world
+from gendiv import data, instruct, world
+from gendiv.instruct import InstructionWorld
 from gendiv.config import load_profile
 
 
@@ -62,6 +63,31 @@ def test_pretraining_comments_quote_the_post_verbatim(smoke_cfg):
         assert world.lex.parse(comment) <= world.lex.parse(post)  # the replies add no facts
     with pytest.raises(ValueError, match="Unknown pre-training document kind 'reply'"):
         data.pretraining_document(world.make_example(random.Random(0), "cooking", "forum", "u", "t"), "reply")
+
+
+def test_help_threads_ask_every_kind_of_request_and_answer_it_from_the_situation(smoke_cfg):
+    cfg = load_profile("smoke", **{"data.n_pretrain_docs": 600, "data.pretrain_summary_share": 0.1,
+                                   "data.pretrain_instruction_share": 0.3})
+    world = data.make_world(cfg)  # summarisation: the threads come from the instruction world all the same
+    docs = data.pretraining_corpus(world, cfg)
+    threads = [d for d in docs if d.startswith("REQUEST: ")]
+    assert abs(len(threads) / len(docs) - 0.3) < 0.06
+    assert abs(sum("\nTL;DR:" in d for d in docs) / len(docs) - 0.1) < 0.04
+    assert not any("### Instruction" in d or "### Response" in d for d in docs)  # not the fine-tuning template
+    helper = InstructionWorld(0)
+    chained = 0
+    for doc in threads:
+        request, reply = doc[len("REQUEST: "):].split("\nREPLY: ")
+        situation, ask = request.split("\n", 1)
+        assert helper.lex.parse(reply) <= helper.lex.parse(situation), doc  # the reply invents nothing
+        chained += ask.split(" ", 1)[0] in {i.split(" ", 1)[0] for i in instruct.SEQUENTIAL_INTROS}
+        assert len(instruct.paragraphs(reply)) >= 1
+    assert 0.2 < chained / len(threads) < 0.5  # a third of the requests chain two or three parts
+    # the same documents from an instruction-world profile (the base is shared by both tasks)
+    icfg = load_profile("smoke-instruct", **{"data.n_pretrain_docs": 600, "data.pretrain_summary_share": 0.1,
+                                             "data.pretrain_comment_share": 0.0,
+                                             "data.pretrain_instruction_share": 0.3})
+    assert data.pretraining_corpus(data.make_world(icfg), icfg) == docs
 
 
 # ---- hub loaders on fixtures in each dataset's own schema ----

@@ -108,9 +108,23 @@ def test_the_world_fingerprint_is_stable_and_tracks_the_generator(monkeypatch):
     assert pretraining.world_fingerprint() != first
 
 
+def test_the_instruction_fingerprint_joins_the_recipe_only_with_help_threads(monkeypatch):
+    from gendiv import instruct
+
+    plain, helped = load_profile("tiny"), load_profile("tiny", **{"data.pretrain_instruction_share": 0.1})
+    assert "instruction_world" not in pretraining.recipe(plain)
+    assert "pretrain_instruction_share" not in pretraining.recipe(plain)["data"]  # the shipped base's recipe
+    first = pretraining.recipe(helped)["instruction_world"]
+    assert pretraining.recipe(helped)["data"]["pretrain_instruction_share"] == 0.1
+    monkeypatch.setattr(instruct, "REFERENCE_TAILS", ["Cheers."])
+    assert pretraining.instruction_fingerprint() != first
+    assert pretraining.recipe_hash(plain) == pretraining.recipe_hash(load_profile("tiny"))
+
+
 def test_gendiv_pretrain_runs_on_smoke_and_is_deterministic(tmp_path):
     profile = tmp_path / "micro.yaml"
     profile.write_text("profile: micro\ndata:\n  n_pretrain_docs: 60\n  pretrain_comment_share: 0.3\n"
+                       "  pretrain_instruction_share: 0.2\n"
                        "model:\n  base: scratch\n  vocab_size: 300\n  hidden_size: 32\n  n_layers: 2\n"
                        "  n_heads: 2\n  intermediate_size: 64\n  max_length: 256\n"
                        "pretrain:\n  batch_size: 8\n  probe_every: 4\n  probe_inputs: 2\n")
@@ -156,3 +170,6 @@ def test_a_changed_recipe_is_named_with_the_fix():
     with pytest.raises(ConfigError, match=r"model.hidden_size: profile 64.*pretrain.lr: profile 0.0001.*"
                                           r"gendiv pretrain --profile tiny"):
         pretraining.check_shipped(cfg, pretraining.shipped_dir("tiny"))
+    helped = load_profile("tiny", **{"data.pretrain_instruction_share": 0.1})
+    with pytest.raises(ConfigError, match=r"data.pretrain_instruction_share: profile 0.1, shipped 0\. Remake"):
+        pretraining.check_shipped(helped, pretraining.shipped_dir("tiny"))

@@ -71,6 +71,11 @@ class DataConfig:
     pretrain_comment_share: float = 0.0
     """Share of pre-training documents that end with a reader's comment quoting sentences of the
     post verbatim (text that rewards reading back); the rest are bare posts and reports."""
+    pretrain_instruction_share: float = 0.0
+    """Share of pre-training documents that are help threads of the instruction world (a
+    situation, a request of any family, chained ones too, and a human-like reply; laid out as a
+    forum thread, not in Alpaca's template): a general LLM has seen people ask and answer. 0, the
+    shipped base's corpus: the base has seen posts, TL;DRs and comments only."""
     instruction_preamble: bool = True
     """Instruction following: open each prompt with Alpaca's fixed sentence ("Below is an
     instruction that describes a task ..."), as the paper. The miniature instruction profiles leave
@@ -488,7 +493,8 @@ def _validate(cfg: Config) -> None:
                  "n_pretrain_docs", "n_shift_sample"):
         if getattr(d, name) < 1:
             raise ConfigError(f"data.{name} must be at least 1, got {getattr(d, name)}.")
-    for name in ("pretrain_summary_share", "pretrain_comment_share"):
+    shares = ("pretrain_summary_share", "pretrain_comment_share", "pretrain_instruction_share")
+    for name in shares:
         if not 0.0 <= getattr(d, name) <= 1.0:
             raise ConfigError(f"data.{name} must lie in [0, 1], got {getattr(d, name)}.")
     if not 0.0 <= cfg.sft.pretrain_mix < 1.0:
@@ -496,9 +502,9 @@ def _validate(cfg: Config) -> None:
     if cfg.sft.pretrain_mix and d.source not in ("world", "instruct"):
         raise ConfigError(f"sft.pretrain_mix ({cfg.sft.pretrain_mix}) mixes the miniature world's pre-training "
                           f"documents into SFT; data.source {d.source!r} has none: set sft.pretrain_mix: 0.")
-    if d.pretrain_summary_share + d.pretrain_comment_share > 1.0:
-        raise ConfigError(f"data.pretrain_summary_share ({d.pretrain_summary_share}) plus "
-                          f"data.pretrain_comment_share ({d.pretrain_comment_share}) must be at most 1.")
+    if sum(getattr(d, name) for name in shares) > 1.0:
+        raise ConfigError("The pre-training document shares " + ", ".join(f"data.{n} ({getattr(d, n)})" for n in shares)
+                          + " add up to more than 1; lower one of them (the rest of the corpus is bare posts).")
     if d.source not in DATA_SOURCES:
         raise ConfigError(f"data.source must be 'world' (summarisation), 'instruct' (instruction following), "
                           f"'tldr' or 'alpacafarm' (the paper's hub data for each), got {d.source!r}.")

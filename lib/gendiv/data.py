@@ -309,6 +309,19 @@ def world_split(world: World | InstructionWorld, cfg: Config, split: str, role: 
 
 
 PRETRAINING_KINDS = ("post", "tldr", "comment")
+INSTRUCTION_KINDS = ("id", "ood_near", "ood_far")
+"""What a help thread of the pre-training corpus asks (``data.pretrain_instruction_share``): an
+instruction of any split's kind, drawn evenly: the training families, the held-out ones and
+phrasings, chains of two or three. Out of distribution means outside fine-tuning, as for the
+paper's LLaMA, which had seen people ask for headlines and for several things at once."""
+
+
+def help_thread(ins: Instruction) -> str:
+    """A pre-training document of the instruction world: the situation and what is asked, as a
+    forum request, then its human-like reply (the reference). Laid out as a thread (REQUEST /
+    REPLY), not in Alpaca's template, as a web corpus holds requests and answers but not the
+    fine-tuning prompt."""
+    return f"REQUEST: {ins.situation}\n{ins.ask}\nREPLY: {ins.reference}"
 
 
 def pretraining_document(ex: Example, kind: str = "post", comment: str = "") -> str:
@@ -332,23 +345,34 @@ def pretraining_corpus(world: World, cfg: Config, n: int | None = None, stream: 
     in a comment that quotes the post, the rest is the bare post or report.
 
     The base model thus sees the OOD language, as a pretrained LLM has, and text that rewards
-    reading a post back (as quoting replies do in a real forum corpus). ``n`` documents
-    (default ``data.n_pretrain_docs``) from the random stream ``stream``: another stream draws
-    other documents from the same distribution (SFT's mix, ``sft.pretrain_mix``).
+    reading a post back (as quoting replies do in a real forum corpus). A share
+    (``data.pretrain_instruction_share``, default 0) are instead help threads of the instruction
+    world (:func:`help_thread`, of every kind in :data:`INSTRUCTION_KINDS`), whatever the task.
+    ``n`` documents (default ``data.n_pretrain_docs``) from the random stream ``stream``: another
+    stream draws other documents from the same distribution (SFT's mix, ``sft.pretrain_mix``).
+    With no help threads, no draw of the instruction world is made: the corpus is the same
+    document for document as before the share existed (the shipped base's).
     """
     rng = random.Random(f"{cfg.seed}/{stream}")
     d = cfg.data
-    world = world.posts if isinstance(world, InstructionWorld) else world  # the base's language
+    helper = world if isinstance(world, InstructionWorld) else None
+    world = world.posts if helper is not None else world  # the base's language
     names = list(world.lex.domains)
+    summary, comment = d.pretrain_summary_share, d.pretrain_summary_share + d.pretrain_comment_share
+    help_ = comment + d.pretrain_instruction_share
     docs = []
     for i in range(d.n_pretrain_docs if n is None else n):
         genre = "news" if i % 3 == 2 else "forum"
         ex = world.make_example(rng, rng.choice(names), genre, f"pre-{i}", "pretrain")
         u = rng.random()
-        if u < d.pretrain_summary_share:
+        if u < summary:
             docs.append(pretraining_document(ex, "tldr"))
-        elif u < d.pretrain_summary_share + d.pretrain_comment_share:
+        elif u < comment:
             docs.append(pretraining_document(ex, "comment", world.comment(rng, ex)))
+        elif u < help_:
+            helper = helper or InstructionWorld(world.seed, world.labeller_temperature)
+            ins = helper.make_instruction(rng, rng.choice(names), rng.choice(INSTRUCTION_KINDS), f"pre-{i}")
+            docs.append(help_thread(ins))
         else:
             docs.append(pretraining_document(ex, "post"))
     return docs

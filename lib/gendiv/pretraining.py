@@ -38,6 +38,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from gendiv import data, runs
 from gendiv.config import Config, ConfigError
+from gendiv.instruct import InstructionWorld
 from gendiv.world import World
 from gendiv.models import (SCRATCH, load_causal_lm, load_tokenizer, pick_device, resolve_base,
                            save_pretrained_atomic, tiny_llama, train_tokenizer)
@@ -49,6 +50,9 @@ MANIFEST = "pretrain_manifest.json"
 LOG = "pretrain_log.csv"
 ARCHITECTURE_KEYS = ("vocab_size", "hidden_size", "n_layers", "n_heads", "intermediate_size", "max_length")
 CORPUS_KEYS = ("n_pretrain_docs", "pretrain_summary_share", "pretrain_comment_share")
+OPTIONAL_CORPUS_KEYS = ("pretrain_instruction_share",)
+"""Corpus settings that joined the recipe later: in it only when not 0, so that a base made before
+they existed (their value then was 0) still matches its profile."""
 NOT_RECIPE = ("probe_every", "probe_inputs", "checkpoint_every", "heldout_documents", "eval_every")
 """pretrain keys that do not change the weights (what is logged, saved or measured)."""
 
@@ -68,13 +72,28 @@ def world_fingerprint() -> str:
     return hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
 
 
+def instruction_fingerprint() -> str:
+    """As :func:`world_fingerprint`, for the instruction world's generator (help threads of every
+    kind): part of a recipe whose corpus holds help threads (``data.pretrain_instruction_share``)."""
+    world = InstructionWorld(seed=0)
+    rng = random.Random("fingerprint")
+    texts = [data.help_thread(world.make_instruction(rng, domain, kind, "f"))
+             for kind in data.INSTRUCTION_KINDS for domain in world.lex.domains]
+    return hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+
+
 def recipe(cfg: Config) -> dict:
     """Everything a pre-trained base model depends on: the architecture, the corpus settings, the
-    pre-training settings (with their seed) and the world's fingerprint."""
-    return {"model": {k: getattr(cfg.model, k) for k in ARCHITECTURE_KEYS},
-            "data": {k: getattr(cfg.data, k) for k in CORPUS_KEYS},
-            "pretrain": {k: v for k, v in asdict(cfg.pretrain).items() if k not in NOT_RECIPE},
-            "world": world_fingerprint()}
+    pre-training settings (with their seed) and the world's fingerprint (and the instruction
+    world's, when the corpus holds help threads)."""
+    corpus_keys = CORPUS_KEYS + tuple(k for k in OPTIONAL_CORPUS_KEYS if getattr(cfg.data, k))
+    out = {"model": {k: getattr(cfg.model, k) for k in ARCHITECTURE_KEYS},
+           "data": {k: getattr(cfg.data, k) for k in corpus_keys},
+           "pretrain": {k: v for k, v in asdict(cfg.pretrain).items() if k not in NOT_RECIPE},
+           "world": world_fingerprint()}
+    if cfg.data.pretrain_instruction_share:
+        out["instruction_world"] = instruction_fingerprint()
+    return out
 
 
 def recipe_hash(cfg: Config) -> str:
@@ -280,12 +299,15 @@ def check_shipped(cfg: Config, folder: Path) -> dict:
                           f"or make it with `gendiv pretrain --profile {cfg.profile}`.")
     manifest = json.loads(path.read_text())
     mine, theirs = recipe(cfg), manifest["recipe"]
-    diffs = [f"{section}.{key}: profile {value!r}, shipped {theirs.get(section, {}).get(key)!r}"
-             for section in ("model", "data", "pretrain") for key, value in mine[section].items()
-             if theirs.get(section, {}).get(key) != value]
-    if mine["world"] != theirs["world"]:
-        diffs.append(f"the world's text generator changed (fingerprint {mine['world']}, the shipped base was "
-                     f"trained on {theirs['world']})")
+    # a key absent on one side has its value of before it existed (0: OPTIONAL_CORPUS_KEYS)
+    diffs = [f"{section}.{key}: profile {mine[section].get(key, 0)!r}, shipped {theirs.get(section, {}).get(key, 0)!r}"
+             for section in ("model", "data", "pretrain")
+             for key in dict.fromkeys([*mine[section], *theirs.get(section, {})])
+             if theirs.get(section, {}).get(key, 0) != mine[section].get(key, 0)]
+    for key, what in (("world", "world's"), ("instruction_world", "instruction world's")):
+        if mine.get(key) != theirs.get(key) and mine.get(key) and theirs.get(key):
+            diffs.append(f"the {what} text generator changed (fingerprint {mine[key]}, the shipped base was "
+                         f"trained on {theirs[key]})")
     if diffs:
         raise ConfigError(
             f"The shipped base model {cfg.model.base!r} does not match profile {cfg.profile!r}: "
