@@ -57,6 +57,14 @@ def test_rm_score_is_read_at_the_last_real_token_whatever_the_padding(tok, tmp_p
     alone = np.array([rm.raw_scores([p], [c])[0] for p, c in zip(prompts, completions)])
     np.testing.assert_allclose(left, alone, atol=1e-5)
     np.testing.assert_allclose(right, alone, atol=1e-5)
+    # batched in order of length: the scores of texts of many lengths, in any batch size, in input order
+    many_p = [prompts[i % 2] for i in range(7)]
+    many_c = [" ".join(["word"] * (1 + 3 * i)) if i % 3 else "x" for i in range(7)]
+    one_by_one = np.array([rm.raw_scores([p], [c])[0] for p, c in zip(many_p, many_c)])
+    assert len(set(np.round(one_by_one, 4))) > 3  # distinct scores: a misplaced one would show
+    for batch_size in (2, 3, 64):
+        np.testing.assert_allclose(rm.raw_scores(many_p, many_c, batch_size=batch_size), one_by_one, atol=1e-5)
+    assert rm.raw_scores([], []).shape == (0,)
     # The score depends on the EOS-terminated text: the last token read is EOS.
     assert rm.texts(["p"], [" c "])[0] == "p c" + tok.eos_token
 

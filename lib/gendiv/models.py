@@ -265,20 +265,27 @@ class RewardModel:
     def raw_scores(self, prompts: list[str], completions: list[str], batch_size: int = 32,
                    padding_side: str = "left") -> np.ndarray:
         """Unnormalised scores, read at the last real token whichever side is padded (the
-        model's pad_token_id must differ from EOS, which our tokenizers guarantee)."""
+        model's pad_token_id must differ from EOS, which our tokenizers guarantee). Texts are
+        batched in order of length, so a batch pads little whatever ``batch_size``; the scores
+        come back in input order."""
         tok, model = self.tokenizer, self.model
         if model.config.pad_token_id is None or model.config.pad_token_id == tok.eos_token_id:
             raise ValueError("The RM needs a pad token distinct from EOS to find the last real token; "
                              f"pad_token_id={model.config.pad_token_id}, eos_token_id={tok.eos_token_id}.")
         device = next(model.parameters()).device
         texts = self.texts(prompts, completions)
-        out = []
+        if not texts:
+            return np.zeros(0)
+        lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        out = np.zeros(len(texts), dtype=np.float32)
         for i in range(0, len(texts), batch_size):
+            idx = order[i:i + batch_size]
             with tokenizer_sides(tok, padding_side, "left"):
-                enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
+                enc = tok([texts[j] for j in idx], return_tensors="pt", padding=True, truncation=True,
                           max_length=self.max_length, add_special_tokens=False).to(device)
-            out.append(model(**enc).logits[:, 0].float().cpu())
-        return torch.cat(out).numpy() if out else np.zeros(0)
+            out[idx] = model(**enc).logits[:, 0].float().cpu().numpy()
+        return out
 
     def score(self, prompts: list[str], completions: list[str], batch_size: int = 32) -> np.ndarray:
         """Normalised scores (paper: PPO, BoN and proxy scores all use these)."""
