@@ -118,7 +118,8 @@ def test_the_instruction_fingerprint_joins_the_recipe_only_with_help_threads(mon
     assert pretraining.recipe(helped)["data"]["pretrain_instruction_share"] == 0.1
     monkeypatch.setattr(instruct, "REFERENCE_TAILS", ["Cheers."])
     assert pretraining.instruction_fingerprint() != first
-    assert pretraining.recipe_hash(plain) == pretraining.recipe_hash(load_profile("tiny"))
+    shipped = json.loads((pretraining.shipped_dir("tiny") / pretraining.MANIFEST).read_text())
+    assert pretraining.recipe_hash(plain) == shipped["recipe_hash"]  # no share: the shipped base still matches
 
 
 def test_gendiv_pretrain_runs_on_smoke_and_is_deterministic(tmp_path):
