@@ -56,6 +56,10 @@ def test_wrong_type_names_key_and_value():
     ({"data.pretrain_instruction_share": 0.8, "data.pretrain_comment_share": 0.3},
      r"data.pretrain_instruction_share \(0.8\) add up to more than 1; lower one"),
     ({"data.pretrain_instruction_share": -0.1}, r"pretrain_instruction_share must lie in \[0, 1\], got -0.1"),
+    ({"data.instruction_pair_share": 1.2}, r"instruction_pair_share must lie in \[0, 1\], got 1.2"),
+    ({"data.instruction_pair_share": 0.2},
+     r"instruction_pair_share \(0.2\) is a share of the miniature instruction world's ID instructions; "
+     r"data.source 'world' has none: set it to 0"),
     ({"world.heldout_domains": ["atlantis"]}, r"unknown domain\(s\) \['atlantis'\]"),
     ({"world.heldout_domains": []}, r"heldout_domains is empty"),
     ({"world.labeller_temperature": 0.0}, r"labeller_temperature must be > 0"),

@@ -1,6 +1,7 @@
 import json
 import random
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import FIXTURES
@@ -88,6 +89,26 @@ def test_help_threads_ask_every_kind_of_request_and_answer_it_from_the_situation
                                              "data.pretrain_comment_share": 0.0,
                                              "data.pretrain_instruction_share": 0.3})
     assert data.pretraining_corpus(data.make_world(icfg), icfg) == docs
+
+
+def test_instruction_pair_share_touches_id_instructions_only():
+    """data.instruction_pair_share: that share of every ID role (demonstrations and the ID test
+    alike) asks for two things; the OOD splits are those of a profile without it, and a test set
+    is still a prefix of a longer one."""
+    plain = load_profile("smoke-instruct")
+    paired = load_profile("smoke-instruct", **{"data.instruction_pair_share": 0.3})
+    world = data.make_world(plain)
+    for role in ("sft_train", "test"):
+        ids = data.world_split(world, paired, "id", role, 400)
+        share = np.mean([len(ins.parts) == 2 for ins in ids])
+        assert abs(share - 0.3) < 0.07, (role, share)
+        assert all(len(ins.parts) <= 2 and ins.split == "id" for ins in ids)
+        assert [i.to_dict() for i in data.world_split(world, paired, "id", role, 30)] == [
+            i.to_dict() for i in ids[:30]]
+    assert not any(len(ins.parts) > 1 for ins in data.world_split(world, plain, "id", "test", 200))
+    for split in ("ood_near", "ood_far"):
+        assert [i.to_dict() for i in data.world_split(world, paired, split, "test", 50)] == [
+            i.to_dict() for i in data.world_split(world, plain, split, "test", 50)]
 
 
 # ---- hub loaders on fixtures in each dataset's own schema ----

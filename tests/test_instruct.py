@@ -96,6 +96,32 @@ def test_the_shift_is_graded_by_what_is_asked():
     assert all(ins.instruction.count(") ") >= len(ins.parts) for ins in far)  # numbered, in order
 
 
+def test_an_id_pair_asks_two_training_families_in_their_training_phrasings():
+    """data.instruction_pair_share: ID instructions that ask for two things at once stay inside
+    the training distribution (two distinct training families, training phrasings, a pair
+    intro no OOD-far prompt uses), and the judge reads them one paragraph per part."""
+    rng = random.Random(4)
+    pairs = [WORLD.make_instruction(rng, rng.choice(DOMAINS), "id", f"p{i}", pair=True) for i in range(150)]
+    for ins in pairs:
+        assert ins.split == "id" and len(ins.parts) == 2 and len({p.family for p in ins.parts}) == 2
+        assert ins.ask.split(" 1) ")[0] in instruct.PAIR_INTROS, ins.ask
+        for part in ins.parts:
+            assert part.family in ID_FAMILIES
+            assert any(part.task.startswith(t.split("{")[0]) for t in TASKS[part.family][0]), part.task
+    assert {p.family for ins in pairs for p in ins.parts} == set(ID_FAMILIES)
+    assert not set(instruct.PAIR_INTROS) & set(instruct.SEQUENTIAL_INTROS)
+    assert all(not ins.ask.startswith(tuple(instruct.PAIR_INTROS)) for ins in sample("ood_far", 100))
+    # answering only the first part loses the second part's utility: paragraph i answers part i
+    ins = pairs[0]
+    first, second = (WORLD.render(random.Random(0), p, ins.facts) for p in ins.parts)
+    both, alone = U(f"{first}\n\n{second}", ins), U(first, ins)
+    parts = WORLD.part_utilities(f"{first}\n\n{second}", ins)
+    assert both == pytest.approx((parts[0].total + parts[1].total) / 2)
+    assert alone == pytest.approx((parts[0].total + WORLD.weights.empty_utility) / 2)
+    with pytest.raises(ValueError, match="two training families; split is 'ood_far'"):
+        WORLD.make_instruction(random.Random(0), DOMAINS[0], "ood_far", "x", pair=True)
+
+
 def test_instructions_are_deterministic_and_round_trip():
     a, b = sample("ood_far", 5, seed=9), sample("ood_far", 5, seed=9)
     assert [x.to_dict() for x in a] == [y.to_dict() for y in b]

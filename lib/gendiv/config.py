@@ -76,6 +76,12 @@ class DataConfig:
     situation, a request of any family, chained ones too, and a human-like reply; laid out as a
     forum thread, not in Alpaca's template): a general LLM has seen people ask and answer. 0, the
     shipped base's corpus: the base has seen posts, TL;DRs and comments only."""
+    instruction_pair_share: float = 0.0
+    """Instruction following (the miniature world): share of ID instructions (demonstrations,
+    comparisons, RL prompts and the ID test alike) that ask for two things at once, two training
+    families, one paragraph each, as Alpaca's data holds compound requests. 0: every ID instruction
+    asks for one thing, and a fine-tuned model has never answered in more than one paragraph when
+    OOD-far asks for two or three (deviations page)."""
     instruction_preamble: bool = True
     """Instruction following: open each prompt with Alpaca's fixed sentence ("Below is an
     instruction that describes a task ..."), as the paper. The miniature instruction profiles leave
@@ -497,6 +503,11 @@ def _validate(cfg: Config) -> None:
     for name in shares:
         if not 0.0 <= getattr(d, name) <= 1.0:
             raise ConfigError(f"data.{name} must lie in [0, 1], got {getattr(d, name)}.")
+    if not 0.0 <= d.instruction_pair_share <= 1.0:
+        raise ConfigError(f"data.instruction_pair_share must lie in [0, 1], got {d.instruction_pair_share}.")
+    if d.instruction_pair_share and d.source != "instruct":
+        raise ConfigError(f"data.instruction_pair_share ({d.instruction_pair_share}) is a share of the miniature "
+                          f"instruction world's ID instructions; data.source {d.source!r} has none: set it to 0.")
     if not 0.0 <= cfg.sft.pretrain_mix < 1.0:
         raise ConfigError(f"sft.pretrain_mix must lie in [0, 1), got {cfg.sft.pretrain_mix}.")
     if cfg.sft.pretrain_mix and d.source not in ("world", "instruct"):

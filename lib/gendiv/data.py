@@ -281,14 +281,17 @@ def world_split(world: World | InstructionWorld, cfg: Config, split: str, role: 
                 n: int) -> list[Example | Instruction]:
     """``n`` examples of ``split``/``role``, deterministic given the seed, split and role. In the
     instruction world every split draws its situations from every domain: the shift is in what
-    is asked (:mod:`gendiv.instruct`)."""
+    is asked (:mod:`gendiv.instruct`); a share of ID instructions (``data.instruction_pair_share``)
+    ask for two things at once."""
     rng = random.Random(f"{cfg.seed}/{split}/{role}")
     if isinstance(world, InstructionWorld):
         if split not in SPLITS:
             raise ValueError(f"Unknown split {split!r}; choose from {SPLITS}.")
-        names = world.train_domains
+        names, share = world.train_domains, cfg.data.instruction_pair_share if split == "id" else 0.0
+        # With no pairs, no draw for them: the splits are those of a world without the option.
         return [world.make_instruction(rng, names[i % len(names)] if i % 2 else rng.choice(names), split,
-                                       f"{split}-{role}-{i}") for i in range(n)]
+                                       f"{split}-{role}-{i}", pair=bool(share) and rng.random() < share)
+                for i in range(n)]
     if split == "id":
         domains, genre = world.train_domains, "forum"
     elif split == "ood_near":

@@ -78,6 +78,10 @@ TASKS = {
                      "Put the events in order, starting with what came first and ending with the problem.",
                      "Walk me through it in order, the cause first and the problem after it."]),
 }
+PAIR_INTROS = ["Two things, please, one paragraph each:",
+               "I need help with two things; answer each in its own paragraph:"]
+"""How an ID instruction asks for two things at once (``data.instruction_pair_share``): the training
+distribution's compound requests, worded apart from OOD-far's :data:`SEQUENTIAL_INTROS`."""
 SEQUENTIAL_INTROS = ["Please do the following, in order, each in its own paragraph:",
                      "Answer these in order, one paragraph each:",
                      "I have a few requests; handle them in order, one paragraph per request:"]
@@ -367,10 +371,26 @@ class InstructionWorld(Judged):
             return Part(family, template, (cause, problem), ordered=True, budget=34)
         raise ValueError(f"Unknown instruction family {family!r}; choose from {FAMILIES}.")
 
-    def make_instruction(self, rng: random.Random, domain: str, split: str, uid: str) -> Instruction:
-        """One instruction of ``split`` ('id', 'ood_near' or 'ood_far') about a situation in ``domain``."""
+    def make_instruction(self, rng: random.Random, domain: str, split: str, uid: str,
+                         pair: bool = False) -> Instruction:
+        """One instruction of ``split`` ('id', 'ood_near' or 'ood_far') about a situation in ``domain``.
+
+        ``pair`` (ID only): ask for two things at once, two distinct training families in their
+        training phrasings, one paragraph each (:data:`PAIR_INTROS`): the compound requests of the
+        training distribution (``data.instruction_pair_share``), as Alpaca's data holds requests for
+        two things; OOD-far chains two or three parts of any family, held-out phrasings too."""
+        if pair and split != "id":
+            raise ValueError(f"pair=True asks for an ID instruction of two training families; split is {split!r}.")
         facts, situation, wording = self._situation(rng, domain)
-        if split == "id":
+        if pair:
+            parts = []
+            for fam in rng.sample(ID_FAMILIES, len(ID_FAMILIES)):  # distinct (avoid may become a recap)
+                part = self._part(rng, fam, facts, wording, held_out=False)
+                if part.family not in {p.family for p in parts}:
+                    parts.append(part)
+                if len(parts) == 2:
+                    break
+        elif split == "id":
             parts = [self._part(rng, rng.choice(ID_FAMILIES), facts, wording, held_out=False)]
         elif split == "ood_near":
             if rng.random() < 0.5:
@@ -390,7 +410,8 @@ class InstructionWorld(Judged):
         if len(parts) == 1:
             ask = parts[0].task
         else:
-            ask = rng.choice(SEQUENTIAL_INTROS) + " " + " ".join(f"{i}) {p.task}" for i, p in enumerate(parts, 1))
+            intro = rng.choice(PAIR_INTROS if pair else SEQUENTIAL_INTROS)
+            ask = intro + " " + " ".join(f"{i}) {p.task}" for i, p in enumerate(parts, 1))
         ins = Instruction(uid, split, domain, situation, parts, f"{situation}\n\n{ask}", "", facts)
         ins.reference = self.reference(rng, ins, wording)
         return ins
