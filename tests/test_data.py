@@ -95,7 +95,7 @@ def test_instruction_pair_share_touches_id_instructions_only():
     """data.instruction_pair_share: that share of every ID role (demonstrations and the ID test
     alike) asks for two things; the OOD splits are those of a profile without it, and a test set
     is still a prefix of a longer one."""
-    plain = load_profile("smoke-instruct")
+    plain = load_profile("smoke-instruct", **{"data.instruction_pair_share": 0.0})
     paired = load_profile("smoke-instruct", **{"data.instruction_pair_share": 0.3})
     world = data.make_world(plain)
     for role in ("sft_train", "test"):

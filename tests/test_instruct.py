@@ -213,8 +213,9 @@ def test_an_unknown_family_or_split_names_the_choices():
 
 def test_tiny_instruct_prompts_fit_the_shipped_base_without_alpacas_opening_sentence():
     """tiny-instruct leaves out Alpaca's fixed opening sentence (data.instruction_preamble): with it
-    no chained (OOD-far) test prompt fit the 192 tokens the shipped base's 256 positions leave beside
-    64 new ones; without it every ID and OOD-near prompt fits, and 7 in 8 chained ones."""
+    hardly a chained (OOD-far) test prompt fits the 192 tokens the shipped base's 256 positions leave
+    beside 64 new ones (1.5%); without it every ID and OOD-near prompt fits, and 99% of chained ones
+    (the tokenizer of a corpus with help threads; 7 in 8 with the one before)."""
     cfg = load_profile("tiny-instruct")
     assert not cfg.data.instruction_preamble and cfg.max_prompt_tokens == 192
     tok = models.load_tokenizer(pretraining.shipped_dir("tiny"))
@@ -226,4 +227,4 @@ def test_tiny_instruct_prompts_fit_the_shipped_base_without_alpacas_opening_sent
             n = [len(tok(data.format_prompt(e, preamble), add_special_tokens=False)["input_ids"]) for e in examples]
             fits[split, preamble] = float(np.mean(np.array(n) <= cfg.max_prompt_tokens))
     assert fits["id", False] == fits["ood_near", False] == 1.0
-    assert fits["ood_far", False] >= 0.85 and fits["ood_far", True] == 0.0
+    assert fits["ood_far", False] >= 0.95 and fits["ood_far", True] <= 0.05

@@ -111,15 +111,17 @@ def test_the_world_fingerprint_is_stable_and_tracks_the_generator(monkeypatch):
 def test_the_instruction_fingerprint_joins_the_recipe_only_with_help_threads(monkeypatch):
     from gendiv import instruct
 
-    plain, helped = load_profile("tiny"), load_profile("tiny", **{"data.pretrain_instruction_share": 0.1})
+    plain, helped = load_profile("tiny", **{"data.pretrain_instruction_share": 0.0}), load_profile("tiny")
     assert "instruction_world" not in pretraining.recipe(plain)
-    assert "pretrain_instruction_share" not in pretraining.recipe(plain)["data"]  # the shipped base's recipe
+    assert "pretrain_instruction_share" not in pretraining.recipe(plain)["data"]
+    # No share: the recipe (and its hash) of the base shipped before the option existed (a2d552f...)
+    assert pretraining.recipe_hash(plain) == "a2d552f660107fa9"
+    shipped = json.loads((pretraining.shipped_dir("tiny") / pretraining.MANIFEST).read_text())
+    assert pretraining.recipe_hash(helped) == shipped["recipe_hash"]  # tiny's 10% help threads: the shipped base
     first = pretraining.recipe(helped)["instruction_world"]
     assert pretraining.recipe(helped)["data"]["pretrain_instruction_share"] == 0.1
     monkeypatch.setattr(instruct, "REFERENCE_TAILS", ["Cheers."])
     assert pretraining.instruction_fingerprint() != first
-    shipped = json.loads((pretraining.shipped_dir("tiny") / pretraining.MANIFEST).read_text())
-    assert pretraining.recipe_hash(plain) == shipped["recipe_hash"]  # no share: the shipped base still matches
 
 
 def test_gendiv_pretrain_runs_on_smoke_and_is_deterministic(tmp_path):
@@ -171,6 +173,6 @@ def test_a_changed_recipe_is_named_with_the_fix():
     with pytest.raises(ConfigError, match=r"model.hidden_size: profile 64.*pretrain.lr: profile 0.0001.*"
                                           r"gendiv pretrain --profile tiny"):
         pretraining.check_shipped(cfg, pretraining.shipped_dir("tiny"))
-    helped = load_profile("tiny", **{"data.pretrain_instruction_share": 0.1})
-    with pytest.raises(ConfigError, match=r"data.pretrain_instruction_share: profile 0.1, shipped 0\. Remake"):
-        pretraining.check_shipped(helped, pretraining.shipped_dir("tiny"))
+    plain = load_profile("tiny", **{"data.pretrain_instruction_share": 0.0})  # no help threads
+    with pytest.raises(ConfigError, match=r"data.pretrain_instruction_share: profile 0, shipped 0.1\. Remake"):
+        pretraining.check_shipped(plain, pretraining.shipped_dir("tiny"))
