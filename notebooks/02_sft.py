@@ -31,7 +31,8 @@
 # schedule), with the loss on the summary tokens only and prompts truncated on the left. There is
 # no pretrained model of the miniature world's language, so the `tiny` profile starts from a
 # **small Llama pre-trained on the world's corpus** (all domains, both genres; some documents end
-# in a TL;DR or in a comment quoting the post), the stand-in for a pretrained LLM. As the paper's
+# in a TL;DR or in a comment quoting the post, and some are help threads, a request and its
+# answer), the stand-in for a pretrained LLM. As the paper's
 # LLaMA, it was pre-trained once, before this run, by a deterministic command, and ships with the
 # package; this chapter shows where it came from and measures it. Then it fine-tunes that base
 # model on the ID demonstrations with TRL's `SFTTrainer`, samples from both models on every test

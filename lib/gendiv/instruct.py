@@ -13,10 +13,12 @@ on free text:
   a word to avoid, an order of events, a headline of at most k words.
 
 The shift is graded by what is asked, not by the situation: **ID** instructions come from the
-training families in their training phrasings; **OOD-near** instructions are held-out families
-(headline, ordered) and held-out phrasings of the training families (AlpacaEval's role);
-**OOD-far** instructions chain two or three parts in one prompt, each with its own requirements,
-to be answered in order, one paragraph each (Sequential Instructions' role).
+training families in their training phrasings (with ``data.instruction_pair_share``, a share of
+them ask for two such things at once, as Alpaca's data holds compound requests); **OOD-near**
+instructions are held-out families (headline, ordered) and held-out phrasings of the training
+families (AlpacaEval's role); **OOD-far** instructions chain two or three parts of any family, held-out
+phrasings too, in one prompt, each with its own requirements, to be answered in order, one
+paragraph each (Sequential Instructions' role).
 
 A response's gold utility (:meth:`InstructionWorld.utility`) averages its parts' utilities
 (paragraph i answers part i): coverage of the required facts, minus invented facts, off-task
