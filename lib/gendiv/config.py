@@ -74,8 +74,9 @@ class DataConfig:
     pretrain_instruction_share: float = 0.0
     """Share of pre-training documents that are help threads of the instruction world (a
     situation, a request of any family, chained ones too, and a human-like reply; laid out as a
-    forum thread, not in Alpaca's template): a general LLM has seen people ask and answer. 0, the
-    shipped base's corpus: the base has seen posts, TL;DRs and comments only."""
+    forum thread, not in Alpaca's template): a general LLM has seen people ask and answer. The
+    shipped base's corpus (``tiny``, ``tiny-instruct``) has 0.1; 0 leaves the instruction world out
+    of the corpus and of the recipe (posts, TL;DRs and comments only)."""
     instruction_pair_share: float = 0.0
     """Instruction following (the miniature world): share of ID instructions (demonstrations,
     comparisons, RL prompts and the ID test alike) that ask for two things at once, two training
