@@ -501,11 +501,9 @@ def _validate(cfg: Config) -> None:
         if getattr(d, name) < 1:
             raise ConfigError(f"data.{name} must be at least 1, got {getattr(d, name)}.")
     shares = ("pretrain_summary_share", "pretrain_comment_share", "pretrain_instruction_share")
-    for name in shares:
+    for name in shares + ("instruction_pair_share",):
         if not 0.0 <= getattr(d, name) <= 1.0:
             raise ConfigError(f"data.{name} must lie in [0, 1], got {getattr(d, name)}.")
-    if not 0.0 <= d.instruction_pair_share <= 1.0:
-        raise ConfigError(f"data.instruction_pair_share must lie in [0, 1], got {d.instruction_pair_share}.")
     if d.instruction_pair_share and d.source != "instruct":
         raise ConfigError(f"data.instruction_pair_share ({d.instruction_pair_share}) is a share of the miniature "
                           f"instruction world's ID instructions; data.source {d.source!r} has none: set it to 0.")

@@ -373,6 +373,22 @@ class InstructionWorld(Judged):
             return Part(family, template, (cause, problem), ordered=True, budget=34)
         raise ValueError(f"Unknown instruction family {family!r}; choose from {FAMILIES}.")
 
+    def _distinct_parts(self, rng: random.Random, families: list[str], want: int, facts: list[Fact], wording: dict,
+                        held_out_share: float | None = None) -> list[Part]:
+        """``want`` parts of distinct families drawn from ``families`` in a random order (a family
+        may turn into another, avoid into a recap, so a drawn family is kept only if it is new).
+        ``held_out_share``: each part's chance of a held-out phrasing (None: training phrasings,
+        without a draw)."""
+        parts = []
+        for fam in rng.sample(families, len(families)):
+            held_out = held_out_share is not None and rng.random() < held_out_share
+            part = self._part(rng, fam, facts, wording, held_out=held_out)
+            if part.family not in {p.family for p in parts}:
+                parts.append(part)
+            if len(parts) == want:
+                break
+        return parts
+
     def make_instruction(self, rng: random.Random, domain: str, split: str, uid: str,
                          pair: bool = False) -> Instruction:
         """One instruction of ``split`` ('id', 'ood_near' or 'ood_far') about a situation in ``domain``.
@@ -385,13 +401,7 @@ class InstructionWorld(Judged):
             raise ValueError(f"pair=True asks for an ID instruction of two training families; split is {split!r}.")
         facts, situation, wording = self._situation(rng, domain)
         if pair:
-            parts = []
-            for fam in rng.sample(ID_FAMILIES, len(ID_FAMILIES)):  # distinct (avoid may become a recap)
-                part = self._part(rng, fam, facts, wording, held_out=False)
-                if part.family not in {p.family for p in parts}:
-                    parts.append(part)
-                if len(parts) == 2:
-                    break
+            parts = self._distinct_parts(rng, ID_FAMILIES, 2, facts, wording)
         elif split == "id":
             parts = [self._part(rng, rng.choice(ID_FAMILIES), facts, wording, held_out=False)]
         elif split == "ood_near":
@@ -400,13 +410,7 @@ class InstructionWorld(Judged):
             else:
                 parts = [self._part(rng, rng.choice(ID_FAMILIES), facts, wording, held_out=True)]
         elif split == "ood_far":
-            want, parts = rng.choice((2, 2, 3)), []
-            for fam in rng.sample(FAMILIES, len(FAMILIES)):  # distinct families (avoid may become a recap)
-                part = self._part(rng, fam, facts, wording, held_out=rng.random() < 0.5)
-                if part.family not in {p.family for p in parts}:
-                    parts.append(part)
-                if len(parts) == want:
-                    break
+            parts = self._distinct_parts(rng, FAMILIES, rng.choice((2, 2, 3)), facts, wording, held_out_share=0.5)
         else:
             raise ValueError(f"Unknown split {split!r}: 'id', 'ood_near' or 'ood_far'.")
         if len(parts) == 1:
