@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
 import jupytext
 import pandas as pd
@@ -92,6 +93,44 @@ def test_a_profile_file_reaches_the_notebooks_as_an_absolute_path(tmp_path, monk
     # the part records what it ran on, for the book's scorecard across tasks
     part = json.loads((tmp_path / "book" / "notebooks" / cli.PART_FILE).read_text())
     assert part["profile"] == str(profile) and part["task"] == "summarisation"
+
+
+def test_parts_share_the_cores_out():
+    assert cli.part_threads(2, cores=2) == 1
+    assert cli.part_threads(2, cores=16) == 8
+    assert cli.part_threads(3, cores=2) == 1  # never none
+    assert cli.part_threads(1, cores=2) == 2
+
+
+def test_parts_run_side_by_side_prefixed_and_a_failure_spares_the_other(tmp_path, monkeypatch, capsys):
+    """Each part is a `gendiv run` of its own on its share of the threads; its lines come out
+    prefixed with its profile; one failing does not stop the other, and main says which failed."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\n"  # stands in for `python -m gendiv run --profile P`: $5 is P
+                    'echo "threads=$OMP_NUM_THREADS args=$*"\n'
+                    'echo "[IPKernelApp] WARNING | Kernel is running over TCP without encryption."\n'
+                    'sleep 1; echo "$5 finished"\n'
+                    'case "$5" in *instruct*) exit 3;; esac\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(cli.sys, "executable", str(fake))
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
+    start = time.perf_counter()
+    codes = cli.run_parts(["smoke", "smoke-instruct"], root=tmp_path)
+    assert time.perf_counter() - start < 1.9  # side by side, not 2 x 1 s
+    assert codes == {"smoke": 0, "smoke-instruct": 3}
+    out = capsys.readouterr().out
+    assert "smoke          | threads=1 args=-m gendiv run --profile smoke\n" in out
+    assert "smoke-instruct | smoke-instruct finished\n" in out
+    assert "without encryption" not in out  # the kernels' start-up notice is not passed on
+    codes = cli.run_parts(["smoke", "smoke-instruct"], jobs=1, root=tmp_path)
+    assert "threads=2" in capsys.readouterr().out  # one at a time: every core
+    assert cli.main(["run", "--profile", "smoke", "smoke-instruct"]) == 1
+    err = capsys.readouterr().err
+    assert "Part(s) failed: smoke-instruct" in err
+    assert cli.main(["run", "--profile", "smoke", "tiny"]) == 1
+    assert "'smoke' and 'tiny' are both summarisation profiles" in capsys.readouterr().err
+    assert cli.main(["run", "--profile", "smoke", "smoke-instruct", "--stages", "01"]) == 1
+    assert "take one profile" in capsys.readouterr().err
 
 
 def test_each_task_has_its_part_of_the_book():
