@@ -209,6 +209,78 @@ fig = plots.bars_with_intervals(
 glue("key_result", fig, display=False)
 
 # %% [markdown]
+# ## What the RM rewards, part by part
+#
+# Accuracy says how often the RM agrees with the judge, not what it has learnt. The gold utility
+# has parts (the key facts an output states, the facts it invents, its fluency, its length), and
+# the world can say, for every pair, which output is better in each. Over the pairs whose two
+# outputs differ in a part, the bars give how often the judge prefers the output that is better
+# in it, and how often the RM does. A part the judge follows and the RM does not is a part of the
+# task the RM has not learnt: a policy optimised on the RM has no reason to learn it either.
+# Length has no better way; "longer" is read as one, to show who leans on it.
+
+# %%
+if "rm_agreement_by_part" in reward_paths:
+    by_part = pd.read_csv(reward_paths["rm_agreement_by_part"])
+else:  # a run from before this measure
+    by_part = pd.DataFrame()
+if len(by_part):
+    part_words = {p: w for p, (_, w) in reward.UTILITY_PARTS.items()}
+    by_part = by_part.assign(label=by_part["part"].map(part_words))
+    display(
+        by_part.assign(
+            split=pd.Categorical(by_part["split"], data.SPLITS, ordered=True)
+        )
+        .pivot_table(
+            index=["split", "label", "n"],
+            columns="who",
+            values="agreement",
+            observed=True,
+        )
+        .round(3)
+    )
+    for split in [s for s in data.SPLITS if s in set(by_part["split"])]:
+        plots.bars_with_intervals(
+            by_part[by_part["split"] == split],
+            "label",
+            "agreement",
+            "who",
+            name=f"rm_agreement_by_part_{split}",
+            cfg=cfg,
+            xlabel=f"pairs whose {words['outputs']} differ in it: the one with ...",
+            ylabel="prefers the better one (95% CI)",
+            title=f"What the judge and the RM reward: {plots.SPLIT_LABELS[split]}",
+            chance=0.5,
+        )
+    parts_rows = by_part.set_index(["split", "part", "who"])["agreement"]
+    ignored = [
+        (split, part)
+        for split in data.SPLITS
+        for part in reward.UTILITY_PARTS
+        if parts_rows.get((split, part, "judge"), np.nan) >= 0.8
+        and parts_rows.get((split, part, "reward model"), np.nan) < 0.6
+    ]
+    if ignored:
+        display(
+            Markdown(
+                "Parts the judge follows (at least 80% of the pairs that differ in them) "
+                "and the RM does not (below 60%): "
+                + "; ".join(
+                    f"{plots.SPLIT_LABELS[s]}: {part_words[p]} "
+                    f"({100 * parts_rows[(s, p, 'reward model')]:.0f}% "
+                    f"for the RM, {100 * parts_rows[(s, p, 'judge')]:.0f}% for the judge)"
+                    for s, p in ignored
+                )
+                + "."
+            )
+        )
+else:
+    print(
+        "Not measurable on this profile: its comparisons come without the world's "
+        "gold utility, so there are no parts to compare."
+    )
+
+# %% [markdown]
 # ## Normalised RM score against gold utility
 #
 # Each point is one SFT summary. A good proxy orders summaries as the gold utility does; where

@@ -2,6 +2,8 @@
 
 import random
 
+import numpy as np
+
 import pytest
 from conftest import CORPUS, micro_reward_model
 from gendiv import reward
@@ -23,3 +25,34 @@ def test_pair_kinds_follow_the_configured_shares():
     assert kinds.count("sft_vs_reference") / 4000 == pytest.approx(0.3, abs=0.03)
     only_sft = load_profile("smoke")  # the defaults: SFT against SFT only
     assert set(reward.pair_kinds(only_sft, 50, random.Random(0))) == {"sft_vs_sft"}
+
+
+def test_agreement_by_part_sets_the_rm_beside_the_judge_part_by_part():
+    """Hand-worked: three judged pairs (and one judge tie, left out). Outputs spell their parts:
+    'c<coverage> h<invented facts> n<words>'; the fake RM scores each output by a table."""
+    from types import SimpleNamespace
+
+    class World:
+        def utility(self, text, ex):
+            c, h, n = (float(t[1:]) for t in text.split())
+            return SimpleNamespace(coverage=c, hallucinated=h, fluency=1.0, n_words=n)
+
+    class RM:
+        scores = {"c1 h0 n5": 0.0, "c2 h0 n9": 1.0, "c1 h1 n5": 1.0, "c1 h0 n6": 0.0, "c2 h0 n8": 2.0,
+                  "c1 h0 n3": 2.0}
+
+        def raw_scores(self, prompts, texts):
+            return np.array([self.scores[t] for t in texts])
+
+    pairs = [{"uid": "u", "prompt": "p", "a": "c1 h0 n5", "b": "c2 h0 n9", "preferred": 1},  # RM right
+             {"uid": "u", "prompt": "p", "a": "c1 h1 n5", "b": "c1 h0 n6", "preferred": 1},  # RM for the invented fact
+             {"uid": "u", "prompt": "p", "a": "c2 h0 n8", "b": "c1 h0 n3", "preferred": 0},  # RM tie
+             {"uid": "u", "prompt": "p", "a": "c2 h0 n8", "b": "c1 h0 n9", "preferred": -1}]  # judge tie
+    rows = reward.agreement_by_part(World(), RM(), pairs, {"u": None}, "id", seed=0)
+    got = {(r["part"], r["who"]): (r["agreement"], r["n"]) for r in rows}
+    assert got == {("coverage", "judge"): (1.0, 2), ("coverage", "reward model"): (0.75, 2),
+                   ("hallucinated", "judge"): (1.0, 1), ("hallucinated", "reward model"): (0.0, 1),
+                   # length: the longer won all three for the judge; for the RM one, lost one, tied one
+                   ("n_words", "judge"): (1.0, 3), ("n_words", "reward model"): (0.5, 3)}
+    # fluency never differs: no rows for it
+    assert all(r["split"] == "id" for r in rows)

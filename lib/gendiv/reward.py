@@ -95,6 +95,47 @@ def rm_accuracy(rm: RewardModel, pairs: list[dict], seed: int) -> dict:
     return {"accuracy": acc, "ci_low": lo, "ci_high": hi, "n": len(kept)}
 
 
+UTILITY_PARTS = {"coverage": (1, "more key facts"),
+                 "hallucinated": (-1, "fewer invented facts"),
+                 "fluency": (1, "more fluent"),
+                 "n_words": (1, "longer")}
+"""Parts of the gold utility that both worlds' utilities carry (attribute: (the better way, in
+words)), for :func:`agreement_by_part`. Length has no better way; "longer" is read as one, to
+show how much the RM and the judge lean on it."""
+RM_AGREEMENT_BY_PART_COLUMNS = ["split", "part", "who", "agreement", "ci_low", "ci_high", "n"]
+
+
+def agreement_by_part(world, rm: RewardModel, pairs: list[dict], examples: dict, split: str,
+                      seed: int) -> list[dict]:
+    """What the RM rewards, set beside what the judge rewards: for each part of the gold utility
+    (:data:`UTILITY_PARTS`), over the pairs whose two outputs differ in it, the share on which
+    the judge prefers the output that is better in that part, and the share on which the RM does
+    (RM ties count one half; judge ties are left out of both), with bootstrap intervals.
+    ``examples``: {uid: the pair's example}. A part the judge follows and the RM does not is a
+    part of the task the RM has not learnt, and a policy optimised on the RM will not learn it."""
+    kept = [p for p in pairs if p["preferred"] in (0, 1)]
+    if not kept:
+        return []
+    prompts = [p["prompt"] for p in kept]
+    rm_b_better = rm.raw_scores(prompts, [p["b"] for p in kept]) - rm.raw_scores(prompts, [p["a"] for p in kept])
+    parts = [(world.utility(p["a"], examples[p["uid"]]), world.utility(p["b"], examples[p["uid"]])) for p in kept]
+    rows = []
+    for part, (sign, _) in UTILITY_PARTS.items():
+        judge, by_rm = [], []
+        for p, (ua, ub), d_rm in zip(kept, parts, rm_b_better):
+            d = sign * (float(getattr(ub, part)) - float(getattr(ua, part)))  # > 0: b better in this part
+            if d == 0:
+                continue
+            judge.append(float((p["preferred"] == 1) == (d > 0)))
+            by_rm.append(0.5 if d_rm == 0 else float((d_rm > 0) == (d > 0)))
+        for who, values in (("judge", judge), ("reward model", by_rm)):
+            if values:
+                acc, lo, hi = stats.bootstrap_ci(values, seed=seed)
+                rows.append({"split": split, "part": part, "who": who, "agreement": acc, "ci_low": lo,
+                             "ci_high": hi, "n": len(values)})
+    return rows
+
+
 # ------------------------------------------------------------------ stages
 PAIR_KINDS = ("sft_vs_sft", "sft_vs_base", "sft_vs_reference")
 OOD_PAIRS_SEED_OFFSET = 7
@@ -199,10 +240,17 @@ def build_comparisons(cfg: Config, force: bool = False) -> dict[str, Path]:
     return runs.run_stage(cfg, "comparisons", body, force=force)
 
 
+def _examples(cfg: Config, split: str, kind: str) -> dict:
+    """{uid: example} of a split's records of ``kind`` (comparisons, test), for the world's utility."""
+    return {r["uid"]: data.example_from(r) for r in data.load_split(cfg, split, kind)}
+
+
 def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
     """Stage ``reward`` (notebook 03): train the RM, normalise it, measure its accuracy ID and OOD
     against the judge (``results/rm_accuracy.csv``; by kind of pair in
-    ``logs/rm_accuracy_by_kind.csv``) and score held-out samples for the RM-vs-gold scatter."""
+    ``logs/rm_accuracy_by_kind.csv``; what it rewards beside what the judge rewards, part by part
+    of the gold utility, in ``logs/rm_agreement_by_part.csv``: :func:`agreement_by_part`) and
+    score held-out samples for the RM-vs-gold scatter."""
     def body(root: Path) -> dict[str, Path]:
         train = runs.read_jsonl(runs.artifact(cfg, "comparisons", "comparisons_train"))
         heldout = runs.read_jsonl(runs.artifact(cfg, "comparisons", "comparisons_heldout"))
@@ -220,6 +268,9 @@ def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
         norm = normalisation(rm.raw_scores(norm_prompts, norm_texts))
         runs.write_json(out / "normalisation.json", norm)
         rm.mean, rm.std = norm["mean"], norm["std"]
+        world = data.world_or_none(cfg)  # None for the hub's data: no judge, so no parts to set beside the RM
+        by_part = [] if world is None else agreement_by_part(world, rm, heldout, _examples(cfg, "id", "comparisons"),
+                                                             "id", cfg.seed)
         rows = [{"split": "id", **rm_accuracy(rm, heldout, cfg.seed)}]
         by_kind = [{"split": "id", "kind": kind, **rm_accuracy(rm, [p for p in heldout if p.get("kind") == kind],
                                                               cfg.seed)} for kind in PAIR_KINDS]
@@ -235,6 +286,8 @@ def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
             by_kind += [{"split": split, "kind": kind, **rm_accuracy(rm, [p for p in pairs if p["kind"] == kind],
                                                                      cfg.seed)} for kind in PAIR_KINDS]
             scatter += [(split, p) for p in pairs]
+            if world is not None:
+                by_part += agreement_by_part(world, rm, pairs, _examples(cfg, split, "test"), split, cfg.seed)
         scatter = [("id", p) for p in heldout] + scatter
         if all("utility_a" in p for _, p in scatter):  # each pair's SFT sample (T = 1)
             prompts = [p["prompt"] for _, p in scatter]
@@ -249,6 +302,8 @@ def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
                                               pd.DataFrame(rows, columns=RM_ACCURACY_COLUMNS)),
                 "rm_vs_gold": runs.write_csv(root / "logs" / "rm_vs_gold.csv", frame),
                 "rm_accuracy_by_kind": runs.write_csv(root / "logs" / "rm_accuracy_by_kind.csv", pd.DataFrame(
-                    [r for r in by_kind if r["n"] > 0], columns=RM_ACCURACY_BY_KIND_COLUMNS))}
+                    [r for r in by_kind if r["n"] > 0], columns=RM_ACCURACY_BY_KIND_COLUMNS)),
+                "rm_agreement_by_part": runs.write_csv(root / "logs" / "rm_agreement_by_part.csv", pd.DataFrame(
+                    by_part, columns=RM_AGREEMENT_BY_PART_COLUMNS))}
 
     return runs.run_stage(cfg, "reward", body, force=force)
