@@ -107,7 +107,7 @@ def test_parts_run_side_by_side_prefixed_and_a_failure_spares_the_other(tmp_path
     prefixed with its profile; one failing does not stop the other, and main says which failed."""
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\n"  # stands in for `python -m gendiv run --profile P`: $5 is P
-                    'echo "threads=$OMP_NUM_THREADS args=$*"\n'
+                    'echo "running=$(ls "$GENDIV_RUNNING_PARTS" | wc -l | tr -d " ") args=$*"\n'
                     'echo "[IPKernelApp] WARNING | Kernel is running over TCP without encryption."\n'
                     'sleep 1; echo "$5 finished"\n'
                     'case "$5" in *instruct*) exit 3;; esac\n')
@@ -119,11 +119,12 @@ def test_parts_run_side_by_side_prefixed_and_a_failure_spares_the_other(tmp_path
     assert time.perf_counter() - start < 1.9  # side by side, not 2 x 1 s
     assert codes == {"smoke": 0, "smoke-instruct": 3}
     out = capsys.readouterr().out
-    assert "smoke          | threads=1 args=-m gendiv run --profile smoke\n" in out
+    assert "smoke          | running=2 args=-m gendiv run --profile smoke\n" in out
     assert "smoke-instruct | smoke-instruct finished\n" in out
     assert "without encryption" not in out  # the kernels' start-up notice is not passed on
     codes = cli.run_parts(["smoke", "smoke-instruct"], jobs=1, root=tmp_path)
-    assert "threads=2" in capsys.readouterr().out  # one at a time: every core
+    out = capsys.readouterr().out  # one at a time: each alone
+    assert out.count("running=1 ") == 2 and "running=2" not in out
     assert cli.main(["run", "--profile", "smoke", "smoke-instruct"]) == 1
     err = capsys.readouterr().err
     assert "Part(s) failed: smoke-instruct" in err
@@ -131,6 +132,32 @@ def test_parts_run_side_by_side_prefixed_and_a_failure_spares_the_other(tmp_path
     assert "'smoke' and 'tiny' are both summarisation profiles" in capsys.readouterr().err
     assert cli.main(["run", "--profile", "smoke", "smoke-instruct", "--stages", "01"]) == 1
     assert "take one profile" in capsys.readouterr().err
+
+
+def test_a_part_takes_the_cores_of_the_parts_that_finished(tmp_path, monkeypatch):
+    """Each notebook's kernel gets the cores shared among the parts running when it starts: two
+    parts on two cores, a thread each; once the other part is done, both cores."""
+    running = tmp_path / "running"
+    running.mkdir()
+    (running / "0").touch()
+    (running / "1").touch()
+    monkeypatch.setenv(cli.RUNNING_PARTS, str(running))
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
+    seen = []
+
+    def execute(nb, out, prof, *a):
+        seen.append(cli.os.environ["OMP_NUM_THREADS"])
+        (running / "1").unlink(missing_ok=True)  # the other part finishes during this notebook
+        return 0.0
+
+    monkeypatch.setattr(cli, "execute_notebook", execute)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")  # restored afterwards, as is MKL_NUM_THREADS
+    monkeypatch.setenv("MKL_NUM_THREADS", "7")
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    cli.run("smoke", stages=["01", "02"], root=tmp_path)
+    assert seen == ["1", "2"]
+    monkeypatch.delenv(cli.RUNNING_PARTS)
+    assert cli.threads_for_next_notebook() is None  # not a part: the kernel keeps what it was given
 
 
 def test_each_task_has_its_part_of_the_book():

@@ -146,7 +146,11 @@ def run(profile: str, stages: list[str] | None = None, force: bool = False, log_
     times = {}
     selected = select_notebooks(stages, root)
     for i, nb in enumerate(selected, 1):
-        print(f"[{i}/{len(selected)}] {nb.stem} (profile {profile}) ...", flush=True)
+        threads = threads_for_next_notebook()
+        if threads is not None:  # one of several parts side by side: its share of the cores now
+            os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        print(f"[{i}/{len(selected)}] {nb.stem} (profile {profile}"
+              f"{'' if threads is None else f', {threads} thread(s)'}) ...", flush=True)
         times[nb.stem] = execute_notebook(nb, out_dir, profile, force, log_output, run_dir)
         print(f"[{i}/{len(selected)}] {nb.stem} done in {times[nb.stem]:.1f}s", flush=True)
     return times
@@ -163,16 +167,35 @@ KERNEL_NOISE = ("Kernel is running over TCP without encryption",)
 notice that a local kernel talks over TCP on localhost: said for every notebook, and harmless)."""
 
 
+RUNNING_PARTS = "GENDIV_RUNNING_PARTS"
+"""Environment variable that :func:`run_parts` sets for its parts: a folder holding a file per part
+still running, which each part reads before each notebook to take its share of the cores
+(:func:`threads_for_next_notebook`)."""
+
+
+def threads_for_next_notebook(cores: int | None = None) -> int | None:
+    """Under :func:`run_parts`, the threads the next notebook's kernel gets: the cores shared among
+    the parts still running (so the last part running gets every core for the notebooks it has
+    left); None when not run as a part."""
+    folder = os.environ.get(RUNNING_PARTS)
+    if not folder or not Path(folder).is_dir():
+        return None
+    return part_threads(max(1, len(list(Path(folder).iterdir()))), cores)
+
+
 def run_parts(profiles: list[str], force: bool = False, jobs: int = 0, root: Path | None = None) -> dict[str, int]:
     """``gendiv run`` with several profiles: each part of the book (one profile per task) in a
     ``gendiv run`` process of its own, ``jobs`` at a time (0: all at once), the machine's cores
-    shared out among those running (:func:`part_threads`). Each line a part prints comes out
-    prefixed with its profile. A part that fails does not stop the others (their finished stages
-    are kept either way); the exit codes come back by profile.
+    shared out among the parts running when each notebook starts (:func:`part_threads`,
+    :func:`threads_for_next_notebook`: when one part finishes, the other's next notebooks get its
+    cores). Each line a part prints comes out prefixed with its profile. A part that fails does not
+    stop the others (their finished stages are kept either way); the exit codes come back by
+    profile.
 
     Why side by side: the tiny models use two threads poorly (SFT on ``tiny``, 2 cores: 148 s on
     two threads, 199 s on one), so two parts on a thread each finish sooner than one after the
     other. Two profiles of one task would write the same part of the book: a ConfigError."""
+    import tempfile
     import threading
 
     tasks: dict[str, str] = {}
@@ -183,31 +206,38 @@ def run_parts(profiles: list[str], force: bool = False, jobs: int = 0, root: Pat
                               f"the same part of the book (book/{PARTS[task]}/); run them one after the other.")
         tasks[task] = profile
     jobs = len(profiles) if jobs <= 0 else min(jobs, len(profiles))
-    threads = part_threads(jobs)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     profiles = [str(Path(p).resolve()) if p.endswith((".yaml", ".yml")) else p for p in profiles]
     width = max(len(p) for p in profiles)
-    lock, codes = threading.Lock(), {}
+    lock, slots, codes = threading.Lock(), threading.Semaphore(jobs), {}
 
-    def one(profile: str) -> None:
-        cmd = [sys.executable, "-m", "gendiv", "run", "--profile", profile] + (["--force"] if force else [])
-        with subprocess.Popen(cmd, cwd=root or runs.project_root(), env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
-            for line in proc.stdout:
-                if any(noise in line for noise in KERNEL_NOISE):
-                    continue
-                with lock:
-                    print(f"{profile:<{width}} | {line.rstrip()}", flush=True)
-        codes[profile] = proc.returncode
+    with tempfile.TemporaryDirectory(prefix="gendiv-parts-") as running:
+        def one(i: int, profile: str) -> None:
+            # each notebook takes its share of the cores when it starts (run, threads_for_next_notebook)
+            env = {**os.environ, RUNNING_PARTS: running}
+            cmd = [sys.executable, "-m", "gendiv", "run", "--profile", profile] + (["--force"] if force else [])
+            try:
+                with subprocess.Popen(cmd, cwd=root or runs.project_root(), env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+                    for line in proc.stdout:
+                        if any(noise in line for noise in KERNEL_NOISE):
+                            continue
+                        with lock:
+                            print(f"{profile:<{width}} | {line.rstrip()}", flush=True)
+                codes[profile] = proc.returncode
+            finally:
+                (Path(running) / str(i)).unlink()
+                slots.release()
 
-    print(f"Running {len(profiles)} parts, {jobs} at a time on {threads} thread(s) each: {', '.join(profiles)}",
-          flush=True)
-    pending = list(profiles)
-    while pending:
-        batch, pending = pending[:jobs], pending[jobs:]
-        workers = [threading.Thread(target=one, args=(p,)) for p in batch]
-        for w in workers:
-            w.start()
+        print(f"Running {len(profiles)} parts, {jobs} at a time, the cores shared among those running: "
+              f"{', '.join(profiles)}", flush=True)
+        for i in range(jobs):  # the first parts are counted before any starts its first notebook
+            (Path(running) / str(i)).touch()
+        workers = []
+        for i, profile in enumerate(profiles):  # in order, each when a slot is free
+            slots.acquire()
+            (Path(running) / str(i)).touch()
+            workers.append(threading.Thread(target=one, args=(i, profile)))
+            workers[-1].start()
         for w in workers:
             w.join()
     return codes
