@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import ROOT
-from gendiv import claims, cli, data, reward
+from gendiv import claims, cli, data, reward, runs
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 NOTEBOOK_SOURCES = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
@@ -96,10 +96,10 @@ def test_a_profile_file_reaches_the_notebooks_as_an_absolute_path(tmp_path, monk
 
 
 def test_parts_share_the_cores_out():
-    assert cli.part_threads(2, cores=2) == 1
-    assert cli.part_threads(2, cores=16) == 8
-    assert cli.part_threads(3, cores=2) == 1  # never none
-    assert cli.part_threads(1, cores=2) == 2
+    assert runs.part_threads(2, cores=2) == 1
+    assert runs.part_threads(2, cores=16) == 8
+    assert runs.part_threads(3, cores=2) == 1  # never none
+    assert runs.part_threads(1, cores=2) == 2
 
 
 def test_parts_run_side_by_side_prefixed_and_a_failure_spares_the_other(tmp_path, monkeypatch, capsys):
@@ -141,7 +141,7 @@ def test_a_part_takes_the_cores_of_the_parts_that_finished(tmp_path, monkeypatch
     running.mkdir()
     (running / "0").touch()
     (running / "1").touch()
-    monkeypatch.setenv(cli.RUNNING_PARTS, str(running))
+    monkeypatch.setenv(runs.RUNNING_PARTS, str(running))
     monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
     seen = []
 
@@ -156,8 +156,8 @@ def test_a_part_takes_the_cores_of_the_parts_that_finished(tmp_path, monkeypatch
     shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
     cli.run("smoke", stages=["01", "02"], root=tmp_path)
     assert seen == ["1", "2"]
-    monkeypatch.delenv(cli.RUNNING_PARTS)
-    assert cli.threads_for_next_notebook() is None  # not a part: the kernel keeps what it was given
+    monkeypatch.delenv(runs.RUNNING_PARTS)
+    assert runs.threads_for_next_notebook() is None  # not a part: the kernel keeps what it was given
 
 
 def test_each_task_has_its_part_of_the_book():

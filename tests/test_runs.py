@@ -68,3 +68,89 @@ def test_stage_run_before_its_inputs_names_what_to_run(tmp_path):
     with pytest.raises(runs.StageMissingError,
                        match=r"Stage 'data' has not been run for profile 'smoke'.*01_data_splits.*--stages 01"):
         data.load_split(cfg, "id", "test")
+
+
+def _job(tag: str, out: str, fail: bool = False):
+    """A side_by_side job: what process ran it, how many threads it had, and when (a file says it finished)."""
+    import os
+    import pathlib
+    import time
+
+    import torch
+    start = time.time()
+    print(f"job {tag} says hello")
+    time.sleep(1.0)
+    if fail:
+        raise ValueError(f"job {tag} broke")
+    pathlib.Path(out, tag).write_text("done")
+    return {"pid": os.getpid(), "threads": torch.get_num_threads(), "start": start, "end": time.time()}
+
+
+def test_side_by_side_runs_jobs_at_once_in_processes_of_their_own(tmp_path):
+    import functools
+    import os
+    cfg = load_profile("smoke", run_dir=str(tmp_path / "run"), model={"device": "cpu"})
+    jobs = {name: functools.partial(_job, name, str(tmp_path)) for name in ("b", "a", "c")}
+    out = runs.side_by_side(cfg, jobs, threads=2)
+    assert list(out) == ["b", "a", "c"]  # by name, in the jobs' order
+    assert len({r["pid"] for r in out.values()} | {os.getpid()}) == 4  # each its own process
+    assert {r["threads"] for r in out.values()} == {1}  # 3 jobs on 2 threads: all at once, one each
+    assert max(r["start"] for r in out.values()) < min(r["end"] for r in out.values())  # all at once
+    assert "job a says hello" in (runs.run_dir(cfg) / "logs" / "side_by_side" / "a.log").read_text()
+    two = runs.side_by_side(cfg, {k: jobs[k] for k in ("a", "b")}, threads=4)
+    assert {r["threads"] for r in two.values()} == {2}  # 4 threads, 2 jobs: two each
+    many = runs.side_by_side(cfg, {str(i): functools.partial(_job, str(i), str(tmp_path)) for i in range(5)}, threads=2)
+    assert len({r["pid"] for r in many.values()}) <= 4  # at most two jobs a thread at once
+
+
+def test_side_by_side_on_one_thread_runs_here_in_turn(tmp_path):
+    import functools
+    import os
+    cfg = load_profile("smoke", run_dir=str(tmp_path / "run"), model={"device": "cpu"})
+    out = runs.side_by_side(cfg, {n: functools.partial(_job, n, str(tmp_path)) for n in "ab"}, threads=1)
+    assert {r["pid"] for r in out.values()} == {os.getpid()}
+    assert out["a"]["end"] <= out["b"]["start"]
+
+
+def test_a_job_that_fails_spares_the_others_and_is_named(tmp_path):
+    import functools
+    cfg = load_profile("smoke", run_dir=str(tmp_path / "run"), model={"device": "cpu"})
+    jobs = {"good": functools.partial(_job, "good", str(tmp_path)),
+            "bad": functools.partial(_job, "bad", str(tmp_path), fail=True)}
+    with pytest.raises(RuntimeError, match=r"1 of 2 jobs.*\(bad\).*job bad broke.*bad\.log"):
+        runs.side_by_side(cfg, jobs, threads=2)
+    assert (tmp_path / "good").read_text() == "done"  # the other finished and kept its work
+
+
+def test_cores_now_is_the_part_share_of_the_cores(tmp_path, monkeypatch):
+    running = tmp_path / "parts"
+    running.mkdir()
+    for i in range(2):
+        (running / str(i)).touch()
+    monkeypatch.setenv(runs.RUNNING_PARTS, str(running))
+    assert runs.cores_now(cores=8) == 4
+    (running / "1").unlink()
+    assert runs.cores_now(cores=8) == 8  # the other part finished: every core
+
+
+def test_a_stage_takes_the_cores_another_part_freed(tmp_path, monkeypatch):
+    import torch
+    running = tmp_path / "parts"
+    running.mkdir()
+    (running / "0").touch()
+    (running / "1").touch()
+    monkeypatch.setenv(runs.RUNNING_PARTS, str(running))
+    cfg = load_profile("smoke", run_dir=str(tmp_path / "run"))
+    before = torch.get_num_threads()
+    seen = []
+
+    def body(root):
+        seen.append(torch.get_num_threads())
+        return {}
+    try:
+        torch.set_num_threads(1)
+        (running / "1").unlink()  # the other part finished while this one was in a notebook
+        runs.run_stage(cfg, "data", body)
+        assert seen == [runs.part_threads(1)]  # every core, from this stage on
+    finally:
+        torch.set_num_threads(before)

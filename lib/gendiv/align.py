@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import tempfile
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -236,7 +237,8 @@ def build_grpo(cfg: Config, force: bool = False) -> dict[str, Path]:
 
 # ------------------------------------------------------------------ evaluation
 def build_alignment(cfg: Config, force: bool = False) -> dict[str, Path]:
-    """Stage ``alignment`` (notebook 09): train (or reuse) every method of ``align.methods``, then
+    """Stage ``alignment`` (notebook 09): train (or reuse) every method of ``align.methods`` (side by
+    side on the cores this part has: :func:`gendiv.runs.side_by_side`), then
     measure each policy as PPO is measured in chapters 4 and 6-8 and write its rows into the same
     tables (see the module docstring). Samples are drawn with the seeds PPO's are: one per
     evaluation input with the run's seed (gold utility averaged over ``sampling.utility_samples``),
@@ -244,9 +246,9 @@ def build_alignment(cfg: Config, force: bool = False) -> dict[str, Path]:
     and ``logs/alignment_per_input.csv`` (the sweep's per-input measures of each policy)."""
     def body(root: Path) -> dict[str, Path]:
         ids = method_ids(cfg)
-        for m in ("dpo", "rloo", "grpo"):
-            if m in cfg.align.methods:
-                stages.builder(m)(cfg, force=force)
+        trainings = [m for m in ("dpo", "rloo", "grpo") if m in cfg.align.methods]
+        runs.side_by_side(cfg, {m: partial(stages.builder(m), cfg, force=force) for m in trainings
+                                if force or not runs.stage_is_done(cfg, m, runs.stage_hash(cfg, m))})
         paths: dict[str, Path] = {}
         if not ids:
             return paths

@@ -146,7 +146,7 @@ def run(profile: str, stages: list[str] | None = None, force: bool = False, log_
     times = {}
     selected = select_notebooks(stages, root)
     for i, nb in enumerate(selected, 1):
-        threads = threads_for_next_notebook()
+        threads = runs.threads_for_next_notebook()
         if threads is not None:  # one of several parts side by side: its share of the cores now
             os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
         print(f"[{i}/{len(selected)}] {nb.stem} (profile {profile}"
@@ -156,39 +156,17 @@ def run(profile: str, stages: list[str] | None = None, force: bool = False, log_
     return times
 
 
-def part_threads(n_parts: int, cores: int | None = None) -> int:
-    """Torch threads for each of ``n_parts`` parts run side by side: the cores shared out, at least one."""
-    cores = cores or os.cpu_count() or 1
-    return max(1, cores // max(1, n_parts))
-
-
 KERNEL_NOISE = ("Kernel is running over TCP without encryption",)
 """Lines of the notebook kernels' start-up that :func:`run_parts` does not pass on (ipykernel's
 notice that a local kernel talks over TCP on localhost: said for every notebook, and harmless)."""
 
 
-RUNNING_PARTS = "GENDIV_RUNNING_PARTS"
-"""Environment variable that :func:`run_parts` sets for its parts: a folder holding a file per part
-still running, which each part reads before each notebook to take its share of the cores
-(:func:`threads_for_next_notebook`)."""
-
-
-def threads_for_next_notebook(cores: int | None = None) -> int | None:
-    """Under :func:`run_parts`, the threads the next notebook's kernel gets: the cores shared among
-    the parts still running (so the last part running gets every core for the notebooks it has
-    left); None when not run as a part."""
-    folder = os.environ.get(RUNNING_PARTS)
-    if not folder or not Path(folder).is_dir():
-        return None
-    return part_threads(max(1, len(list(Path(folder).iterdir()))), cores)
-
-
 def run_parts(profiles: list[str], force: bool = False, jobs: int = 0, root: Path | None = None) -> dict[str, int]:
     """``gendiv run`` with several profiles: each part of the book (one profile per task) in a
     ``gendiv run`` process of its own, ``jobs`` at a time (0: all at once), the machine's cores
-    shared out among the parts running when each notebook starts (:func:`part_threads`,
-    :func:`threads_for_next_notebook`: when one part finishes, the other's next notebooks get its
-    cores). Each line a part prints comes out prefixed with its profile. A part that fails does not
+    shared out among the parts running when each notebook starts
+    (:func:`gendiv.runs.threads_for_next_notebook`: when one part finishes, the other's next
+    notebooks get its cores). Each line a part prints comes out prefixed with its profile. A part that fails does not
     stop the others (their finished stages are kept either way); the exit codes come back by
     profile.
 
@@ -213,7 +191,7 @@ def run_parts(profiles: list[str], force: bool = False, jobs: int = 0, root: Pat
     with tempfile.TemporaryDirectory(prefix="gendiv-parts-") as running:
         def one(i: int, profile: str) -> None:
             # each notebook takes its share of the cores when it starts (run, threads_for_next_notebook)
-            env = {**os.environ, RUNNING_PARTS: running}
+            env = {**os.environ, runs.RUNNING_PARTS: running}
             cmd = [sys.executable, "-m", "gendiv", "run", "--profile", profile] + (["--force"] if force else [])
             codes[profile] = -1  # a part that could not start counts as failed
             try:

@@ -75,7 +75,7 @@ def _shared_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     cache = DynamicCache()
     mask = attention_mask[:, :-1]
     model(input_ids=input_ids[:, :-1], attention_mask=mask, position_ids=position_ids(mask),
-          past_key_values=cache, use_cache=True)
+          cache=cache, use_cache=True)
     if repeats > 1:
         cache.batch_repeat_interleave(repeats)
     return cache
@@ -120,7 +120,7 @@ def generate(model, tokenizer, prompts: list[str], *, n_samples: int = 1, max_ne
         ids = enc["input_ids"].repeat_interleave(repeats, dim=0)
         mask = enc["attention_mask"].repeat_interleave(repeats, dim=0)
         torch.manual_seed(seed * 1_000_003 + b)
-        out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache,
+        out = model.generate(input_ids=ids, attention_mask=mask, cache=cache,
                              max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=eos, **sampling)
         rows = out[:, ids.shape[1]:].tolist()

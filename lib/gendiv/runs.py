@@ -121,6 +121,104 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+# ------------------------------------------------------------------ cores
+RUNNING_PARTS = "GENDIV_RUNNING_PARTS"
+"""Environment variable that ``gendiv run`` with several parts (:func:`gendiv.cli.run_parts`) sets
+for them: a folder holding a file per part still running, so each part takes its share of the
+cores (:func:`threads_for_next_notebook`, :func:`cores_now`)."""
+
+
+def part_threads(n_parts: int, cores: int | None = None) -> int:
+    """Torch threads for each of ``n_parts`` parts run side by side: the cores shared out, at least one."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, n_parts))
+
+
+def threads_for_next_notebook(cores: int | None = None) -> int | None:
+    """Under ``gendiv run`` with several parts, this part's threads now: the cores shared among the
+    parts still running (so the last part running gets every core); None when not run as a part."""
+    folder = os.environ.get(RUNNING_PARTS)
+    if not folder or not Path(folder).is_dir():
+        return None
+    return part_threads(max(1, len(list(Path(folder).iterdir()))), cores)
+
+
+def cores_now(cores: int | None = None) -> int:
+    """The CPU threads this process may use now: its part's share of the cores when parts run side
+    by side, else torch's own thread count (``OMP_NUM_THREADS``, or the machine's cores)."""
+    shared = threads_for_next_notebook(cores)
+    return shared if shared is not None else torch.get_num_threads()
+
+
+def take_cores_now() -> None:
+    """When parts run side by side, set torch's threads to this part's share of the cores now
+    (:func:`threads_for_next_notebook`): each stage that runs calls it first, so a part takes the
+    cores another part freed at its next stage, not only at its next notebook."""
+    shared = threads_for_next_notebook()
+    if shared is not None and shared != torch.get_num_threads():
+        torch.set_num_threads(shared)
+
+
+def _side_job(job: Callable[[], Any], log: str, threads: int) -> tuple[Any, float]:
+    """One job of :func:`side_by_side` in its worker process: ``threads`` torch threads, its output
+    into ``log``; returns (what the job returned, its seconds)."""
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    with open(log, "w", buffering=1) as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        result = job()
+    return result, time.perf_counter() - start
+
+
+def side_by_side(cfg: Config, jobs: dict[str, Callable[[], Any]], threads: int | None = None) -> dict[str, Any]:
+    """Run independent jobs (picklable callables: a stage's builder with its arguments, as
+    ``functools.partial(build_ppo, cfg, kl_coef=0.0)``) side by side on a CPU, each in a process of
+    its own, the threads this part has (``threads``; default :func:`cores_now`) shared out among
+    them (one each when there are more jobs than threads, up to two jobs a thread at once); what
+    each returned comes back by name.
+
+    Why: the miniature's models use a second thread poorly (SFT on ``tiny``: 148 s on two threads,
+    199 s on one), so two trainings on a thread each finish well before two on two threads one
+    after the other. The jobs run here, one after the other, when there is one thread or one job,
+    on a GPU (``model.device`` cuda, or auto with one visible) and under a launcher. Each worker's
+    output (progress bars, stage lines) goes to ``logs/side_by_side/<name>.log``; a line here says
+    when each job finishes. A job that fails raises here after the others have finished, so their
+    work is kept (each job is a cached stage); rerunning redoes only what failed.
+    """
+    threads = threads or cores_now()
+    # more jobs than threads: all at once on a thread each (the system shares the cores among
+    # single-threaded processes well: three trainings on two cores end sooner than two, then one
+    # on a single thread), up to two a thread
+    workers = min(len(jobs), 2 * threads)
+    gpu = cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available())
+    if threads <= 1 or workers <= 1 or gpu or world_size() > 1:
+        return {name: job() for name, job in jobs.items()}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    each = max(1, threads // workers)
+    logs = run_dir(cfg) / "logs" / "side_by_side"
+    logs.mkdir(parents=True, exist_ok=True)
+    print(f"{len(jobs)} jobs side by side, {workers} at a time on {each} thread(s) each "
+          f"(output in {logs}): {', '.join(jobs)}", flush=True)
+    results, errors = {}, {}
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_side_job, job, str(logs / f"{name}.log"), each): name for name, job in jobs.items()}
+        for future in as_completed(futures):
+            name = futures[future]
+            try:
+                results[name], seconds = future.result()
+                print(f"  {name} done in {seconds:.1f}s", flush=True)
+            except Exception as exc:  # the others go on; their work is kept
+                errors[name] = exc
+                print(f"  {name} FAILED ({type(exc).__name__}: {exc}); its output: {logs / f'{name}.log'}", flush=True)
+    if errors:
+        name, exc = next(iter(errors.items()))
+        raise RuntimeError(f"{len(errors)} of {len(jobs)} jobs run side by side failed ({', '.join(errors)}); "
+                           f"the first, {name}: {type(exc).__name__}: {exc}. Its output is in "
+                           f"{logs / f'{name}.log'}; rerunning redoes only the failed ones.") from exc
+    return {name: results[name] for name in jobs}
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds
@@ -304,7 +402,8 @@ def run_stage(cfg: Config, stage: str, body: Callable[[Path], dict[str, Path]], 
     the table of stages lists for it, less the keys it ignores).
 
     ``body`` writes its artifacts (atomically) and returns {name: path}. On success the manifest
-    is written last, so a crash leaves no manifest and the stage reruns next time.
+    is written last, so a crash leaves no manifest and the stage reruns next time. Under parts side
+    by side, the stage first takes this part's share of the cores now (:func:`take_cores_now`).
     """
     root = run_dir(cfg)
     config_hash = stage_hash(cfg, stage)
@@ -314,6 +413,7 @@ def run_stage(cfg: Config, stage: str, body: Callable[[Path], dict[str, Path]], 
               f"(config {config_hash}); pass force=True to redo it.")
         return {k: root / v for k, v in m.artifacts.items()}
     print(f"[{stage}] running (config {config_hash}) ...", flush=True)
+    take_cores_now()
     start = time.perf_counter()
     paths = body(root)
     wall = time.perf_counter() - start

@@ -12,6 +12,7 @@ setting and one held close to SFT. Every run starts from the same SFT model, RM,
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,21 @@ def policy_measures(cfg: Config, rm, world, metrics: Metrics, model, sft, sft_to
     return values
 
 
+def train_runs(cfg: Config, force: bool = False) -> list[tuple[float, str]]:
+    """Train the sweep's PPO runs that are not done yet (all with ``force``; chapter 4's own run is
+    left to chapter 4 unless forced) side by side on the cores this part has
+    (:func:`gendiv.runs.side_by_side`); returns the (kl_coef, estimator) pairs it trained. Each run
+    is the same cached stage, with the same seed and data, as when trained alone."""
+    def waiting(name: str) -> bool:
+        return force or (name != "ppo" and not runs.stage_is_done(cfg, name, runs.stage_hash(cfg, name)))
+
+    todo = {artifacts.ppo_stage(cfg, b, e): (b, e) for b, e in artifacts.sweep_runs(cfg)}
+    todo = {name: run for name, run in todo.items() if waiting(name)}
+    runs.side_by_side(cfg, {name: partial(build_ppo, cfg, force=force, kl_coef=b, estimator=e)
+                            for name, (b, e) in todo.items()})
+    return list(todo.values())
+
+
 def build_kl_sweep(cfg: Config, force: bool = False) -> dict[str, Path]:
     """Stage ``kl_sweep``: train (or reuse) PPO for every run of the sweep
     (:func:`gendiv.artifacts.sweep_runs`: every kl_coef of the grid with the profile's estimator,
@@ -82,8 +98,10 @@ def build_kl_sweep(cfg: Config, force: bool = False) -> dict[str, Path]:
         device = pick_device(cfg.model.device)
         sft_path = artifacts.sft_path(cfg)
         sft, sft_tok = load_causal_lm(sft_path, device).eval(), load_tokenizer(sft_path)
+        trained = train_runs(cfg, force)
         for kl_coef, estimator in artifacts.sweep_runs(cfg):
-            paths = build_ppo(cfg, force=force, kl_coef=kl_coef, estimator=estimator)
+            paths = build_ppo(cfg, force=force and (kl_coef, estimator) not in trained, kl_coef=kl_coef,
+                              estimator=estimator)
             tag = f"kl {kl_coef:g}" + ("" if estimator == cfg.ppo.kl_estimator else f" ({estimator})")
             log = pd.read_csv(paths["log"])
             tail = log.tail(max(1, len(log) // 5))
