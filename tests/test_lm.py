@@ -82,7 +82,7 @@ def test_shared_prefill_cache_gives_the_full_forward_logits(tok, tiny):
         cache = lm._shared_prefill(tiny, ids, mask, repeats=3)
         rep_mask = mask.repeat_interleave(3, dim=0)
         last = tiny(input_ids=ids[:, -1:].repeat_interleave(3, dim=0), attention_mask=rep_mask,
-                    position_ids=positions.repeat_interleave(3, dim=0)[:, -1:], past_key_values=cache).logits[:, -1]
+                    position_ids=positions.repeat_interleave(3, dim=0)[:, -1:], cache=cache).logits[:, -1]
     torch.testing.assert_close(last, full.repeat_interleave(3, dim=0), atol=1e-5, rtol=1e-4)
 
 
