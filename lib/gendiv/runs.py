@@ -177,8 +177,9 @@ def side_by_side(cfg: Config, jobs: dict[str, Callable[[], Any]], threads: int |
     each returned comes back by name.
 
     Why: the miniature's models use a second thread poorly (SFT on ``tiny``: 148 s on two threads,
-    199 s on one), so two trainings on a thread each finish well before two on two threads one
-    after the other. The jobs run here, one after the other, when there is one thread or one job,
+    199 s on one), so trainings on a thread each finish before the same trainings on two threads
+    one after the other (the three extra PPO runs of ``tiny-instruct``'s KL sweep, 2 cores: 305 s
+    side by side, about 360 s in turn, chapter 4's run taking 132 s). The jobs run here, one after the other, when there is one thread or one job,
     on a GPU (``model.device`` cuda, or auto with one visible) and under a launcher. Each worker's
     output (progress bars, stage lines) goes to ``logs/side_by_side/<name>.log``; a line here says
     when each job finishes. A job that fails raises here after the others have finished, so their
