@@ -199,8 +199,8 @@ def side_by_side(cfg: Config, jobs: dict[str, Callable[[], Any]], threads: int |
     each = max(1, threads // workers)
     logs = run_dir(cfg) / "logs" / "side_by_side"
     logs.mkdir(parents=True, exist_ok=True)
-    print(f"{len(jobs)} jobs side by side, {workers} at a time on {each} thread(s) each "
-          f"(output in {logs}): {', '.join(jobs)}", flush=True)
+    print(f"{len(jobs)} jobs side by side, {workers} at a time on {each} thread(s) each (their output in "
+          f"logs/side_by_side/ of the run folder): {', '.join(jobs)}", flush=True)
     results, errors = {}, {}
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_side_job, job, str(logs / f"{name}.log"), each): name for name, job in jobs.items()}
