@@ -248,7 +248,7 @@ def build_alignment(cfg: Config, force: bool = False) -> dict[str, Path]:
         ids = method_ids(cfg)
         trainings = [m for m in ("dpo", "rloo", "grpo") if m in cfg.align.methods]
         runs.side_by_side(cfg, {m: partial(stages.builder(m), cfg, force=force) for m in trainings
-                                if force or not runs.stage_is_done(cfg, m, runs.stage_hash(cfg, m))})
+                                if runs.stage_to_run(cfg, m, force)})
         paths: dict[str, Path] = {}
         if not ids:
             return paths

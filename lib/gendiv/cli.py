@@ -166,9 +166,9 @@ def run_parts(profiles: list[str], force: bool = False, jobs: int = 0, root: Pat
     ``gendiv run`` process of its own, ``jobs`` at a time (0: all at once), the machine's cores
     shared out among the parts running when each notebook starts
     (:func:`gendiv.runs.threads_for_next_notebook`: when one part finishes, the other's next
-    notebooks get its cores). Each line a part prints comes out prefixed with its profile. A part that fails does not
-    stop the others (their finished stages are kept either way); the exit codes come back by
-    profile.
+    notebooks get its cores). Each line a part prints comes out prefixed with its profile. A part
+    that fails does not stop the others (their finished stages are kept either way); the exit
+    codes come back by profile.
 
     Why side by side: the tiny models use two threads poorly (SFT on ``tiny``, 2 cores: 148 s on
     two threads, 199 s on one), so two parts on a thread each finish sooner than one after the

@@ -179,11 +179,12 @@ def side_by_side(cfg: Config, jobs: dict[str, Callable[[], Any]], threads: int |
     Why: the miniature's models use a second thread poorly (SFT on ``tiny``: 148 s on two threads,
     199 s on one), so trainings on a thread each finish before the same trainings on two threads
     one after the other (the three extra PPO runs of ``tiny-instruct``'s KL sweep, 2 cores: 305 s
-    side by side, about 360 s in turn, chapter 4's run taking 132 s). The jobs run here, one after the other, when there is one thread or one job,
-    on a GPU (``model.device`` cuda, or auto with one visible) and under a launcher. Each worker's
-    output (progress bars, stage lines) goes to ``logs/side_by_side/<name>.log``; a line here says
-    when each job finishes. A job that fails raises here after the others have finished, so their
-    work is kept (each job is a cached stage); rerunning redoes only what failed.
+    side by side, about 360 s in turn, chapter 4's run taking 132 s). The jobs run here, one after
+    the other, when there is one thread or one job, on a GPU (``model.device`` cuda, or auto with
+    one visible) and under a launcher. Each worker's output (progress bars, stage lines) goes to
+    ``logs/side_by_side/<name>.log``; a line here says when each job finishes. A job that fails
+    raises here after the others have finished, so their work is kept (each job is a cached
+    stage); rerunning redoes only what failed.
     """
     threads = threads or cores_now()
     # more jobs than threads: all at once on a thread each (the system shares the cores among
@@ -397,6 +398,12 @@ def stage_hash(cfg: Config, stage: str) -> str:
     return cfg.section_hash(*row.sections, ignore=row.ignore)
 
 
+def stage_to_run(cfg: Config, stage: str, force: bool = False) -> bool:
+    """Whether :func:`run_stage` would run ``stage`` now: forced, or not finished with the config
+    it depends on (so callers that run several stages side by side start only those)."""
+    return force or not stage_is_done(cfg, stage, stage_hash(cfg, stage))
+
+
 def run_stage(cfg: Config, stage: str, body: Callable[[Path], dict[str, Path]], *,
               force: bool = False) -> dict[str, Path]:
     """Run ``body(run_dir)`` unless ``stage`` already finished with the same config (the sections
@@ -408,7 +415,7 @@ def run_stage(cfg: Config, stage: str, body: Callable[[Path], dict[str, Path]], 
     """
     root = run_dir(cfg)
     config_hash = stage_hash(cfg, stage)
-    if not force and stage_is_done(cfg, stage, config_hash):
+    if not stage_to_run(cfg, stage, force):
         m = load_manifest(cfg, stage)
         print(f"[{stage}] cached: finished {m.finished_at} in {m.wall_time_s:.1f}s "
               f"(config {config_hash}); pass force=True to redo it.")

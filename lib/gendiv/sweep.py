@@ -69,11 +69,8 @@ def train_runs(cfg: Config, force: bool = False) -> list[tuple[float, str]]:
     left to chapter 4 unless forced) side by side on the cores this part has
     (:func:`gendiv.runs.side_by_side`); returns the (kl_coef, estimator) pairs it trained. Each run
     is the same cached stage, with the same seed and data, as when trained alone."""
-    def waiting(name: str) -> bool:
-        return force or (name != "ppo" and not runs.stage_is_done(cfg, name, runs.stage_hash(cfg, name)))
-
     todo = {artifacts.ppo_stage(cfg, b, e): (b, e) for b, e in artifacts.sweep_runs(cfg)}
-    todo = {name: run for name, run in todo.items() if waiting(name)}
+    todo = {name: run for name, run in todo.items() if force or (name != "ppo" and runs.stage_to_run(cfg, name))}
     runs.side_by_side(cfg, {name: partial(build_ppo, cfg, force=force, kl_coef=b, estimator=e)
                             for name, (b, e) in todo.items()})
     return list(todo.values())
