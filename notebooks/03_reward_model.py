@@ -69,7 +69,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from gendiv import data, plots, reward, runs
+from gendiv import data, plots, reward, runs, stats
 from gendiv.config import task_words
 
 cfg = runs.start(profile, seed=seed, run_dir=run_dir)
@@ -176,6 +176,11 @@ print(
 # (judge ties left out, RM ties counted one half), with 95% bootstrap intervals over pairs. The
 # paper reports RM accuracy against human labels; our judge is the noise-free version of the
 # labeller.
+#
+# Beside the RM stands a yardstick that learns nothing from the comparisons: the SFT model, which
+# the RM starts from, preferring the summary it finds more likely given the post (a higher mean
+# log-likelihood per token). An RM that falls below it has learnt from its comparisons something
+# other than what its starting point already knew (this is not in the paper).
 
 # %%
 accuracy = pd.read_csv(reward_paths["rm_accuracy"])
@@ -193,11 +198,15 @@ if "rm_accuracy_by_kind" in reward_paths:
         .reindex(columns=[s for s in data.SPLITS if s in set(by_kind["split"])])
         .round(3)
     )
+if "rm_yardstick" in reward_paths:
+    bars = pd.read_csv(reward_paths["rm_yardstick"]).dropna(subset=["accuracy"])
+else:  # a run from before the yardstick
+    bars = accuracy.assign(scorer="reward model")
 fig = plots.bars_with_intervals(
-    accuracy.assign(model="reward model"),
+    bars,
     "split",
     "accuracy",
-    "model",
+    "scorer",
     name="rm_accuracy",
     cfg=cfg,
     xlabel="split of the pairs",
@@ -343,3 +352,30 @@ for split, row in rows.iterrows():
         f"{int(row['n'])}), {side}"
     )
 display(Markdown("Reward-model accuracy against the judge:\n\n" + "\n".join(lines)))
+if "rm_yardstick" in reward_paths:
+    stick = pd.read_csv(reward_paths["rm_yardstick"])
+    stick = stick[stick["scorer"] == reward.LIKELIHOOD_SCORER].set_index("split")
+    measured = stick.reindex(columns=["rm_minus"])["rm_minus"].notna()
+    compared = []
+    for split in [s for s in data.SPLITS if s in stick.index[measured]]:
+        lk = stick.loc[split]
+        side = {
+            "higher": "the RM above it",
+            "lower": "the RM below it",
+            "no clear difference": "no clear difference",
+        }[stats.direction(lk["rm_minus_low"], lk["rm_minus_high"])]
+        compared.append(
+            f"{plots.SPLIT_LABELS[split]}: SFT likelihood {lk['accuracy']:.1%}, RM minus it "
+            f"{100 * lk['rm_minus']:+.1f} points [{100 * lk['rm_minus_low']:+.1f}, "
+            f"{100 * lk['rm_minus_high']:+.1f}] ({side})"
+        )
+    if compared:
+        display(
+            Markdown(
+                "Against the yardstick that learns nothing from comparisons (the SFT "
+                "model's own likelihood; the RM's accuracy minus it, paired over the "
+                "same pairs, with its 95% bootstrap interval): "
+                + "; ".join(compared)
+                + "."
+            )
+        )

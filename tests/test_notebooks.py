@@ -8,6 +8,7 @@ import sys
 import time
 
 import jupytext
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -324,6 +325,12 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
     assert set(by_part["who"]) == {"judge", "reward model"}
     assert len(by_part) and set(by_part["part"]) <= set(reward.UTILITY_PARTS)  # smoke: often length alone
     assert "What the RM rewards, part by part" in (html / "notebooks" / "03_reward_model.html").read_text()
+    # ... and beside the SFT model's own likelihood, on the same pairs, split by split
+    stick = pd.read_csv(run_dir / "logs" / "rm_yardstick.csv")
+    rm_rows = stick[stick["scorer"] == "reward model"].set_index("split")
+    assert set(stick["scorer"]) == {"reward model", reward.LIKELIHOOD_SCORER} and "id" in rm_rows.index
+    accuracy = pd.read_csv(results / "rm_accuracy.csv").set_index("split").loc[rm_rows.index]
+    assert np.allclose(rm_rows["accuracy"], accuracy["accuracy"], equal_nan=True)
     world_page = (html / "world.html").read_text()  # the judge's weights, pasted from chapter 1
     assert "facts the post does not contain" in world_page and "0.03" in world_page
     intro = (html / "intro.html").read_text()

@@ -17,6 +17,32 @@ def test_rm_accuracy_counts_agreement_and_skips_ties(tok, tmp_path):
     assert out["n"] == 2 and out["accuracy"] == pytest.approx(0.5)
 
 
+def test_likelihood_yardstick_prefers_the_more_likely_summary(monkeypatch):
+    # Mean NLL per token of each summary: the judge's choice is the less surprising one in pairs 1
+    # and 2, the more surprising one in pair 3; pair 4 is a tie (one half), pair 5 a judge tie
+    # (left out). Right: (1 + 1 + 0 + 0.5) / 4; a scorer preferring the less likely: 0.375.
+    nll = {"a1": 1.0, "b1": 2.0, "a2": 3.0, "b2": 0.5, "a3": 0.2, "b3": 0.9, "a4": 1.0, "b4": 1.0, "a5": 1.0,
+           "b5": 2.0}
+    monkeypatch.setattr(reward, "completion_nll",
+                        lambda model, tok, prompts, texts, max_tokens: np.array([nll[t] for t in texts]))
+    pairs = [{"prompt": "p", "a": f"a{i}", "b": f"b{i}", "preferred": pref}
+             for i, pref in zip(range(1, 6), (0, 1, 1, 0, -1))]
+    out = reward.likelihood_accuracy(None, None, pairs, 16, seed=0)
+    assert out["n"] == 4 and out["accuracy"] == pytest.approx(0.625)
+    none = reward.likelihood_accuracy(None, None, pairs[4:], 16, seed=0)
+    assert none["n"] == 0 and np.isnan(none["accuracy"])
+
+
+def test_yardstick_rows_pair_the_rm_with_the_likelihood_over_the_same_pairs():
+    rm_right, likelihood_right = np.array([1, 1, 0, 0.5]), np.array([1, 0, 0, 1.0])
+    rm_row, lk_row = reward.yardstick_rows("ood_far", rm_right, likelihood_right, seed=0)
+    assert rm_row["scorer"] == "reward model" and rm_row["accuracy"] == pytest.approx(0.625)
+    assert lk_row["scorer"] == reward.LIKELIHOOD_SCORER and lk_row["accuracy"] == pytest.approx(0.5)
+    assert lk_row["rm_minus"] == pytest.approx(0.125)  # (0 + 1 + 0 - 0.5) / 4, not 0.5 - 0.625
+    assert lk_row["rm_minus_low"] <= 0.125 <= lk_row["rm_minus_high"]
+    assert set(lk_row) | set(rm_row) <= set(reward.RM_YARDSTICK_COLUMNS) | {"split"}
+
+
 def test_pair_kinds_follow_the_configured_shares():
     cfg = load_profile("smoke", **{"reward.base_pair_share": 0.2, "reward.reference_pair_share": 0.3})
     kinds = reward.pair_kinds(cfg, 4000, random.Random(0))

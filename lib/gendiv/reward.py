@@ -18,6 +18,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from transformers import AutoModelForSequenceClassification
@@ -25,7 +26,7 @@ from transformers.utils import logging as transformers_logging
 
 from gendiv import artifacts, data, runs, stages, stats
 from gendiv.config import Config
-from gendiv.lm import left_truncate, sample_policy, tokenizer_sides
+from gendiv.lm import completion_nll, left_truncate, sample_policy, tokenizer_sides
 from gendiv.models import (RewardModel, add_lora, freeze_bottom, load_causal_lm, load_tokenizer, normalisation,
                            pick_device, save_pretrained_atomic, use_bf16)
 
@@ -81,18 +82,70 @@ def train_reward_model(sft_path: Path, comparisons: list[dict], out_dir: Path, *
     return log
 
 
+def _judged(pairs: list[dict]) -> list[dict]:
+    """The pairs on which the judge is not tied (``preferred`` 0: a is better, 1: b)."""
+    return [p for p in pairs if p["preferred"] in (0, 1)]
+
+
+def _correct(score_a, score_b, pairs: list[dict]) -> np.ndarray:
+    """Per pair, 1 if the higher score falls on the side the judge prefers, 0 if not, one half
+    on a tie."""
+    return np.array([float((b > a) == bool(p["preferred"])) if a != b else 0.5
+                     for a, b, p in zip(score_a, score_b, pairs)])
+
+
+def _accuracy_row(correct: np.ndarray, seed: int) -> dict:
+    """Mean agreement with a bootstrap CI over pairs (NaNs and n = 0 when there are none)."""
+    acc, lo, hi = stats.bootstrap_ci(correct, seed=seed)
+    return {"accuracy": acc, "ci_low": lo, "ci_high": hi, "n": len(correct)}
+
+
+def rm_correct(rm: RewardModel, pairs: list[dict]) -> np.ndarray:
+    """Per pair the judge does not tie (:func:`_judged`): whether the RM prefers the side the
+    judge prefers (1, 0, one half on equal scores)."""
+    kept = _judged(pairs)
+    prompts = [p["prompt"] for p in kept]
+    return _correct(rm.raw_scores(prompts, [p["a"] for p in kept]), rm.raw_scores(prompts, [p["b"] for p in kept]),
+                    kept)
+
+
 def rm_accuracy(rm: RewardModel, pairs: list[dict], seed: int) -> dict:
     """Share of pairs where the RM prefers the summary that the reference preference prefers
     (``preferred`` = 0 for a, 1 for b; ties in the reference are left out), with a bootstrap CI."""
-    kept = [p for p in pairs if p["preferred"] in (0, 1)]
+    return _accuracy_row(rm_correct(rm, pairs), seed)
+
+
+def likelihood_correct(model, tokenizer, pairs: list[dict], max_prompt_tokens: int) -> np.ndarray:
+    """A yardstick for the RM that needs no comparisons: per pair the judge does not tie, whether
+    the summary a language model (the SFT model) finds more likely given the post, per token (a
+    higher mean log-likelihood, :func:`gendiv.lm.completion_nll`), is the one the judge prefers
+    (1, 0, one half on equal likelihoods), in the order of :func:`rm_correct`. An RM that agrees
+    with the judge less often than this has learnt less from its comparisons than its
+    initialisation already knew."""
+    kept = _judged(pairs)
     if not kept:
-        return {"accuracy": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
+        return np.zeros(0)
     prompts = [p["prompt"] for p in kept]
-    sa = rm.raw_scores(prompts, [p["a"] for p in kept])
-    sb = rm.raw_scores(prompts, [p["b"] for p in kept])
-    correct = [float((b > a) == bool(p["preferred"])) if a != b else 0.5 for a, b, p in zip(sa, sb, kept)]
-    acc, lo, hi = stats.bootstrap_ci(correct, seed=seed)
-    return {"accuracy": acc, "ci_low": lo, "ci_high": hi, "n": len(kept)}
+    with torch.no_grad():
+        nll_a = completion_nll(model, tokenizer, prompts, [p["a"] for p in kept], max_prompt_tokens)
+        nll_b = completion_nll(model, tokenizer, prompts, [p["b"] for p in kept], max_prompt_tokens)
+    return _correct(-nll_a, -nll_b, kept)
+
+
+def likelihood_accuracy(model, tokenizer, pairs: list[dict], max_prompt_tokens: int, seed: int) -> dict:
+    """:func:`likelihood_correct` as a share with its bootstrap CI, as :func:`rm_accuracy`."""
+    return _accuracy_row(likelihood_correct(model, tokenizer, pairs, max_prompt_tokens), seed)
+
+
+def yardstick_rows(split: str, rm_right: np.ndarray, likelihood_right: np.ndarray, seed: int) -> list[dict]:
+    """The rows of ``logs/rm_yardstick.csv`` for one split: the RM's accuracy, the SFT
+    likelihood's, and on the likelihood's row the RM's accuracy minus it, paired over the same
+    pairs, with its bootstrap interval (``rm_minus``, ``rm_minus_low``, ``rm_minus_high``)."""
+    diff = stats.paired_difference(rm_right, likelihood_right, seed=seed) if len(rm_right) \
+        else (float("nan"),) * 3
+    return [{"split": split, "scorer": "reward model", **_accuracy_row(rm_right, seed)},
+            {"split": split, "scorer": LIKELIHOOD_SCORER, **_accuracy_row(likelihood_right, seed),
+             **dict(zip(("rm_minus", "rm_minus_low", "rm_minus_high"), diff))}]
 
 
 UTILITY_PARTS = {"coverage": (1, "more key facts"),
@@ -141,6 +194,10 @@ PAIR_KINDS = ("sft_vs_sft", "sft_vs_base", "sft_vs_reference")
 OOD_PAIRS_SEED_OFFSET = 7
 """The OOD accuracy pairs draw from the comparisons' seed plus this (the ID pairs from the seed itself)."""
 RM_ACCURACY_BY_KIND_COLUMNS = ["split", "kind", "accuracy", "ci_low", "ci_high", "n"]
+RM_YARDSTICK_COLUMNS = ["split", "scorer", "accuracy", "ci_low", "ci_high", "n", "rm_minus", "rm_minus_low",
+                        "rm_minus_high"]
+LIKELIHOOD_SCORER = "SFT likelihood (no comparisons)"
+"""The yardstick's name in ``logs/rm_yardstick.csv`` (:func:`likelihood_accuracy`)."""
 
 
 def pair_kinds(cfg: Config, n: int, rng: random.Random) -> list[str]:
@@ -248,9 +305,10 @@ def _examples(cfg: Config, split: str, kind: str) -> dict:
 def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
     """Stage ``reward`` (notebook 03): train the RM, normalise it, measure its accuracy ID and OOD
     against the judge (``results/rm_accuracy.csv``; by kind of pair in
-    ``logs/rm_accuracy_by_kind.csv``; what it rewards beside what the judge rewards, part by part
-    of the gold utility, in ``logs/rm_agreement_by_part.csv``: :func:`agreement_by_part`) and
-    score held-out samples for the RM-vs-gold scatter."""
+    ``logs/rm_accuracy_by_kind.csv``; beside the SFT model's own likelihood as a preference in
+    ``logs/rm_yardstick.csv``: :func:`likelihood_accuracy`; what it rewards beside what the judge
+    rewards, part by part of the gold utility, in ``logs/rm_agreement_by_part.csv``:
+    :func:`agreement_by_part`) and score held-out samples for the RM-vs-gold scatter."""
     def body(root: Path) -> dict[str, Path]:
         train = runs.read_jsonl(runs.artifact(cfg, "comparisons", "comparisons_train"))
         heldout = runs.read_jsonl(runs.artifact(cfg, "comparisons", "comparisons_heldout"))
@@ -271,10 +329,11 @@ def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
         world = data.world_or_none(cfg)  # None for the hub's data: no judge, so no parts to set beside the RM
         by_part = [] if world is None else agreement_by_part(world, rm, heldout, _examples(cfg, "id", "comparisons"),
                                                              "id", cfg.seed)
-        rows = [{"split": "id", **rm_accuracy(rm, heldout, cfg.seed)}]
+        right = {"id": rm_correct(rm, heldout)}
+        rows = [{"split": "id", **_accuracy_row(right["id"], cfg.seed)}]
         by_kind = [{"split": "id", "kind": kind, **rm_accuracy(rm, [p for p in heldout if p.get("kind") == kind],
                                                               cfg.seed)} for kind in PAIR_KINDS]
-        scatter = []
+        scatter, measured = [], {"id": heldout}
         for split in data.SPLITS[1:]:
             try:
                 pairs = runs.read_jsonl(runs.artifact(cfg, "comparisons", f"pairs_{split}"))
@@ -282,12 +341,17 @@ def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
                 rows.append({"split": split, "accuracy": float("nan"), "ci_low": float("nan"),
                              "ci_high": float("nan"), "n": 0})
                 continue
-            rows.append({"split": split, **rm_accuracy(rm, pairs, cfg.seed)})
+            measured[split], right[split] = pairs, rm_correct(rm, pairs)
+            rows.append({"split": split, **_accuracy_row(right[split], cfg.seed)})
             by_kind += [{"split": split, "kind": kind, **rm_accuracy(rm, [p for p in pairs if p["kind"] == kind],
                                                                      cfg.seed)} for kind in PAIR_KINDS]
             scatter += [(split, p) for p in pairs]
             if world is not None:
                 by_part += agreement_by_part(world, rm, pairs, _examples(cfg, split, "test"), split, cfg.seed)
+        sft_lm = load_causal_lm(artifacts.sft_path(cfg), device).eval()
+        yardstick = [row for split, pairs in measured.items() for row in yardstick_rows(
+            split, right[split], likelihood_correct(sft_lm, rm.tokenizer, pairs, cfg.max_prompt_tokens), cfg.seed)]
+        del sft_lm
         scatter = [("id", p) for p in heldout] + scatter
         if all("utility_a" in p for _, p in scatter):  # each pair's SFT sample (T = 1)
             prompts = [p["prompt"] for _, p in scatter]
@@ -303,6 +367,8 @@ def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
                 "rm_vs_gold": runs.write_csv(root / "logs" / "rm_vs_gold.csv", frame),
                 "rm_accuracy_by_kind": runs.write_csv(root / "logs" / "rm_accuracy_by_kind.csv", pd.DataFrame(
                     [r for r in by_kind if r["n"] > 0], columns=RM_ACCURACY_BY_KIND_COLUMNS)),
+                "rm_yardstick": runs.write_csv(root / "logs" / "rm_yardstick.csv", pd.DataFrame(
+                    yardstick, columns=RM_YARDSTICK_COLUMNS)),
                 "rm_agreement_by_part": runs.write_csv(root / "logs" / "rm_agreement_by_part.csv", pd.DataFrame(
                     by_part, columns=RM_AGREEMENT_BY_PART_COLUMNS))}
 
