@@ -365,16 +365,17 @@ if "rm_yardstick" in reward_paths:
             "no clear difference": "no clear difference",
         }[stats.direction(lk["rm_minus_low"], lk["rm_minus_high"])]
         compared.append(
-            f"{plots.SPLIT_LABELS[split]}: SFT likelihood {lk['accuracy']:.1%}, RM minus it "
-            f"{100 * lk['rm_minus']:+.1f} points [{100 * lk['rm_minus_low']:+.1f}, "
+            f"{plots.SPLIT_LABELS[split]}: SFT likelihood {lk['accuracy']:.1%}, "
+            f"RM minus it {100 * lk['rm_minus']:+.1f} points "
+            f"[{100 * lk['rm_minus_low']:+.1f}, "
             f"{100 * lk['rm_minus_high']:+.1f}] ({side})"
         )
     if compared:
         display(
             Markdown(
-                "Against the yardstick that learns nothing from comparisons (the SFT "
-                "model's own likelihood; the RM's accuracy minus it, paired over the "
-                "same pairs, with its 95% bootstrap interval): "
+                "Against the yardstick that learns nothing from comparisons "
+                "(the SFT model's own likelihood; the RM's accuracy minus it, "
+                "paired over the same pairs, with its 95% bootstrap interval): "
                 + "; ".join(compared)
                 + "."
             )
