@@ -200,8 +200,10 @@ if "rm_accuracy_by_kind" in reward_paths:
     )
 if "rm_yardstick" in reward_paths:
     bars = pd.read_csv(reward_paths["rm_yardstick"]).dropna(subset=["accuracy"])
+    title = "Reward-model accuracy, beside the SFT model's own likelihood"
 else:  # a run from before the yardstick
     bars = accuracy.assign(scorer="reward model")
+    title = "Reward-model accuracy"
 fig = plots.bars_with_intervals(
     bars,
     "split",
@@ -211,7 +213,7 @@ fig = plots.bars_with_intervals(
     cfg=cfg,
     xlabel="split of the pairs",
     ylabel="agreement with the judge (95% CI)",
-    title="Reward-model accuracy",
+    title=title,
     order=list(accuracy["split"]),
     chance=0.5,
 )
