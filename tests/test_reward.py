@@ -43,6 +43,16 @@ def test_yardstick_rows_pair_the_rm_with_the_likelihood_over_the_same_pairs():
     assert set(lk_row) | set(rm_row) <= set(reward.RM_YARDSTICK_COLUMNS) | {"split"}
 
 
+def test_by_kind_rows_align_the_kinds_with_the_pairs_the_judge_decides():
+    # The judge tie (second pair) has no correctness entry: kinds must skip it as rm_correct does.
+    pairs = [{"kind": k, "preferred": p} for k, p in
+             (("sft_vs_sft", 0), ("sft_vs_base", -1), ("sft_vs_base", 1), ("sft_vs_sft", 1))]
+    rows = {r["kind"]: r for r in reward.by_kind_rows("id", pairs, np.array([1.0, 0.0, 0.5]), seed=0)}
+    assert rows["sft_vs_sft"]["n"] == 2 and rows["sft_vs_sft"]["accuracy"] == pytest.approx(0.75)
+    assert rows["sft_vs_base"]["n"] == 1 and rows["sft_vs_base"]["accuracy"] == 0.0
+    assert rows["sft_vs_reference"]["n"] == 0 and np.isnan(rows["sft_vs_reference"]["accuracy"])
+
+
 def test_pair_kinds_follow_the_configured_shares():
     cfg = load_profile("smoke", **{"reward.base_pair_share": 0.2, "reward.reference_pair_share": 0.3})
     kinds = reward.pair_kinds(cfg, 4000, random.Random(0))

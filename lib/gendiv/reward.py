@@ -137,6 +137,13 @@ def likelihood_accuracy(model, tokenizer, pairs: list[dict], max_prompt_tokens: 
     return _accuracy_row(likelihood_correct(model, tokenizer, pairs, max_prompt_tokens), seed)
 
 
+def by_kind_rows(split: str, pairs: list[dict], right: np.ndarray, seed: int) -> list[dict]:
+    """Accuracy by kind of pair (:data:`PAIR_KINDS`) from the per-pair correctness ``right`` of
+    :func:`rm_correct` on ``pairs`` (in the order of :func:`_judged`), without scoring again."""
+    kinds = np.array([p.get("kind") for p in _judged(pairs)], dtype=object)
+    return [{"split": split, "kind": kind, **_accuracy_row(right[kinds == kind], seed)} for kind in PAIR_KINDS]
+
+
 def yardstick_rows(split: str, rm_right: np.ndarray, likelihood_right: np.ndarray, seed: int) -> list[dict]:
     """The rows of ``logs/rm_yardstick.csv`` for one split: the RM's accuracy, the SFT
     likelihood's, and on the likelihood's row the RM's accuracy minus it, paired over the same
@@ -331,8 +338,7 @@ def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
                                                              "id", cfg.seed)
         right = {"id": rm_correct(rm, heldout)}
         rows = [{"split": "id", **_accuracy_row(right["id"], cfg.seed)}]
-        by_kind = [{"split": "id", "kind": kind, **rm_accuracy(rm, [p for p in heldout if p.get("kind") == kind],
-                                                              cfg.seed)} for kind in PAIR_KINDS]
+        by_kind = by_kind_rows("id", heldout, right["id"], cfg.seed)
         scatter, measured = [], {"id": heldout}
         for split in data.SPLITS[1:]:
             try:
@@ -343,8 +349,7 @@ def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
                 continue
             measured[split], right[split] = pairs, rm_correct(rm, pairs)
             rows.append({"split": split, **_accuracy_row(right[split], cfg.seed)})
-            by_kind += [{"split": split, "kind": kind, **rm_accuracy(rm, [p for p in pairs if p["kind"] == kind],
-                                                                     cfg.seed)} for kind in PAIR_KINDS]
+            by_kind += by_kind_rows(split, pairs, right[split], cfg.seed)
             scatter += [(split, p) for p in pairs]
             if world is not None:
                 by_part += agreement_by_part(world, rm, pairs, _examples(cfg, split, "test"), split, cfg.seed)
