@@ -288,6 +288,56 @@ for split in splits:
         display(table)
 
 # %% [markdown]
+# ## Where the gold utility comes from
+#
+# Some of the gold utility's own terms, averaged over each model's first sample per input (the
+# one the judge sees), with the reference beside them: the share of the salient facts stated
+# (coverage), the facts the input does not contain, the length in words, and how often an output
+# holds a word the world's language never uses, or opens with one. Such words are mostly broken
+# across sub-word pieces: a summary that opens with a capitalised noun ("Contractor grew black
+# mould.") must spell it from pieces ("C", "ont", "ractor") that share nothing with the
+# lowercase word the post spells. Not in the paper, whose judge reads real models' text; it says
+# which part of the utility a model gains or loses.
+
+# %%
+if "output_parts" in eval_paths:
+    parts = pd.read_csv(eval_paths["output_parts"])
+    labels = outputs.OUTPUT_PARTS
+    by = parts.set_index(["method", "split", "part"])["mean"]
+    table = pd.DataFrame(
+        [
+            [by[(m, s, p)] for p in labels]
+            for s in splits
+            for m in ("base", "sft", "reference")
+        ],
+        index=[
+            f"{plots.SPLIT_LABELS[s]}: {m}"
+            for s in splits
+            for m in ("base", "sft", "reference")
+        ],
+        columns=list(labels.values()),
+    )
+    display(table.round(3))
+
+    def pair(part, s, pct=False):
+        b, f = by[("base", s, part)], by[("sft", s, part)]
+        return f"{f:.0%} (base {b:.0%})" if pct else f"{f:.2f} (base {b:.2f})"
+
+    lines = [
+        f"- {plots.SPLIT_LABELS[s]}: coverage {pair('coverage', s)}, facts not in the "
+        f"{words['input']} {pair('hallucinated', s)} per {words['output']}, "
+        f"{pair('n_words', s)} words; a broken word in {pair('any_broken', s, True)} "
+        f"of {words['outputs']}, the first word broken in {pair('opens_broken', s, True)}."
+        for s in splits
+    ]
+    display(Markdown("SFT's first samples:\n\n" + "\n".join(lines)))
+elif data.world_or_none(cfg) is not None:
+    print(
+        "This run's sft_eval stage finished before the breakdown existed; run this "
+        "chapter with force=True to compute it."
+    )
+
+# %% [markdown]
 # ## Does the model read the post?
 #
 # The gold utility rewards facts taken from the post, so a summariser must read it. This probe

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import ROOT
-from gendiv import claims, cli, data, reward, runs
+from gendiv import claims, cli, data, outputs, reward, runs
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 NOTEBOOK_SOURCES = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
@@ -331,6 +331,13 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
     assert set(stick["scorer"]) == {"reward model", reward.LIKELIHOOD_SCORER} and "id" in rm_rows.index
     accuracy = pd.read_csv(results / "rm_accuracy.csv").set_index("split").loc[rm_rows.index]
     assert np.allclose(rm_rows["accuracy"], accuracy["accuracy"], equal_nan=True)
+    # chapter 2 breaks each model's gold utility into its terms; the references are the world's own
+    # text, so they break no word and invent no fact (a vocabulary of another world would say they do)
+    parts = pd.read_csv(run_dir / "logs" / "output_parts.csv")
+    assert len(parts) == 3 * len(data.SPLITS) * len(outputs.OUTPUT_PARTS)
+    refs = parts[parts["method"] == "reference"].set_index(["part", "split"])["mean"]
+    assert (refs["any_broken"] == 0).all() and (refs["hallucinated"] == 0).all()
+    assert "SFT's first samples" in (html / "notebooks" / "02_sft.html").read_text()
     world_page = (html / "world.html").read_text()  # the judge's weights, pasted from chapter 1
     assert "facts the post does not contain" in world_page and "0.03" in world_page
     intro = (html / "intro.html").read_text()

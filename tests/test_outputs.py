@@ -8,6 +8,7 @@ import pytest
 import torch
 from gendiv import data, lm, models, outputs, runs
 from gendiv.config import ConfigError, load_profile
+from gendiv.world import words
 
 
 def test_sample_outputs_averages_the_gold_utility_over_the_configured_samples(smoke_cfg, tmp_path):
@@ -58,3 +59,26 @@ def test_context_probe_swaps_posts_within_a_domain_and_gains_nothing_from_identi
     assert row["gain"] == pytest.approx(0.0, abs=1e-6) and row["n"] == len(same)
     assert row["nll_own"] == pytest.approx(row["nll_other"], abs=1e-6)
     assert list(row) == outputs.CONTEXT_RELIANCE_COLUMNS
+
+
+def test_output_parts_count_invented_facts_and_broken_words_per_output():
+    """Hand-worked on two posts: the reference (no invented fact, no broken word) and the same
+    reference with its first word broken and an invented sentence added. A bug that read the
+    parts off the wrong post, counted broken words in the vocabulary, or averaged over parts
+    rather than outputs changes these numbers."""
+    world = data.make_world(load_profile("smoke"))
+    rng = random.Random(3)
+    records = [data._record(world.make_example(rng, "cooking", "forum", f"u{i}", "test")) for i in range(2)]
+    good = records[0]["reference"]
+    ex1 = data.example_from(records[1])
+    bad = "Zqxv " + records[1]["reference"] + " " + world.hallucinated_sentence(ex1, random.Random(0))
+    assert world.foreign_words("Zqxv my landlord") == ["zqxv"] and world.foreign_words(good) == []
+    rows = {r["part"]: r for r in outputs.output_parts(world, "m", "id", records, [good, bad], seed=0)}
+    assert set(rows) == set(outputs.OUTPUT_PARTS) and all(r["n"] == 2 for r in rows.values())
+    assert rows["opens_broken"]["mean"] == 0.5 and rows["any_broken"]["mean"] == 0.5
+    assert rows["hallucinated"]["mean"] == 0.5   # one invented fact, on the second output only
+    covered = [world.utility(good, data.example_from(records[0])).coverage, world.utility(bad, ex1).coverage]
+    assert rows["coverage"]["mean"] == pytest.approx(np.mean(covered))
+    assert rows["n_words"]["mean"] == pytest.approx((len(words(good)) + len(words(bad))) / 2)
+    with pytest.raises(ValueError, match="1 outputs"):
+        outputs.output_parts(world, "m", "id", records, [good], seed=0)

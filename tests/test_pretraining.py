@@ -176,3 +176,21 @@ def test_a_changed_recipe_is_named_with_the_fix():
     plain = load_profile("tiny", **{"data.pretrain_instruction_share": 0.0})  # no help threads
     with pytest.raises(ConfigError, match=r"data.pretrain_instruction_share: profile 0, shipped 0.1\. Remake"):
         pretraining.check_shipped(plain, pretraining.shipped_dir("tiny"))
+
+
+def test_cased_openers_become_single_tokens_and_join_the_recipe_only_when_set():
+    """A summary that opens with a capitalised noun ("Contractor grew ...") should not have to
+    spell it from rare pieces: with ``pretrain.cased_openers`` the tokenizer holds each such word
+    whole. Off (every shipped recipe so far), the recipe and its hash are as before."""
+    openers = pretraining.cased_openers()
+    assert "Contractor" in openers and openers == sorted(set(openers)) and all(w[0].isupper() for w in openers)
+    docs = ["the contractor grew black mould and the landlord never came"] * 50
+    plain = models.train_tokenizer(docs, vocab_size=300)
+    cased = models.train_tokenizer(docs, vocab_size=300, whole_words=["Contractor", "Landlord"])
+    assert len(plain.tokenize(" Contractor")) > 1
+    assert cased.tokenize(" Contractor") == ["ĠContractor"] and cased.tokenize(" Landlord") == ["ĠLandlord"]
+    off, on = load_profile("tiny"), load_profile("tiny", **{"pretrain.cased_openers": True})
+    assert "cased_openers" not in pretraining.recipe(off)["pretrain"]
+    assert pretraining.recipe(on)["pretrain"]["cased_openers"] is True
+    with pytest.raises(ConfigError, match=r"pretrain.cased_openers: profile True, shipped 0"):
+        pretraining.check_shipped(on, pretraining.shipped_dir("tiny"))

@@ -165,6 +165,12 @@ class PretrainConfig:
     """Every so many steps, save the state to resume an interrupted pre-training from."""
     heldout_documents: int = 300
     """Unseen documents on which the base stage measures the base model's perplexity in the run."""
+    cased_openers: bool = False
+    """Give the tokenizer, as one token each, the capitalised first word of every entity phrase of
+    the world (how a summary sentence opens: "Contractor grew black mould."); byte-level BPE
+    otherwise splits them into rare pieces ("C", "ont", "ractor") that share nothing with the
+    lowercase word the post spells (gendiv.pretraining.cased_openers). Raise model.vocab_size by
+    their number to keep the other merges."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,12 +56,21 @@ def use_bf16(device: torch.device) -> bool:
 
 
 # ------------------------------------------------------------------ tokenizers
-def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path | None = None):
+WHOLE_WORD_COUNT = 30_000
+"""How often :func:`train_tokenizer` shows the trainer each of its ``whole_words``: enough that
+byte-level BPE merges each into one token (3,000 was not) on a corpus of 150,000 documents."""
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path | None = None,
+                    whole_words: Sequence[str] = ()):
     """A byte-level BPE tokenizer trained on ``texts`` (HF ``tokenizers``), wrapped as a
     PreTrainedTokenizerFast with distinct BOS, EOS and PAD tokens (a distinct PAD matters: the
-    reward model finds the last real token by it)."""
+    reward model finds the last real token by it). Each of ``whole_words`` is shown to the trainer
+    :data:`WHOLE_WORD_COUNT` times after a space, so that it becomes one token (with its
+    leading space) as long as ``vocab_size`` leaves room for it."""
+    extra = [" ".join([w] * 50) for w in whole_words for _ in range(WHOLE_WORD_COUNT // 50)]
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2,
+    bpe.train_from_iterator(list(texts) + extra, vocab_size=vocab_size, min_frequency=2,
                             special_tokens=list(SPECIAL_TOKENS.values()), show_progress=False)
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, **SPECIAL_TOKENS)
     tok.padding_side = "left"  # generation pads on the left; trainers set their own side

@@ -14,6 +14,7 @@ from gendiv import data, runs, stats
 from gendiv.config import Config
 from gendiv.lm import completion_nll, sample_policy
 from gendiv.models import load_causal_lm, load_tokenizer, pick_device
+from gendiv.world import words
 
 GOLD_UTILITY_COLUMNS = ["method", "split", "mean_utility", "ci_low", "ci_high", "n"]
 
@@ -65,6 +66,45 @@ def expected_utilities(rows: list[dict]) -> list[float]:
 
 def gold_utility_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=GOLD_UTILITY_COLUMNS)
+
+
+# ------------------------------------------------------------------ where the gold utility comes from
+OUTPUT_PARTS = {"coverage": "salient facts stated (coverage)",
+                "hallucinated": "invented facts (not in the input)",
+                "n_words": "words",
+                "opens_broken": "opens with a broken word (share)",
+                "any_broken": "has a broken word (share)"}
+"""What :func:`output_parts` measures per output (column: how the book names it). A broken word is
+one the world's language never uses (:meth:`gendiv.world.Judged.foreign_words`): a word a model
+garbled across sub-word pieces."""
+OUTPUT_PARTS_COLUMNS = ["method", "split", "part", "mean", "ci_low", "ci_high", "n"]
+
+
+def output_parts(world, method: str, split: str, records: list[dict], texts: list[str], seed: int) -> list[dict]:
+    """Where one model's gold utility on a split comes from: the mean of each of
+    :data:`OUTPUT_PARTS` over its outputs (one per record, for the record's post), with a
+    bootstrap interval over inputs; rows of ``OUTPUT_PARTS_COLUMNS``. Coverage, invented facts and
+    length are the utility's own terms; the broken-word shares say how often a model fails to
+    spell what it copies."""
+    if len(records) != len(texts):
+        raise ValueError(f"{len(records)} records but {len(texts)} outputs for {method} on {split}; "
+                         "pass one output per record.")
+    per_part: dict[str, list[float]] = {part: [] for part in OUTPUT_PARTS}
+    for record, text in zip(records, texts):
+        u = world.utility(text, data.example_from(record))
+        foreign = set(world.foreign_words(text))
+        first = words(text)[:1]
+        per_part["coverage"].append(float(u.coverage))
+        per_part["hallucinated"].append(float(u.hallucinated))
+        per_part["n_words"].append(float(u.n_words))
+        per_part["opens_broken"].append(float(bool(first) and first[0] in foreign))
+        per_part["any_broken"].append(float(bool(foreign)))
+    rows = []
+    for part, values in per_part.items():
+        mean, lo, hi = stats.bootstrap_ci(values, seed=seed)
+        rows.append({"method": method, "split": split, "part": part, "mean": mean, "ci_low": lo, "ci_high": hi,
+                     "n": len(values)})
+    return rows
 
 
 # ------------------------------------------------------------------ does the model read the post?

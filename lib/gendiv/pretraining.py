@@ -53,6 +53,8 @@ CORPUS_KEYS = ("n_pretrain_docs", "pretrain_summary_share", "pretrain_comment_sh
 OPTIONAL_CORPUS_KEYS = ("pretrain_instruction_share",)
 """Corpus settings that joined the recipe later: in it only when not 0, so that a base made before
 they existed (their value then was 0) still matches its profile."""
+OPTIONAL_PRETRAIN_KEYS = ("cased_openers",)
+"""pretrain settings that joined the recipe later: in it only when set, as OPTIONAL_CORPUS_KEYS."""
 NOT_RECIPE = ("probe_every", "probe_inputs", "checkpoint_every", "heldout_documents", "eval_every")
 """pretrain keys that do not change the weights (what is logged, saved or measured)."""
 
@@ -89,11 +91,21 @@ def recipe(cfg: Config) -> dict:
     corpus_keys = CORPUS_KEYS + tuple(k for k in OPTIONAL_CORPUS_KEYS if getattr(cfg.data, k))
     out = {"model": {k: getattr(cfg.model, k) for k in ARCHITECTURE_KEYS},
            "data": {k: getattr(cfg.data, k) for k in corpus_keys},
-           "pretrain": {k: v for k, v in asdict(cfg.pretrain).items() if k not in NOT_RECIPE},
+           "pretrain": {k: v for k, v in asdict(cfg.pretrain).items()
+                        if k not in NOT_RECIPE and (v or k not in OPTIONAL_PRETRAIN_KEYS)},
            "world": world_fingerprint()}
     if cfg.data.pretrain_instruction_share:
         out["instruction_world"] = instruction_fingerprint()
     return out
+
+
+def cased_openers() -> list[str]:
+    """The capitalised first word of every entity phrase of the summarisation world, sorted: how
+    a summary sentence opens when it drops the article ("Contractor grew black mould."), for
+    ``pretrain.cased_openers``."""
+    lex = World().lex
+    return sorted({p.split()[0][:1].upper() + p.split()[0][1:] for phrases in lex.entity_phrases.values()
+                   for p in phrases if p.split()})
 
 
 def recipe_hash(cfg: Config) -> str:
@@ -255,7 +267,7 @@ def pretrain_base(cfg: Config, out_dir: Path, probe_every: int | None = None) ->
     start = time.perf_counter()
     torch.manual_seed(p.seed)
     docs = corpus(cfg)
-    tok = train_tokenizer(docs, m.vocab_size)
+    tok = train_tokenizer(docs, m.vocab_size, whole_words=cased_openers() if p.cased_openers else ())
     model = tiny_llama(tok, m.hidden_size, m.n_layers, m.n_heads, m.intermediate_size, m.max_length)
     model.to(pick_device(m.device))
     rows = pack(tok, docs, p.seq_len)

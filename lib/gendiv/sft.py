@@ -105,8 +105,9 @@ def evaluate_sft(cfg: Config, force: bool = False) -> dict[str, Path]:
     """Stage ``sft_eval`` (notebook 02): samples from the base and the SFT model on the first
     ``sampling.n_eval_inputs`` test inputs of every split, with gold utilities (world only) averaged
     over ``sampling.utility_samples`` samples per input (the first sample is the one chapter 6
-    judges); ``results/gold_utility.csv`` holds the means with bootstrap intervals over inputs, and
-    ``logs/context_reliance.csv`` how much each model reads the post
+    judges); ``results/gold_utility.csv`` holds the means with bootstrap intervals over inputs,
+    ``logs/output_parts.csv`` where they come from (world only: :func:`gendiv.outputs.output_parts`,
+    on the first sample) and ``logs/context_reliance.csv`` how much each model reads the post
     (:func:`gendiv.outputs.context_reliance`)."""
     def body(root: Path) -> dict[str, Path]:
         world = data.world_or_none(cfg)
@@ -118,9 +119,17 @@ def evaluate_sft(cfg: Config, force: bool = False) -> dict[str, Path]:
             paths.update(p)
             rows += r
         if world is not None:
+            parts = []
             for split, records in tests.items():
                 rows.append(outputs.utility_row("reference", split, outputs.gold_utilities(
                     world, records, [r["reference"] for r in records]), cfg.seed))
+                for method, _ in policies:
+                    texts = [r["output"] for r in runs.read_jsonl(paths[f"{method}_{split}"])]
+                    parts += outputs.output_parts(world, method, split, records, texts, cfg.seed)
+                parts += outputs.output_parts(world, "reference", split, records,
+                                              [r["reference"] for r in records], cfg.seed)
+            paths["output_parts"] = runs.write_csv(root / "logs" / "output_parts.csv", pd.DataFrame(
+                parts, columns=outputs.OUTPUT_PARTS_COLUMNS))
         reliance, device = [], pick_device(cfg.model.device)
         for method, path in policies:
             model, tok = load_causal_lm(path, device), load_tokenizer(path)

@@ -362,6 +362,13 @@ class Judged:
         """The noisy simulated labeller: 1 if it prefers A, else 0 (a human-like noisy label)."""
         return int(rng.random() < self.preference_probability(a, b, ex))
 
+    def foreign_words(self, text: str) -> list[str]:
+        """The words of ``text`` that the world's language never uses (its vocabulary: the
+        ``_bigrams`` sample's): in a policy's output, mostly words broken across sub-word pieces
+        ("Smsts", "Recreased")."""
+        vocab = self._bigrams[1]
+        return [w for w in words(text) if w not in vocab]
+
 
 def truncated(text: str) -> str:
     """The first third of a text's words (a corrupted reference)."""
