@@ -170,7 +170,8 @@ class PretrainConfig:
     the world (how a summary sentence opens: "Contractor grew black mould."); byte-level BPE
     otherwise splits them into rare pieces ("C", "ont", "ractor") that share nothing with the
     lowercase word the post spells (gendiv.pretraining.cased_openers). Raise model.vocab_size by
-    their number to keep the other merges."""
+    their number to keep the other merges. Off in every profile: a probe made SFT better in
+    distribution and far worse on the far shift (the book's deviations page)."""
 
 
 @dataclass(frozen=True)
