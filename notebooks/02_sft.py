@@ -321,7 +321,7 @@ if "output_parts" in eval_paths:
 
     def pair(part, s, pct=False):
         b, f = by[("base", s, part)], by[("sft", s, part)]
-        return f"{f:.0%} (base {b:.0%})" if pct else f"{f:.2f} (base {b:.2f})"
+        return f"{f:.1%} (base {b:.1%})" if pct else f"{f:.2f} (base {b:.2f})"
 
     lines = [
         f"- {plots.SPLIT_LABELS[s]}: coverage {pair('coverage', s)}, facts not in the "
