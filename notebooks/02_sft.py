@@ -324,10 +324,11 @@ if "output_parts" in eval_paths:
         return f"{f:.1%} (base {b:.1%})" if pct else f"{f:.2f} (base {b:.2f})"
 
     lines = [
-        f"- {plots.SPLIT_LABELS[s]}: coverage {pair('coverage', s)}, facts not in the "
-        f"{words['input']} {pair('hallucinated', s)} per {words['output']}, "
-        f"{pair('n_words', s)} words; a broken word in {pair('any_broken', s, True)} "
-        f"of {words['outputs']}, the first word broken in {pair('opens_broken', s, True)}."
+        f"- {plots.SPLIT_LABELS[s]}: coverage {pair('coverage', s)}, facts not "
+        f"in the {words['input']} {pair('hallucinated', s)} per {words['output']}, "
+        f"{pair('n_words', s)} words; a broken word in "
+        f"{pair('any_broken', s, True)} of {words['outputs']}, the first word "
+        f"broken in {pair('opens_broken', s, True)}."
         for s in splits
     ]
     display(Markdown("SFT's first samples:\n\n" + "\n".join(lines)))
