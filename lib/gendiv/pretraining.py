@@ -39,7 +39,7 @@ from transformers import get_cosine_schedule_with_warmup
 from gendiv import data, runs
 from gendiv.config import Config, ConfigError
 from gendiv.instruct import InstructionWorld
-from gendiv.world import World
+from gendiv.world import World, lexicon
 from gendiv.models import (SCRATCH, load_causal_lm, load_tokenizer, pick_device, resolve_base,
                            save_pretrained_atomic, tiny_llama, train_tokenizer)
 from gendiv.lm import generate
@@ -103,8 +103,7 @@ def cased_openers() -> list[str]:
     """The capitalised first word of every entity phrase of the summarisation world, sorted: how
     a summary sentence opens when it drops the article ("Contractor grew black mould."), for
     ``pretrain.cased_openers``."""
-    lex = World().lex
-    return sorted({p.split()[0][:1].upper() + p.split()[0][1:] for phrases in lex.entity_phrases.values()
+    return sorted({p.split()[0][:1].upper() + p.split()[0][1:] for phrases in lexicon().entity_phrases.values()
                    for p in phrases if p.split()})
 
 
