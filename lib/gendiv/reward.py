@@ -6,6 +6,12 @@ the last token, trained for one epoch (lr 1e-5) with the Bradley-Terry loss
 and standard deviation of its outputs on about 500 held-out items, and PPO, Best-of-N and the
 proxy scores all use the normalised RM.
 
+``reward.body`` chooses what the RM starts from: the SFT model (the paper's form; TRL's
+RewardTrainer) or a pretrained sentence encoder read as a cross-encoder of (prompt, response)
+(:func:`train_cross_encoder_rm`; ``tiny``: the tiny SFT model cannot serve as a competent RM, see
+the book's deviations page). Either way the loss, the normalisation and every use of the scores
+are the same.
+
 Comparisons in the miniature world are gathered as the real pipeline gathers them: two SFT samples
 per ID prompt (one at T=1, one at a lower temperature, for varied pairs), labelled by the world's
 noisy simulated labeller. For the paper's data they are the hub's human comparisons.
@@ -27,8 +33,9 @@ from transformers.utils import logging as transformers_logging
 from gendiv import artifacts, data, runs, stages, stats
 from gendiv.config import Config
 from gendiv.lm import completion_nll, left_truncate, sample_policy, tokenizer_sides
-from gendiv.models import (RewardModel, add_lora, freeze_bottom, load_causal_lm, load_tokenizer, normalisation,
-                           pick_device, save_pretrained_atomic, use_bf16)
+from gendiv.models import (CrossEncoderRewardModel, RewardModel, add_lora, freeze_bottom, load_causal_lm,
+                           load_cross_encoder, load_tokenizer, normalisation, pick_device, save_pretrained_atomic,
+                           use_bf16)
 
 RM_ACCURACY_COLUMNS = ["split", "accuracy", "ci_low", "ci_high", "n"]
 
@@ -80,6 +87,73 @@ def train_reward_model(sft_path: Path, comparisons: list[dict], out_dir: Path, *
         trained = trained.merge_and_unload()
     save_pretrained_atomic(trained, tok, out_dir)
     return log
+
+
+def train_cross_encoder_rm(encoder: str, comparisons: list[dict], out_dir: Path, *, epochs: float, lr: float,
+                           batch_size: int, max_length: int, seed: int, warmup_share: float = 0.1,
+                           device: torch.device | None = None) -> pd.DataFrame:
+    """Train an RM on a sentence encoder read as a cross-encoder (:class:`CrossEncoderRewardModel`,
+    ``reward.body``) on (prompt, chosen, rejected) with the paper's Bradley-Terry loss
+    -log sigmoid(r(x, y_chosen) - r(x, y_rejected)); AdamW, the learning rate warmed up linearly
+    over ``warmup_share`` of the steps and decayed linearly to zero; save it to ``out_dir``;
+    return the log (step, epoch, loss, accuracy on the batch, learning rate). ``batch_size``
+    pairs a step, this process's share under a launcher (``accelerate``: gradients are averaged
+    over processes; each takes its own slice of one shared order of pairs)."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    if not comparisons:
+        raise ValueError("No comparisons to train the RM on.")
+    device = device or pick_device()
+    torch.manual_seed(seed)
+    model, tok = load_cross_encoder(encoder, device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
+    acc = Accelerator(cpu=device.type == "cpu")
+    model, optimizer = acc.prepare(model, optimizer)
+    world, rank = acc.num_processes, acc.process_index
+    step_pairs = batch_size * world
+    per_epoch = -(-len(comparisons) // step_pairs)
+    total = max(1, int(round(per_epoch * epochs)))
+    warmup = int(warmup_share * total)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda k: min(1.0, (k + 1) / warmup if warmup else 1.0) * max(0.0, 1.0 - k / total))
+    rm = CrossEncoderRewardModel(acc.unwrap_model(model), tok, max_length=max_length)
+    rm.model = model  # the prepared (wrapped) model: its forward syncs gradients across processes
+    rng, order, log = random.Random(seed), [], []
+    model.train()
+    for step in tqdm(range(total), desc="reward model", disable=not acc.is_main_process):
+        if len(order) < step_pairs:
+            fresh = list(range(len(comparisons)))
+            rng.shuffle(fresh)
+            order += fresh
+        batch = [comparisons[i] for i in order[:step_pairs][rank::world]]
+        order = order[step_pairs:]
+        prompts = [c["prompt"] for c in batch]
+        scores = rm.logits(prompts + prompts, [c["chosen"] for c in batch] + [c["rejected"] for c in batch])
+        margin = scores[:len(batch)] - scores[len(batch):]
+        loss = -torch.nn.functional.logsigmoid(margin).mean()
+        optimizer.zero_grad()
+        acc.backward(loss)
+        optimizer.step()
+        schedule.step()
+        log.append({"step": step + 1, "epoch": (step + 1) / per_epoch, "loss": float(loss.detach()),
+                    "accuracy": float((margin > 0).float().mean()), "learning_rate": schedule.get_last_lr()[0]})
+    model.eval()
+    save_pretrained_atomic(acc.unwrap_model(model), tok, out_dir)
+    return pd.DataFrame(log)
+
+
+def describe_body(cfg: Config) -> str:
+    """One sentence for chapter 3: what this run's RM starts from and how it is trained."""
+    r = cfg.reward
+    schedule = f"{r.epochs:g} epochs at learning rate {r.lr:g}, {r.batch_size} pairs a step"
+    if r.body == SFT_BODY:
+        return ("This run's RM starts from the SFT model, as the paper's: a scalar head read at the last "
+                f"token, trained with TRL's `RewardTrainer` ({schedule}, linear decay).")
+    return (f"This run's RM is not the paper's: it starts from the pretrained sentence encoder `{r.body}`, "
+            "read as a cross-encoder of the prompt and the response with a new scalar head on its first "
+            "token and its embeddings frozen, trained with the paper's Bradley-Terry loss by gendiv's own "
+            f"loop ({schedule}, linear warm-up over {r.warmup_share:.0%} of the steps, then linear decay). "
+            "The deviations page says why.")
 
 
 def _judged(pairs: list[dict]) -> list[dict]:
@@ -203,6 +277,8 @@ OOD_PAIRS_SEED_OFFSET = 7
 RM_ACCURACY_BY_KIND_COLUMNS = ["split", "kind", "accuracy", "ci_low", "ci_high", "n"]
 RM_YARDSTICK_COLUMNS = ["split", "scorer", "accuracy", "ci_low", "ci_high", "n", "rm_minus", "rm_minus_low",
                         "rm_minus_high"]
+SFT_BODY = "sft"
+"""``reward.body`` of the paper's RM: the SFT model with a scalar head (else a sentence encoder)."""
 LIKELIHOOD_SCORER = "SFT likelihood (no comparisons)"
 """The yardstick's name in ``logs/rm_yardstick.csv`` (:func:`likelihood_accuracy`)."""
 
@@ -321,12 +397,17 @@ def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
         heldout = runs.read_jsonl(runs.artifact(cfg, "comparisons", "comparisons_heldout"))
         out = root / "models" / "rm"
         device = pick_device(cfg.model.device)
-        log = train_reward_model(artifacts.sft_path(cfg), train, out, epochs=cfg.reward.epochs, lr=cfg.reward.lr,
-                                 batch_size=runs.per_process(cfg.reward.batch_size, "reward.batch_size"),
-                                 max_length=cfg.model.max_length,
-                                 seed=cfg.seed, freeze_fraction=cfg.model.freeze_fraction,
-                                 adapter=cfg.model.adapter, lora_r=cfg.model.lora_r,
-                                 lora_alpha=cfg.model.lora_alpha, device=device)
+        batch_size = runs.per_process(cfg.reward.batch_size, "reward.batch_size")
+        if cfg.reward.body == SFT_BODY:
+            log = train_reward_model(artifacts.sft_path(cfg), train, out, epochs=cfg.reward.epochs, lr=cfg.reward.lr,
+                                     batch_size=batch_size, max_length=cfg.model.max_length,
+                                     seed=cfg.seed, freeze_fraction=cfg.model.freeze_fraction,
+                                     adapter=cfg.model.adapter, lora_r=cfg.model.lora_r,
+                                     lora_alpha=cfg.model.lora_alpha, device=device)
+        else:
+            log = train_cross_encoder_rm(cfg.reward.body, train, out, epochs=cfg.reward.epochs, lr=cfg.reward.lr,
+                                         batch_size=batch_size, max_length=cfg.model.max_length, seed=cfg.seed,
+                                         warmup_share=cfg.reward.warmup_share, device=device)
         rm = RewardModel.load(out, device, cfg.model.max_length)
         norm_prompts = [r["prompt"] for r in heldout for _ in (0, 1)][: cfg.reward.n_normalisation]
         norm_texts = [t for r in heldout for t in (r["a"], r["b"])][: cfg.reward.n_normalisation]
@@ -354,8 +435,9 @@ def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
             if world is not None:
                 by_part += agreement_by_part(world, rm, pairs, _examples(cfg, split, "test"), split, cfg.seed)
         sft_lm = load_causal_lm(artifacts.sft_path(cfg), device).eval()
+        sft_tok = load_tokenizer(artifacts.sft_path(cfg))  # the RM's own may be a sentence encoder's
         yardstick = [row for split, pairs in measured.items() for row in yardstick_rows(
-            split, right[split], likelihood_correct(sft_lm, rm.tokenizer, pairs, cfg.max_prompt_tokens), cfg.seed)]
+            split, right[split], likelihood_correct(sft_lm, sft_tok, pairs, cfg.max_prompt_tokens), cfg.seed)]
         del sft_lm
         scatter = [("id", p) for p in heldout] + scatter
         if all("utility_a" in p for _, p in scatter):  # each pair's SFT sample (T = 1)

@@ -24,6 +24,8 @@ DPO_KEYS = tuple(f"align.{k}" for k in AlignConfig.__dataclass_fields__ if not k
 ONLINE_KEYS = (tuple(f"align.{k}" for k in AlignConfig.__dataclass_fields__ if k.startswith("dpo_") or k == "methods")
                + tuple(f"ppo.{k}" for k in PPOConfig.__dataclass_fields__ if k != "kl_coef"))
 """Keys RLOO and GRPO ignore: DPO's, which methods run, and PPO's but its kl_coef (theirs by default)."""
+RM_TRAINING_ONLY = ("reward.body", "reward.lr", "reward.epochs", "reward.batch_size", "reward.warmup_share")
+"""Reward keys only the RM's training reads: the comparisons it trains on ignore them."""
 NOT_THE_BASE = ("model.adapter", "model.freeze_fraction", "model.lora_r", "model.lora_alpha", "model.device")
 """Model keys that change how the base is fine-tuned, not the base model itself."""
 
@@ -47,7 +49,7 @@ STAGES = (
     Stage("sft_eval", "02_sft", UPSTREAM + ("sft", "sampling"), "gendiv.sft:evaluate_sft"),
     # Comparison pairs on OOD prompts draw from the run's seed + 7 (ID prompts: + 0).
     Stage("comparisons", "03_reward_model", UPSTREAM + ("sft", "reward", "sampling"),
-          "gendiv.reward:build_comparisons"),
+          "gendiv.reward:build_comparisons", ignore=RM_TRAINING_ONLY),
     Stage("reward", "03_reward_model", UPSTREAM + ("sft", "reward", "sampling"), "gendiv.reward:build_reward"),
     # A PPO run does not depend on the sweep's grid or on how many test inputs are evaluated.
     Stage("ppo", "04_ppo", UPSTREAM + ("sft", "reward", "sampling", "ppo"), "gendiv.ppo:build_ppo",

