@@ -181,8 +181,10 @@ print(
 #
 # Beside the RM stands a yardstick that learns nothing from the comparisons: the SFT model (which
 # the paper's RM starts from) preferring the summary it finds more likely given the post (a higher
-# mean log-likelihood per token). An RM that falls below it has learnt from its comparisons something
-# other than what its starting point already knew (this is not in the paper).
+# mean log-likelihood per token; this is not in the paper). An RM started from the SFT model that
+# falls below it has learnt from its comparisons something other than what its starting point
+# already knew; an RM on another body is measured against it as against any scorer that needs no
+# comparisons.
 
 # %%
 accuracy = pd.read_csv(reward_paths["rm_accuracy"])

@@ -47,6 +47,9 @@ def test_training_stages_run_data_parallel_and_the_notebooks_find_them(tmp_path,
     steps = pd.read_csv(run / "logs" / "sft.csv")["step"].max()
     assert steps == math.ceil(rows / cfg.sft.batch_size) * cfg.sft.epochs
     pairs = len(runs.read_jsonl(run / "data" / "comparisons_train.jsonl"))  # align.dpo_batch_size is global too
+    # smoke's RM is the cross-encoder (reward.body), trained by gendiv's own loop: reward.batch_size global too
+    assert pd.read_csv(run / "logs" / "reward.csv")["step"].max() == \
+        math.ceil(pairs / cfg.reward.batch_size) * cfg.reward.epochs
     assert pd.read_csv(run / "logs" / "dpo.csv")["step"].max() == math.ceil(pairs / cfg.align.dpo_batch_size)
     assert pd.read_csv(run / "logs" / "grpo.csv")["step"].max() == cfg.align.rl_steps
     # one writer: every artifact complete, nothing half-written left behind

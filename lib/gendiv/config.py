@@ -196,7 +196,8 @@ class SFTConfig:
 
 @dataclass(frozen=True)
 class RewardConfig:
-    """Reward model (TRL RewardTrainer), initialised from SFT. Paper: 1 epoch, lr 1e-5."""
+    """Reward model: from the SFT model with TRL's RewardTrainer (the paper: 1 epoch, lr 1e-5),
+    or from a sentence encoder (``body``)."""
 
     epochs: float = 1.0
     lr: float = 1e-5

@@ -25,6 +25,7 @@ import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig,
                           LlamaForCausalLM, PreTrainedTokenizerFast)
+from transformers.utils import logging as transformers_logging
 
 from gendiv import data, runs
 from gendiv.embeddings import resolve_embedding_model
@@ -362,7 +363,6 @@ def load_cross_encoder(name: str, device: torch.device | None = None):
     tokenizer; its embeddings frozen. For :class:`CrossEncoderRewardModel`. (Its bottom blocks
     alone do not do: cut to three or one of its six, MiniLM's head gave one score to every input
     and never learnt, in probes and in a test on a toy task.)"""
-    from transformers.utils import logging as transformers_logging
     path = resolve_embedding_model(name)
     if not os.path.exists(path) and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ModelUnavailableError(f"reward.body {name!r} is not a local folder and the hub is offline "
