@@ -92,3 +92,24 @@ def test_agreement_by_part_sets_the_rm_beside_the_judge_part_by_part():
                    ("n_words", "judge"): (1.0, 3), ("n_words", "reward model"): (0.5, 3)}
     # fluency never differs: no rows for it
     assert all(r["split"] == "id" for r in rows)
+
+
+def test_scored_once_scores_each_pair_once_and_normalises_with_the_current_stats():
+    class Counting:
+        mean, std, seen = 0.0, 1.0, []
+
+        def raw_scores(self, prompts, completions, batch_size=32):
+            self.seen += list(zip(prompts, completions))
+            return np.array([len(p) + 10 * len(c) for p, c in zip(prompts, completions)], dtype=float)
+
+    inner = Counting()
+    rm = reward.ScoredOnce(inner)
+    first = rm.raw_scores(["p", "pp", "p"], ["a", "bb", "a"])
+    np.testing.assert_allclose(first, [11, 22, 11])
+    assert inner.seen == [("p", "a"), ("pp", "bb")]  # the repeated pair scored once
+    np.testing.assert_allclose(rm.raw_scores(["pp", "q"], ["bb", "c"]), [22, 11])
+    assert inner.seen[2:] == [("q", "c")]
+    rm.mean, rm.std = 11.0, 2.0  # the stage sets the normalisation after the first scores
+    assert (inner.mean, inner.std) == (11.0, 2.0)
+    np.testing.assert_allclose(rm.score(["p", "pp"], ["a", "bb"]), [0.0, 5.5])
+    assert len(inner.seen) == 3
