@@ -188,14 +188,20 @@ if "pretrain_log" in base_paths:
 # The base model was pre-trained with the same next-token loss on every token of its documents,
 # and its perplexity above is $\exp$ of that loss's mean over held-out tokens. With `model.freeze_fraction` the
 # bottom blocks, the embeddings and the LM head are frozen (the paper freezes 80%); with
-# `model.adapter: lora`, peft adapters are trained and merged afterwards.
+# `model.adapter: lora` (or `sft.adapter: lora`, for SFT alone), peft adapters on every block are
+# trained and merged afterwards.
 
 # %%
 sft_paths = sft.build_sft(cfg, force=force)
 counts = json.loads(sft_paths["trainable"].read_text())
+how = (
+    f"LoRA adapters of rank {cfg.model.lora_r}, merged afterwards"
+    if sft.sft_adapter(cfg) == "lora"
+    else f"the blocks above the bottom {cfg.model.freeze_fraction:.0%}"
+)
 print(
     f"SFT trained {counts['trainable']:,} of {counts['total']:,} parameters "
-    f"({counts['trainable'] / counts['total']:.1%})."
+    f"({counts['trainable'] / counts['total']:.1%}): {how}."
 )
 
 # %%

@@ -186,6 +186,12 @@ class SFTConfig:
     group_by_length: bool = True
     """Batches of examples of similar length (less padding: about 10% faster on a CPU, same data
     and epochs); the paper does not say. False: plain random batches."""
+    adapter: str | None = None
+    """How SFT trains the base: None follows ``model.adapter``; 'lora' (LoRA adapters on every
+    block, rank ``model.lora_r``, merged after training, so later stages load a plain checkpoint)
+    or 'none' (the blocks above ``model.freeze_fraction``, as the paper). Not the paper's: its SFT
+    fine-tunes the top 20% of LLaMA's blocks; on ``tiny`` LoRA keeps what the base knows about the
+    held-out domains (deviations page)."""
     pretrain_mix: float = 0.0
     """Share of the SFT training rows that are pre-training documents (world only): documents of
     every domain and genre, drawn from the pre-training distribution with a stream of their own,
@@ -548,6 +554,9 @@ def _validate(cfg: Config) -> None:
     m = cfg.model
     if m.adapter not in ("none", "lora"):
         raise ConfigError(f"model.adapter must be 'none' or 'lora', got {m.adapter!r}.")
+    if cfg.sft.adapter not in (None, "none", "lora"):
+        raise ConfigError(f"sft.adapter must be 'none', 'lora' or left out (model.adapter's), "
+                          f"got {cfg.sft.adapter!r}.")
     if not 0.0 <= m.freeze_fraction <= 1.0:
         raise ConfigError(f"model.freeze_fraction must lie in [0, 1], got {m.freeze_fraction}.")
     if m.hidden_size % m.n_heads:

@@ -413,12 +413,13 @@ def fold_normalisation(model, mean: float, std: float):
     return model
 
 
-def load_policy(cfg, path: Path | str) -> tuple[torch.nn.Module, object, ParameterCount]:
-    """A causal LM and tokenizer from ``path``, made trainable per the config (freezing or LoRA)."""
+def load_policy(cfg, path: Path | str, adapter: str | None = None) -> tuple[torch.nn.Module, object, ParameterCount]:
+    """A causal LM and tokenizer from ``path``, made trainable per the config (freezing or LoRA);
+    ``adapter`` ('none' or 'lora') overrides ``model.adapter`` (SFT's own, ``sft.adapter``)."""
     model = load_causal_lm(path, pick_device(cfg.model.device))
     tok = load_tokenizer(path)
     model.config.pad_token_id = tok.pad_token_id
-    if cfg.model.adapter == "lora":
+    if (adapter or cfg.model.adapter) == "lora":
         model = add_lora(model, cfg.model.lora_r, cfg.model.lora_alpha)
         counts = count_parameters(model)
     else:

@@ -74,12 +74,20 @@ def train_sft(model, tokenizer, train_records: list[dict], val_records: list[dic
 
 
 # ------------------------------------------------------------------ stages
+def sft_adapter(cfg: Config) -> str:
+    """How SFT trains the base: ``sft.adapter`` when set, else ``model.adapter`` ('none': the
+    unfrozen blocks, ``model.freeze_fraction``; 'lora': LoRA adapters on every block, merged)."""
+    return cfg.sft.adapter or cfg.model.adapter
+
+
 def build_sft(cfg: Config, force: bool = False) -> dict[str, Path]:
     """Stage ``sft`` (notebook 02): fine-tune the base model on the ID demonstrations; LoRA
     adapters are merged so every later stage loads an ordinary transformers checkpoint."""
     def body(root: Path) -> dict[str, Path]:
-        model, tok, counts = load_policy(cfg, artifacts.base_path(cfg))
-        print(f"SFT trains {counts}")
+        adapter = sft_adapter(cfg)
+        model, tok, counts = load_policy(cfg, artifacts.base_path(cfg), adapter)
+        print(f"SFT trains {counts}" + (f" (LoRA adapters, rank {cfg.model.lora_r}, merged after training)"
+                                         if adapter == "lora" else ""))
         train = data.load_split(cfg, "id", "sft_train")
         val = data.load_split(cfg, "id", "sft_val")
         s = cfg.sft
@@ -92,7 +100,7 @@ def build_sft(cfg: Config, force: bool = False) -> dict[str, Path]:
                         batch_size=runs.per_process(s.batch_size, "sft.batch_size"), scheduler=s.scheduler,
                         max_length=cfg.model.max_length,
                         max_prompt_tokens=cfg.max_prompt_tokens, seed=cfg.seed, group_by_length=s.group_by_length)
-        if cfg.model.adapter == "lora":  # merge the adapters: later stages load a plain checkpoint
+        if adapter == "lora":  # merge the adapters: later stages load a plain checkpoint
             save_pretrained_atomic(model.merge_and_unload(), tok, root / "models" / "sft")
         return {"sft_model": root / "models" / "sft", "sft_log": runs.write_csv(root / "logs" / "sft.csv", log),
                 "trainable": runs.write_json(root / "logs" / "sft_parameters.json",

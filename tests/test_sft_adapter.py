@@ -1,0 +1,40 @@
+"""SFT's own adapter (``sft.adapter``): LoRA for SFT alone, whatever the later stages train."""
+
+from dataclasses import replace
+
+import pytest
+from gendiv import models, sft
+from gendiv.config import ConfigError, load_profile
+
+
+def _trainable(model) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def test_sft_adapter_overrides_the_model_adapter(tmp_path, tok, tiny, smoke_cfg):
+    models.save_pretrained_atomic(tiny, tok, tmp_path / "base")
+    assert smoke_cfg.model.adapter == "none" and smoke_cfg.model.freeze_fraction == 0.5
+    lora = replace(smoke_cfg, sft=replace(smoke_cfg.sft, adapter="lora"))
+    assert sft.sft_adapter(lora) == "lora"
+    model, _, counts = models.load_policy(lora, tmp_path / "base", sft.sft_adapter(lora))
+    names = _trainable(model)
+    assert names and all("lora_" in n for n in names)  # adapters only: no block, head or embedding
+    # every block carries adapters, the bottom half too (which model.freeze_fraction keeps as is)
+    assert any(".layers.0." in n for n in names) and any(".layers.3." in n for n in names)
+    assert counts.trainable == sum(p.numel() for n, p in model.named_parameters() if n in names)
+
+    model, _, _ = models.load_policy(smoke_cfg, tmp_path / "base", sft.sft_adapter(smoke_cfg))
+    names = _trainable(model)  # left out: model.adapter's 'none', the top half of the blocks
+    assert not any("lora_" in n for n in names)
+    assert not any(".layers.0." in n or ".layers.1." in n for n in names)
+    assert any(".layers.3." in n for n in names)
+
+    both = replace(smoke_cfg, model=replace(smoke_cfg.model, adapter="lora"),
+                   sft=replace(smoke_cfg.sft, adapter="none"))
+    assert sft.sft_adapter(both) == "none"  # SFT's own choice wins over the policy stages'
+    assert sft.sft_adapter(replace(both, sft=replace(both.sft, adapter=None))) == "lora"
+
+
+def test_an_unknown_sft_adapter_is_refused():
+    with pytest.raises(ConfigError, match=r"sft.adapter must be 'none', 'lora' or left out .*'qlora'"):
+        load_profile("smoke", **{"sft.adapter": "qlora"})
