@@ -96,6 +96,23 @@ def test_bodies_the_cross_encoder_cannot_use_are_refused(tok, tmp_path):
     with pytest.raises(ValueError, match="not a BERT-family encoder"):
         models.load_cross_encoder(str(tmp_path / "llama"), device=torch.device("cpu"))
     for key, value, message in (("reward.body", " ", "reward.body must be 'sft'"),
-                                ("reward.warmup_share", 1.0, r"reward.warmup_share must lie in \[0, 1\)")):
+                                ("reward.warmup_share", 1.0, r"reward.warmup_share must lie in \[0, 1\)"),
+                                ("reward.head_lr_scale", 0.0, r"reward.head_lr_scale must be > 0 .*got 0.0")):
         with pytest.raises(ConfigError, match=message):
             load_profile("smoke", **{key: value})
+
+
+def test_the_head_trains_at_its_own_learning_rate():
+    model, _ = models.load_cross_encoder(ENCODER, device=torch.device("cpu"))
+    optimizer = reward.cross_encoder_optimizer(model, 1e-4, head_lr_scale=10)
+    body, head = optimizer.param_groups
+    assert body["lr"] == pytest.approx(1e-4) and head["lr"] == pytest.approx(1e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in head["params"]) == ["classifier.bias", "classifier.weight"]
+    assert "bert.pooler.dense.weight" in [names[id(p)] for p in body["params"]]  # pretrained: base rate
+    assert not any("embeddings" in names[id(p)] for g in (body, head) for p in g["params"])  # frozen
+    assert any(".layer.5." in names[id(p)] for p in body["params"])  # the blocks at the base rate
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for g in (body, head) for p in g["params"]} == trainable  # each once, none left out
+    same = reward.cross_encoder_optimizer(model, 1e-4)  # default: one rate for all
+    assert [g["lr"] for g in same.param_groups] == [pytest.approx(1e-4)] * 2

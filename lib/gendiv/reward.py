@@ -89,13 +89,32 @@ def train_reward_model(sft_path: Path, comparisons: list[dict], out_dir: Path, *
     return log
 
 
+CROSS_ENCODER_HEAD = ("classifier.",)
+"""Parameter names of a BERT-family sequence classifier's new scalar head (the pooler in front of
+it is the encoder's, pretrained, and trains with the blocks)."""
+
+
+def cross_encoder_optimizer(model: torch.nn.Module, lr: float, head_lr_scale: float = 1.0) -> torch.optim.AdamW:
+    """AdamW (weight decay 0.01) over the trainable parameters of a cross-encoder RM: the head
+    (:data:`CROSS_ENCODER_HEAD`) at ``lr * head_lr_scale``, the encoder's blocks at ``lr``."""
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    head = [p for n, p in trained if n.startswith(CROSS_ENCODER_HEAD)]
+    if not head:
+        raise ValueError(f"{type(model).__name__} has no trainable head ({', '.join(CROSS_ENCODER_HEAD)}); "
+                         "a cross-encoder RM is a BERT-family sequence classifier.")
+    body = [p for n, p in trained if not n.startswith(CROSS_ENCODER_HEAD)]
+    return torch.optim.AdamW([{"params": body, "lr": lr}, {"params": head, "lr": lr * head_lr_scale}],
+                             lr=lr, weight_decay=0.01)
+
+
 def train_cross_encoder_rm(encoder: str, comparisons: list[dict], out_dir: Path, *, epochs: float, lr: float,
                            batch_size: int, max_length: int, seed: int, warmup_share: float = 0.1,
-                           device: torch.device | None = None) -> pd.DataFrame:
+                           head_lr_scale: float = 1.0, device: torch.device | None = None) -> pd.DataFrame:
     """Train an RM on a sentence encoder read as a cross-encoder (:class:`CrossEncoderRewardModel`,
     ``reward.body``) on (prompt, chosen, rejected) with the paper's Bradley-Terry loss
     -log sigmoid(r(x, y_chosen) - r(x, y_rejected)); AdamW, the learning rate warmed up linearly
-    over ``warmup_share`` of the steps and decayed linearly to zero; save it to ``out_dir``;
+    over ``warmup_share`` of the steps and decayed linearly to zero, the head's at ``head_lr_scale``
+    times it (:func:`cross_encoder_optimizer`); save it to ``out_dir``;
     return the log (step, epoch, loss, accuracy on the batch, learning rate). ``batch_size``
     pairs a step, this process's share under a launcher (``accelerate``: gradients are averaged
     over processes; each takes its own slice of one shared order of pairs)."""
@@ -106,7 +125,7 @@ def train_cross_encoder_rm(encoder: str, comparisons: list[dict], out_dir: Path,
     device = device or pick_device()
     torch.manual_seed(seed)
     model, tok = load_cross_encoder(encoder, device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
+    optimizer = cross_encoder_optimizer(model, lr, head_lr_scale)
     acc = Accelerator(cpu=device.type == "cpu")
     model, optimizer = acc.prepare(model, optimizer)
     world, rank = acc.num_processes, acc.process_index
@@ -188,7 +207,9 @@ def describe_body(cfg: Config) -> str:
     return (f"This run's RM is not the paper's: it starts from the pretrained sentence encoder `{r.body}`, "
             "read as a cross-encoder of the prompt and the response with a new scalar head on its first "
             "token and its embeddings frozen, trained with the paper's Bradley-Terry loss by gendiv's own "
-            f"loop ({schedule}, linear warm-up over {r.warmup_share:.0%} of the steps, then linear decay). "
+            f"loop ({schedule}, linear warm-up over {r.warmup_share:.0%} of the steps, then linear decay"
+            + (f"; the head at {r.head_lr_scale:g} times that learning rate" if r.head_lr_scale != 1 else "")
+            + "). "
             "The deviations page says why.")
 
 
@@ -443,7 +464,8 @@ def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
         else:
             log = train_cross_encoder_rm(cfg.reward.body, train, out, epochs=cfg.reward.epochs, lr=cfg.reward.lr,
                                          batch_size=batch_size, max_length=cfg.model.max_length, seed=cfg.seed,
-                                         warmup_share=cfg.reward.warmup_share, device=device)
+                                         warmup_share=cfg.reward.warmup_share,
+                                         head_lr_scale=cfg.reward.head_lr_scale, device=device)
         rm = ScoredOnce(RewardModel.load(out, device, cfg.model.max_length))
         norm_prompts = [r["prompt"] for r in heldout for _ in (0, 1)][: cfg.reward.n_normalisation]
         norm_texts = [t for r in heldout for t in (r["a"], r["b"])][: cfg.reward.n_normalisation]
