@@ -38,3 +38,31 @@ def test_sft_adapter_overrides_the_model_adapter(tmp_path, tok, tiny, smoke_cfg)
 def test_an_unknown_sft_adapter_is_refused():
     with pytest.raises(ConfigError, match=r"sft.adapter must be 'none', 'lora' or left out .*'qlora'"):
         load_profile("smoke", **{"sft.adapter": "qlora"})
+
+
+def test_the_sft_stage_merges_its_lora_adapters_into_a_plain_checkpoint(tmp_path):
+    import json
+
+    import torch
+    import yaml
+    from gendiv import artifacts, cli, config
+
+    _, raw = config._read_profile("smoke")
+    raw = {**raw, "sft": {**raw.get("sft", {}), "adapter": "lora"}}
+    profile = tmp_path / "smoke_lora.yaml"
+    profile.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    for name in ("data", "base", "sft"):
+        cli.run_one_stage(name, str(profile), str(run))
+    cfg = load_profile(profile, run_dir=str(run))
+    folder = artifacts.sft_path(cfg)
+    assert not (folder / "adapter_config.json").exists()  # merged: later stages load it as any model
+    base = models.load_causal_lm(artifacts.base_path(cfg), torch.device("cpu")).state_dict()
+    tuned = models.load_causal_lm(folder, torch.device("cpu")).state_dict()
+    assert set(tuned) == set(base)  # no adapter weights left in the checkpoint
+    changed = {name for name in base if not torch.equal(base[name], tuned[name])}
+    # LoRA reached the bottom blocks, which model.freeze_fraction (0.5 in smoke) would have kept
+    assert any(".layers.0." in name and name.endswith("_proj.weight") for name in changed)
+    assert not any("embed_tokens" in name or "norm" in name for name in changed)  # not adapted
+    counts = json.loads((run / "logs" / "sft_parameters.json").read_text())
+    assert 0 < counts["trainable"] < counts["total"] / 2
