@@ -194,14 +194,9 @@ if "pretrain_log" in base_paths:
 # %%
 sft_paths = sft.build_sft(cfg, force=force)
 counts = json.loads(sft_paths["trainable"].read_text())
-how = (
-    f"LoRA adapters of rank {cfg.model.lora_r}, merged afterwards"
-    if sft.sft_adapter(cfg) == "lora"
-    else f"the blocks above the bottom {cfg.model.freeze_fraction:.0%}"
-)
 print(
     f"SFT trained {counts['trainable']:,} of {counts['total']:,} parameters "
-    f"({counts['trainable'] / counts['total']:.1%}): {how}."
+    f"({counts['trainable'] / counts['total']:.1%}): {sft.describe_training(cfg)}."
 )
 
 # %%

@@ -33,6 +33,9 @@ def test_sft_adapter_overrides_the_model_adapter(tmp_path, tok, tiny, smoke_cfg)
                    sft=replace(smoke_cfg.sft, adapter="none"))
     assert sft.sft_adapter(both) == "none"  # SFT's own choice wins over the policy stages'
     assert sft.sft_adapter(replace(both, sft=replace(both.sft, adapter=None))) == "lora"
+    # chapter 2 says which: the adapter SFT used, not the policy stages'
+    assert sft.describe_training(lora).startswith("LoRA adapters of rank 16")
+    assert sft.describe_training(both) == "the blocks above the bottom 50%"
 
 
 def test_an_unknown_sft_adapter_is_refused():

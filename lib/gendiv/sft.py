@@ -80,14 +80,20 @@ def sft_adapter(cfg: Config) -> str:
     return cfg.sft.adapter or cfg.model.adapter
 
 
+def describe_training(cfg: Config) -> str:
+    """What of the base SFT trains (:func:`sft_adapter`), in words: for the stage's log and chapter 2."""
+    if sft_adapter(cfg) == "lora":
+        return f"LoRA adapters of rank {cfg.model.lora_r} on every block, merged afterwards"
+    return f"the blocks above the bottom {cfg.model.freeze_fraction:.0%}"
+
+
 def build_sft(cfg: Config, force: bool = False) -> dict[str, Path]:
     """Stage ``sft`` (notebook 02): fine-tune the base model on the ID demonstrations; LoRA
     adapters are merged so every later stage loads an ordinary transformers checkpoint."""
     def body(root: Path) -> dict[str, Path]:
         adapter = sft_adapter(cfg)
         model, tok, counts = load_policy(cfg, artifacts.base_path(cfg), adapter)
-        print(f"SFT trains {counts}" + (f" (LoRA adapters, rank {cfg.model.lora_r}, merged after training)"
-                                         if adapter == "lora" else ""))
+        print(f"SFT trains {counts}: {describe_training(cfg)}")
         train = data.load_split(cfg, "id", "sft_train")
         val = data.load_split(cfg, "id", "sft_val")
         s = cfg.sft
