@@ -97,7 +97,8 @@ def test_bodies_the_cross_encoder_cannot_use_are_refused(tok, tmp_path):
         models.load_cross_encoder(str(tmp_path / "llama"), device=torch.device("cpu"))
     for key, value, message in (("reward.body", " ", "reward.body must be 'sft'"),
                                 ("reward.warmup_share", 1.0, r"reward.warmup_share must lie in \[0, 1\)"),
-                                ("reward.head_lr_scale", 0.0, r"reward.head_lr_scale must be > 0 .*got 0.0")):
+                                ("reward.head_lr_scale", 0.0, r"reward.head_lr_scale must be > 0 .*got 0.0"),
+                                ("reward.score_batch_size", 0, "reward.score_batch_size must be >= 1, got 0")):
         with pytest.raises(ConfigError, match=message):
             load_profile("smoke", **{key: value})
 
@@ -116,3 +117,37 @@ def test_the_head_trains_at_its_own_learning_rate():
     assert {id(p) for g in (body, head) for p in g["params"]} == trainable  # each once, none left out
     same = reward.cross_encoder_optimizer(model, 1e-4)  # default: one rate for all
     assert [g["lr"] for g in same.param_groups] == [pytest.approx(1e-4)] * 2
+
+
+def test_bf16_scores_follow_fp32_and_reach_the_stages(trained, tmp_path):
+    # reward.precision: bf16 autocast must change the arithmetic (else the flag was dropped on the
+    # way), keep the scores close to fp32's and their order on the held-out pairs, and come back
+    # in fp32; training under it must run its backward pass and move the weights.
+    folder, _, heldout = trained
+    fp32 = models.RewardModel.load(folder, torch.device("cpu"), max_length=64)
+    bf16 = models.RewardModel.load(folder, torch.device("cpu"), max_length=64, bf16=True)
+    assert bf16.bf16 and not fp32.bf16
+    prompts, texts = [p["prompt"] for p in heldout], [p["chosen"] for p in heldout]
+    a, b = fp32.raw_scores(prompts, texts), bf16.raw_scores(prompts, texts)
+    assert b.dtype == np.float32 and not np.allclose(a, b, atol=1e-6)
+    assert np.abs(a - b).max() < 0.1 * max(a.std(), 1e-3)
+    rej = [p["rejected"] for p in heldout]
+    same = (fp32.raw_scores(prompts, texts) > fp32.raw_scores(prompts, rej)) == \
+        (bf16.raw_scores(prompts, texts) > bf16.raw_scores(prompts, rej))
+    assert same.mean() >= 0.9
+    cpu = torch.device("cpu")
+    assert models.autocast_bf16("bf16", cpu) and not models.autocast_bf16("fp32", cpu)
+    assert models.autocast_bf16("auto", cpu) == models.native_bf16(cpu)
+    with pytest.raises(ValueError, match="precision must be 'auto', 'bf16' or 'fp32', got 'fp16'"):
+        models.autocast_bf16("fp16", cpu)
+    with pytest.raises(ConfigError, match="reward.precision must be 'auto', 'bf16' or 'fp32', got 'half'"):
+        load_profile("smoke", **{"reward.precision": "half"})
+    log = reward.train_cross_encoder_rm(ENCODER, _pairs(THINGS[:16], random.Random(1), 16), tmp_path / "b",
+                                        epochs=1, lr=1e-4, batch_size=8, max_length=64, seed=0, bf16=True,
+                                        device=cpu)
+    assert len(log) == 2 and np.isfinite(log["loss"]).all()
+    trained_b = models.RewardModel.load(tmp_path / "b", cpu, max_length=64)
+    start, _ = models.load_cross_encoder(ENCODER, device=cpu)
+    assert not torch.equal(trained_b.model.bert.encoder.layer[5].output.dense.weight,
+                           start.bert.encoder.layer[5].output.dense.weight)
+    assert trained_b.model.bert.encoder.layer[5].output.dense.weight.dtype == torch.float32

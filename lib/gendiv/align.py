@@ -215,7 +215,7 @@ def build_online(cfg: Config, method: str, force: bool = False) -> dict[str, Pat
                                  max_completion_length=s.max_new_tokens, temperature=s.temperature,
                                  top_k=s.top_k, top_p=s.top_p, beta=rl_kl_coef(cfg), seed=cfg.seed,
                                  data_seed=cfg.seed, disable_dropout=True, **_trainer_args(device, a.rl_steps))
-            trainer = Trainer(model=model, reward_funcs=rm_reward(rm, s.batch_size), args=args,
+            trainer = Trainer(model=model, reward_funcs=rm_reward(rm, cfg.reward.score_batch_size), args=args,
                               train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=tok)
             trainer.train()
             log = _train_log(method, trainer.state.log_history)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gendiv import data, runs, stages
 from gendiv.config import Config
-from gendiv.models import RewardModel, pick_device
+from gendiv.models import RewardModel, autocast_bf16, pick_device
 
 
 def base_path(cfg: Config) -> Path:
@@ -63,8 +63,10 @@ def sweep_runs(cfg: Config) -> list[tuple[float, str]]:
 
 
 def load_reward_model(cfg: Config) -> RewardModel:
-    """The trained, normalised RM of chapter 3."""
-    return RewardModel.load(runs.artifact(cfg, "reward", "rm"), pick_device(cfg.model.device), cfg.model.max_length)
+    """The trained, normalised RM of chapter 3 (a sentence-encoder RM at ``reward.precision``)."""
+    device = pick_device(cfg.model.device)
+    return RewardModel.load(runs.artifact(cfg, "reward", "rm"), device, cfg.model.max_length,
+                            bf16=autocast_bf16(cfg.reward.precision, device))
 
 
 def test_records(cfg: Config, n_inputs: int | None = None) -> dict[str, list[dict]]:

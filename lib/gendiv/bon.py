@@ -38,7 +38,7 @@ def score_candidates(cfg: Config, rm, records: list[dict], texts: list[list[str]
     """Normalised RM scores of ``texts[i][j]`` for ``records[i]``, as an (inputs x candidates) array."""
     prompts = [r["prompt"] for r, row in zip(records, texts) for _ in row]
     flat = [t for row in texts for t in row]
-    return np.asarray(rm.score(prompts, flat, batch_size=cfg.sampling.batch_size)).reshape(len(texts), -1)
+    return np.asarray(rm.score(prompts, flat, batch_size=cfg.reward.score_batch_size)).reshape(len(texts), -1)
 
 
 def build_best_of_n(cfg: Config, force: bool = False) -> dict[str, Path]:

@@ -83,7 +83,7 @@ def score_rows(cfg: Config, outputs: dict[str, dict[str, list[dict]]], rm) -> pd
     for method, by_split in outputs.items():
         for split, rows in by_split.items():
             proxy = [r["rm_score"] for r in rows] if "rm_score" in rows[0] else \
-                rm.score([r["prompt"] for r in rows], [r["output"] for r in rows], cfg.sampling.batch_size)
+                rm.score([r["prompt"] for r in rows], [r["output"] for r in rows], cfg.reward.score_batch_size)
             measures = {"rm_score": proxy}
             if "utility" in rows[0]:
                 measures["gold_utility"] = [r["utility"] for r in rows]

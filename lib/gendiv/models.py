@@ -16,7 +16,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +55,24 @@ def pick_device(preference: str = "auto") -> torch.device:
 def use_bf16(device: torch.device) -> bool:
     """bf16 mixed precision only on a GPU that supports it (TRL's default of bf16=True fails on CPU)."""
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: a GPU with bf16, or a CPU with AVX512-BF16 or
+    AMX (elsewhere a CPU emulates it, slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False
+
+
+def autocast_bf16(precision: str, device: torch.device) -> bool:
+    """Whether a sentence-encoder RM of ``reward.precision`` ``precision`` runs under bf16
+    autocast on ``device``: ``bf16`` yes, ``fp32`` no, ``auto`` where bf16 is native."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}.")
+    return precision == "bf16" or (precision == "auto" and native_bf16(device))
 
 
 # ------------------------------------------------------------------ tokenizers
@@ -259,9 +277,11 @@ class RewardModel:
         self.model, self.tokenizer, self.mean, self.std, self.max_length = model, tokenizer, mean, std, max_length
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device | None = None, max_length: int = 512) -> RewardModel:
+    def load(cls, path: str | Path, device: torch.device | None = None, max_length: int = 512,
+             bf16: bool = False) -> RewardModel:
         """The RM saved in ``path`` with its normalisation (``normalisation.json``; none: raw
-        scores), as a :class:`CrossEncoderRewardModel` when its config says it is one."""
+        scores), as a :class:`CrossEncoderRewardModel` when its config says it is one (``bf16``:
+        under bf16 autocast; see there; ignored for the SFT-body RM)."""
         path = Path(path)
         model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
         model.to(device or pick_device()).eval()
@@ -269,7 +289,7 @@ class RewardModel:
             else {"mean": 0.0, "std": 1.0}
         if getattr(model.config, CROSS_ENCODER_FLAG, False):
             tok = AutoTokenizer.from_pretrained(str(path))
-            return CrossEncoderRewardModel(model, tok, norm["mean"], norm["std"], max_length)
+            return CrossEncoderRewardModel(model, tok, norm["mean"], norm["std"], max_length, bf16=bf16)
         return cls(model, load_tokenizer(path), norm["mean"], norm["std"], max_length)
 
     def texts(self, prompts: list[str], completions: list[str]) -> list[str]:
@@ -318,11 +338,18 @@ class CrossEncoderRewardModel(RewardModel):
     response are the two segments of one input ([CLS] prompt [SEP] response [SEP]), the scalar
     head reads the first token, and a prompt too long for ``max_length`` (or the encoder's
     positions) loses its beginning, as the policies' prompts do. Not the paper's form (its RM is
-    the SFT model with a head on the last token); ``reward.body`` in the config."""
+    the SFT model with a head on the last token); ``reward.body`` in the config. ``bf16``: its
+    forward passes (training and scoring) under bf16 autocast, the weights in fp32
+    (``reward.precision``); the scores come back in fp32 either way."""
 
-    def __init__(self, model, tokenizer, mean: float = 0.0, std: float = 1.0, max_length: int = 512):
+    def __init__(self, model, tokenizer, mean: float = 0.0, std: float = 1.0, max_length: int = 512,
+                 bf16: bool = False):
         positions = getattr(model.config, "max_position_embeddings", max_length)
         super().__init__(model, tokenizer, mean, std, min(max_length, positions))
+        self.bf16 = bf16
+        head = getattr(model, "classifier", None)
+        if bf16 and isinstance(head, torch.nn.Linear):
+            head.forward = _fp32_forward(head)  # a score rounded to bf16 keeps 8 bits: ties in BoN
 
     def texts(self, prompts: list[str], completions: list[str]) -> list[str]:
         raise NotImplementedError("A cross-encoder RM reads (prompt, response) as two segments, not one text.")
@@ -336,7 +363,8 @@ class CrossEncoderRewardModel(RewardModel):
     def logits(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
         """Raw scores as a tensor on the model's device, with gradients if enabled (training)."""
         device = next(self.model.parameters()).device
-        return self.model(**self.encode(prompts, completions).to(device)).logits[:, 0]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.model(**self.encode(prompts, completions).to(device)).logits[:, 0].float()
 
     @torch.no_grad()
     def raw_scores(self, prompts: list[str], completions: list[str], batch_size: int = 32,
@@ -355,6 +383,14 @@ class CrossEncoderRewardModel(RewardModel):
             idx = order[i:i + batch_size]
             out[idx] = self.logits([prompts[j] for j in idx], [completions[j] for j in idx]).float().cpu().numpy()
         return out
+
+
+def _fp32_forward(linear: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``linear``'s forward in fp32 whatever the autocast around it (its weights are fp32)."""
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.nn.functional.linear(x.float(), linear.weight, linear.bias)
+    return forward
 
 
 def load_cross_encoder(name: str, device: torch.device | None = None):

@@ -33,7 +33,7 @@ from transformers.utils import logging as transformers_logging
 from gendiv import artifacts, data, runs, stages, stats
 from gendiv.config import Config
 from gendiv.lm import completion_nll, left_truncate, sample_policy, tokenizer_sides
-from gendiv.models import (CrossEncoderRewardModel, RewardModel, add_lora, freeze_bottom, load_causal_lm,
+from gendiv.models import (CrossEncoderRewardModel, RewardModel, add_lora, autocast_bf16, freeze_bottom, load_causal_lm,
                            load_cross_encoder, load_tokenizer, normalisation, pick_device, save_pretrained_atomic,
                            use_bf16)
 
@@ -109,12 +109,14 @@ def cross_encoder_optimizer(model: torch.nn.Module, lr: float, head_lr_scale: fl
 
 def train_cross_encoder_rm(encoder: str, comparisons: list[dict], out_dir: Path, *, epochs: float, lr: float,
                            batch_size: int, max_length: int, seed: int, warmup_share: float = 0.1,
-                           head_lr_scale: float = 1.0, device: torch.device | None = None) -> pd.DataFrame:
+                           head_lr_scale: float = 1.0, bf16: bool = False,
+                           device: torch.device | None = None) -> pd.DataFrame:
     """Train an RM on a sentence encoder read as a cross-encoder (:class:`CrossEncoderRewardModel`,
     ``reward.body``) on (prompt, chosen, rejected) with the paper's Bradley-Terry loss
     -log sigmoid(r(x, y_chosen) - r(x, y_rejected)); AdamW, the learning rate warmed up linearly
     over ``warmup_share`` of the steps and decayed linearly to zero, the head's at ``head_lr_scale``
-    times it (:func:`cross_encoder_optimizer`); save it to ``out_dir``;
+    times it (:func:`cross_encoder_optimizer`), its forward passes under bf16 autocast if ``bf16``
+    (the weights, gradients and optimiser in fp32); save it to ``out_dir``;
     return the log (step, epoch, loss, accuracy on the batch, learning rate). ``batch_size``
     pairs a step, this process's share under a launcher (``accelerate``: gradients are averaged
     over processes; each takes its own slice of one shared order of pairs)."""
@@ -135,7 +137,7 @@ def train_cross_encoder_rm(encoder: str, comparisons: list[dict], out_dir: Path,
     warmup = int(warmup_share * total)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda k: min(1.0, (k + 1) / warmup if warmup else 1.0) * max(0.0, 1.0 - k / total))
-    rm = CrossEncoderRewardModel(acc.unwrap_model(model), tok, max_length=max_length)
+    rm = CrossEncoderRewardModel(acc.unwrap_model(model), tok, max_length=max_length, bf16=bf16)
     rm.model = model  # the prepared (wrapped) model: its forward syncs gradients across processes
     rng, order, log = random.Random(seed), [], []
     model.train()
@@ -209,6 +211,8 @@ def describe_body(cfg: Config) -> str:
             "token and its embeddings frozen, trained with the paper's Bradley-Terry loss by gendiv's own "
             f"loop ({schedule}, linear warm-up over {r.warmup_share:.0%} of the steps, then linear decay"
             + (f"; the head at {r.head_lr_scale:g} times that learning rate" if r.head_lr_scale != 1 else "")
+            + ("; forward passes in bf16 autocast, weights in fp32"
+               if autocast_bf16(r.precision, pick_device(cfg.model.device)) else "; in fp32")
             + "). "
             "The deviations page says why.")
 
@@ -465,8 +469,10 @@ def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
             log = train_cross_encoder_rm(cfg.reward.body, train, out, epochs=cfg.reward.epochs, lr=cfg.reward.lr,
                                          batch_size=batch_size, max_length=cfg.model.max_length, seed=cfg.seed,
                                          warmup_share=cfg.reward.warmup_share,
-                                         head_lr_scale=cfg.reward.head_lr_scale, device=device)
-        rm = ScoredOnce(RewardModel.load(out, device, cfg.model.max_length))
+                                         head_lr_scale=cfg.reward.head_lr_scale,
+                                         bf16=autocast_bf16(cfg.reward.precision, device), device=device)
+        rm = ScoredOnce(RewardModel.load(out, device, cfg.model.max_length,
+                                         bf16=autocast_bf16(cfg.reward.precision, device)))
         norm_prompts = [r["prompt"] for r in heldout for _ in (0, 1)][: cfg.reward.n_normalisation]
         norm_texts = [t for r in heldout for t in (r["a"], r["b"])][: cfg.reward.n_normalisation]
         norm = normalisation(rm.raw_scores(norm_prompts, norm_texts))

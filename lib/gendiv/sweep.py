@@ -50,7 +50,7 @@ def policy_measures(cfg: Config, rm, world, metrics: Metrics, model, sft, sft_to
     with the world the win against the reference and the gold utility, and every per-input
     diversity metric of the K samples per diversity input (``k_samples``; or, already measured,
     ``per_input_diversity``: {metric: per-input values})."""
-    values = {"proxy_reward": rm.score([r["prompt"] for r in records], outputs, cfg.sampling.batch_size),
+    values = {"proxy_reward": rm.score([r["prompt"] for r in records], outputs, cfg.reward.score_batch_size),
               "true_kl": true_kl(model, sft, sft_tok, records, outputs, cfg.max_prompt_tokens, cfg.sampling.batch_size)}
     if world is not None:
         values["win_rate_vs_reference"] = judges.verdicts(judges.WorldJudge(world), records, outputs,
