@@ -33,9 +33,9 @@ from transformers.utils import logging as transformers_logging
 from gendiv import artifacts, data, runs, stages, stats
 from gendiv.config import Config
 from gendiv.lm import completion_nll, left_truncate, sample_policy, tokenizer_sides
-from gendiv.models import (CrossEncoderRewardModel, RewardModel, add_lora, autocast_bf16, freeze_bottom, load_causal_lm,
-                           load_cross_encoder, load_tokenizer, normalisation, pick_device, save_pretrained_atomic,
-                           use_bf16)
+from gendiv.models import (CrossEncoderRewardModel, RewardModel, add_lora, autocast_bf16, freeze_bottom,
+                           load_causal_lm, load_cross_encoder, load_tokenizer, normalisation, pick_device,
+                           save_pretrained_atomic, use_bf16)
 
 RM_ACCURACY_COLUMNS = ["split", "accuracy", "ci_low", "ci_high", "n"]
 
