@@ -458,6 +458,7 @@ def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
         heldout = runs.read_jsonl(runs.artifact(cfg, "comparisons", "comparisons_heldout"))
         out = root / "models" / "rm"
         device = pick_device(cfg.model.device)
+        bf16 = autocast_bf16(cfg.reward.precision, device)  # a sentence-encoder RM's arithmetic
         batch_size = runs.per_process(cfg.reward.batch_size, "reward.batch_size")
         if cfg.reward.body == SFT_BODY:
             log = train_reward_model(artifacts.sft_path(cfg), train, out, epochs=cfg.reward.epochs, lr=cfg.reward.lr,
@@ -470,9 +471,8 @@ def build_reward(cfg: Config, force: bool = False) -> dict[str, Path]:
                                          batch_size=batch_size, max_length=cfg.model.max_length, seed=cfg.seed,
                                          warmup_share=cfg.reward.warmup_share,
                                          head_lr_scale=cfg.reward.head_lr_scale,
-                                         bf16=autocast_bf16(cfg.reward.precision, device), device=device)
-        rm = ScoredOnce(RewardModel.load(out, device, cfg.model.max_length,
-                                         bf16=autocast_bf16(cfg.reward.precision, device)))
+                                         bf16=bf16, device=device)
+        rm = ScoredOnce(RewardModel.load(out, device, cfg.model.max_length, bf16=bf16))
         norm_prompts = [r["prompt"] for r in heldout for _ in (0, 1)][: cfg.reward.n_normalisation]
         norm_texts = [t for r in heldout for t in (r["a"], r["b"])][: cfg.reward.n_normalisation]
         norm = normalisation(rm.raw_scores(norm_prompts, norm_texts))
