@@ -189,7 +189,11 @@ if "pretrain_log" in base_paths:
 # and its perplexity above is $\exp$ of that loss's mean over held-out tokens. With `model.freeze_fraction` the
 # bottom blocks, the embeddings and the LM head are frozen (the paper freezes 80%); with
 # `model.adapter: lora` (or `sft.adapter: lora`, for SFT alone), peft adapters on every block are
-# trained and merged afterwards.
+# trained and merged afterwards. With `sft.interpolation` below 1 the model every later stage loads
+# keeps only that share of SFT's change: its weights are $\theta_0 + a\,(\theta_{\mathrm{SFT}} - \theta_0)$,
+# weight-space ensembling (WiSE-FT, Wortsman et al. 2022), which gives back part of what the base
+# knew about the held-out domains. The loss curves below are of the model as trained, before that
+# step; the gold utilities after them are of the model the later stages use.
 
 # %%
 sft_paths = sft.build_sft(cfg, force=force)

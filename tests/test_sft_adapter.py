@@ -69,3 +69,51 @@ def test_the_sft_stage_merges_its_lora_adapters_into_a_plain_checkpoint(tmp_path
     assert not any("embed_tokens" in name or "norm" in name for name in changed)  # not adapted
     counts = json.loads((run / "logs" / "sft_parameters.json").read_text())
     assert 0 < counts["trainable"] < counts["total"] / 2
+
+    # sft.interpolation: the same training, then half of the merged change kept, as the checkpoint
+    half = tmp_path / "smoke_half.yaml"
+    half.write_text(yaml.safe_dump({**raw, "sft": {**raw["sft"], "interpolation": 0.5}}))
+    for name in ("data", "base", "sft"):
+        cli.run_one_stage(name, str(half), str(tmp_path / "half"))
+    halved = models.load_causal_lm(artifacts.sft_path(load_profile(half, run_dir=str(tmp_path / "half"))),
+                                   torch.device("cpu")).state_dict()
+    for name in changed:
+        torch.testing.assert_close(halved[name], base[name] + 0.5 * (tuned[name] - base[name]),
+                                   rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(halved[name], base[name]) for name in set(base) - changed)
+
+
+def test_interpolation_keeps_its_share_of_the_change_by_hand(tok):
+    import torch
+    torch.manual_seed(1)
+    base = models.tiny_llama(tok, hidden_size=32, n_layers=2, n_heads=2, intermediate_size=64, max_length=128)
+    tuned = models.tiny_llama(tok, hidden_size=32, n_layers=2, n_heads=2, intermediate_size=64, max_length=128)
+    with torch.no_grad():
+        for p in base.parameters():
+            p.fill_(1.0)
+        for p in tuned.parameters():
+            p.fill_(3.0)
+        tuned.model.norm.weight[0] = -1.0  # one coordinate moved the other way
+    sft.interpolate_toward_base(tuned, base, 0.75)
+    # 1 + 0.75 x (3 - 1) = 2.5 and 1 + 0.75 x (-1 - 1) = -0.5, on every parameter, the tied ones too
+    assert all(torch.all(p == 2.5) for n, p in tuned.named_parameters() if n != "model.norm.weight")
+    assert tuned.model.norm.weight[0] == -0.5 and torch.all(tuned.model.norm.weight[1:] == 2.5)
+    assert all(torch.all(p == 1.0) for p in base.parameters())  # the base is read, not moved
+    before = {n: p.clone() for n, p in tuned.named_parameters()}
+    sft.interpolate_toward_base(tuned, base, 1.0)  # the model as trained
+    assert sft.describe_training(load_profile("smoke", **{"sft.interpolation": 0.75})).endswith(
+        "then 0.75 of the change is kept: weights = base + 0.75 x (SFT - base), weight-space ensembling (WiSE-FT)")
+    assert all(torch.equal(before[n], p) for n, p in tuned.named_parameters())
+
+    wider = models.tiny_llama(tok, hidden_size=64, n_layers=2, n_heads=2, intermediate_size=64, max_length=128)
+    with pytest.raises(ValueError, match=r"is \(\d+, 32\) here and \(\d+, 64\) in the base"):
+        sft.interpolate_toward_base(tuned, wider, 0.5)
+    deeper = models.tiny_llama(tok, hidden_size=32, n_layers=3, n_heads=2, intermediate_size=64, max_length=128)
+    with pytest.raises(ValueError, match=r"other parameters .*layers\.2\."):
+        sft.interpolate_toward_base(tuned, deeper, 0.5)
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, -0.25])
+def test_an_interpolation_outside_its_range_is_refused(bad):
+    with pytest.raises(ConfigError, match=rf"sft.interpolation must lie in \(0, 1\] .*got {bad}"):
+        load_profile("smoke", **{"sft.interpolation": bad})

@@ -198,6 +198,11 @@ class SFTConfig:
     trained on every token. Keeps SFT on ID demonstrations from overwriting what the base knows
     about the held-out domains (as InstructGPT's PPO-ptx mixes pre-training data into RL). 0: the
     paper's SFT, demonstrations only."""
+    interpolation: float = 1.0
+    """Weight of the fine-tuned change in the SFT model kept for every later stage: its weights are
+    ``base + interpolation * (SFT - base)``, taken after training (and LoRA's merge). Weight-space
+    ensembling (WiSE-FT, Wortsman et al. 2022): part of the way back to the base keeps what the base
+    knows about the held-out domains at little cost in distribution. 1: the paper's SFT, as trained."""
 
 
 @dataclass(frozen=True)
@@ -547,6 +552,9 @@ def _validate(cfg: Config) -> None:
     if d.instruction_pair_share and d.source != "instruct":
         raise ConfigError(f"data.instruction_pair_share ({d.instruction_pair_share}) is a share of the miniature "
                           f"instruction world's ID instructions; data.source {d.source!r} has none: set it to 0.")
+    if not 0.0 < cfg.sft.interpolation <= 1.0:
+        raise ConfigError(f"sft.interpolation must lie in (0, 1] (the weight of SFT's change to the base; 1: "
+                          f"the model as trained), got {cfg.sft.interpolation}.")
     if not 0.0 <= cfg.sft.pretrain_mix < 1.0:
         raise ConfigError(f"sft.pretrain_mix must lie in [0, 1), got {cfg.sft.pretrain_mix}.")
     if cfg.sft.pretrain_mix and d.source not in ("world", "instruct"):

@@ -73,6 +73,28 @@ def train_sft(model, tokenizer, train_records: list[dict], val_records: list[dic
     return log
 
 
+def interpolate_toward_base(model, base, weight: float) -> None:
+    """Move ``model``'s parameters in place to ``base + weight * (model - base)`` (WiSE-FT's
+    weight-space ensemble; ``sft.interpolation``). Both models must have the same parameters, by
+    name and shape; buffers (rotary frequencies) are left as they are. ``weight`` 1 leaves the model
+    as it is, 0 would give the base back."""
+    import torch
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"The interpolation weight must lie in [0, 1], got {weight}.")
+    ours, theirs = dict(model.named_parameters()), dict(base.named_parameters())
+    if ours.keys() != theirs.keys():
+        odd = sorted(ours.keys() ^ theirs.keys())[:3]
+        raise ValueError(f"Cannot interpolate toward a base with other parameters (for example {odd}): "
+                         "the base must be the model SFT started from.")
+    with torch.no_grad():
+        for name, p in ours.items():
+            b = theirs[name]
+            if b.shape != p.shape:
+                raise ValueError(f"Parameter {name} is {tuple(p.shape)} here and {tuple(b.shape)} in the base: "
+                                 "the base must be the model SFT started from.")
+            p.copy_(torch.lerp(b.to(p.device, p.dtype), p, weight))
+
+
 # ------------------------------------------------------------------ stages
 def sft_adapter(cfg: Config) -> str:
     """How SFT trains the base: ``sft.adapter`` when set, else ``model.adapter`` ('none': the
@@ -83,8 +105,14 @@ def sft_adapter(cfg: Config) -> str:
 def describe_training(cfg: Config) -> str:
     """What of the base SFT trains (:func:`sft_adapter`), in words: for the stage's log and chapter 2."""
     if sft_adapter(cfg) == "lora":
-        return f"LoRA adapters of rank {cfg.model.lora_r} on every block, merged afterwards"
-    return f"the blocks above the bottom {cfg.model.freeze_fraction:.0%}"
+        what = f"LoRA adapters of rank {cfg.model.lora_r} on every block, merged afterwards"
+    else:
+        what = f"the blocks above the bottom {cfg.model.freeze_fraction:.0%}"
+    a = cfg.sft.interpolation
+    if a < 1:
+        what += (f"; then {a:g} of the change is kept: weights = base + {a:g} x (SFT - base), "
+                 "weight-space ensembling (WiSE-FT)")
+    return what
 
 
 def build_sft(cfg: Config, force: bool = False) -> dict[str, Path]:
@@ -107,7 +135,13 @@ def build_sft(cfg: Config, force: bool = False) -> dict[str, Path]:
                         max_length=cfg.model.max_length,
                         max_prompt_tokens=cfg.max_prompt_tokens, seed=cfg.seed, group_by_length=s.group_by_length)
         if adapter == "lora":  # merge the adapters: later stages load a plain checkpoint
-            save_pretrained_atomic(model.merge_and_unload(), tok, root / "models" / "sft")
+            model = model.merge_and_unload()
+        if s.interpolation < 1:
+            base = load_causal_lm(artifacts.base_path(cfg), next(model.parameters()).device)
+            interpolate_toward_base(model, base, s.interpolation)
+            print(f"SFT keeps {s.interpolation:g} of its change to the base (sft.interpolation).")
+        if adapter == "lora" or s.interpolation < 1:
+            save_pretrained_atomic(model, tok, root / "models" / "sft")
         return {"sft_model": root / "models" / "sft", "sft_log": runs.write_csv(root / "logs" / "sft.csv", log),
                 "trainable": runs.write_json(root / "logs" / "sft_parameters.json",
                                              {"trainable": counts.trainable, "total": counts.total})}
