@@ -244,6 +244,14 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
     true_kl = true_kl[true_kl["method"] == "ppo"]
     assert len(true_kl) == 3 * len(data.SPLITS) and true_kl["value"].notna().all()
     assert (run_dir / "manifests" / "ppo_kl0.5_log_ratio.json").exists()
+    # chapter 10's spread check reads the main estimator's true KL on ID (0.05 over 0.5 in smoke),
+    # not the penalty's own estimate at the end of training
+    spread = pd.read_csv(results / "competence.csv").set_index("check").loc[
+        "KL sweep: true KL to SFT at the smallest coefficient over at the largest"]
+    main = true_kl[(true_kl["estimator"] == "squared") & (true_kl["split"] == "id")].set_index("kl_coef")["value"]
+    expected = main[0.05] / main[0.5] if main[0.5] > 0 else float("inf")
+    assert spread["value"] == pytest.approx(round(expected, 4))
+    assert spread["passed"] == (expected >= claims.KL_SPREAD and main[0.05] > main[0.5])
     assert (run_dir / "figures" / "kl_estimator_frontier.png").exists()
     winrates = pd.read_csv(results / "winrates.csv")
     others = {"dpo_beta0.1", "rloo", "grpo"}  # chapter 9's methods, in the same tables
