@@ -95,15 +95,16 @@ def test_interpolation_keeps_its_share_of_the_change_by_hand(tok):
             p.fill_(3.0)
         tuned.model.norm.weight[0] = -1.0  # one coordinate moved the other way
     sft.interpolate_toward_base(tuned, base, 0.75)
-    # 1 + 0.75 x (3 - 1) = 2.5 and 1 + 0.75 x (-1 - 1) = -0.5, on every parameter, the tied ones too
+    # 1 + 0.75 x (3 - 1) = 2.5 and 1 + 0.75 x (-1 - 1) = -0.5, on every parameter
     assert all(torch.all(p == 2.5) for n, p in tuned.named_parameters() if n != "model.norm.weight")
     assert tuned.model.norm.weight[0] == -0.5 and torch.all(tuned.model.norm.weight[1:] == 2.5)
     assert all(torch.all(p == 1.0) for p in base.parameters())  # the base is read, not moved
     before = {n: p.clone() for n, p in tuned.named_parameters()}
     sft.interpolate_toward_base(tuned, base, 1.0)  # the model as trained
+    assert all(torch.equal(before[n], p) for n, p in tuned.named_parameters())
+    # chapter 2 says so
     assert sft.describe_training(load_profile("smoke", **{"sft.interpolation": 0.75})).endswith(
         "then 0.75 of the change is kept: weights = base + 0.75 x (SFT - base), weight-space ensembling (WiSE-FT)")
-    assert all(torch.equal(before[n], p) for n, p in tuned.named_parameters())
 
     wider = models.tiny_llama(tok, hidden_size=64, n_layers=2, n_heads=2, intermediate_size=64, max_length=128)
     with pytest.raises(ValueError, match=r"is \(\d+, 32\) here and \(\d+, 64\) in the base"):
