@@ -166,3 +166,25 @@ def test_c7_reads_k2_at_k1s_true_kl_by_interpolation():
     beyond = [dict(r, value=20.0) if r["estimator"] == "log_ratio" and r["measure"] == "true_kl" else r for r in rows]
     assert claims.estimator_comparisons(cfg, pd.DataFrame(beyond), ["id"]) == []
     assert claims.estimator_comparisons(load_profile("tldr"), pd.DataFrame(rows), ["id"]) == []
+    assert claims.estimator_uncompared(cfg, pd.DataFrame(rows), ["id"]) == []
+    # k1 at 0.05 ends at 2 nats, below every k2 run (10, 8, 7; EAD 0.9, 0.6, 0.4; k1's 0.5): k2's
+    # runs are read on k1's line from 0 (10 nats, 0.9) to 0.05 (2 nats, 0.5). k2 at 0.05 (8 nats)
+    # is 3/4 of the way from 2 to 10: k1 there 0.5 + 0.75 x 0.4 = 0.8, so k2 minus k1 = -0.2; k2 at
+    # 1 (7 nats): 0.5 + 5/8 x 0.4 = 0.75 against 0.4, -0.35
+    below = []
+    for beta, est, kl, ead in ((0.0, "squared", 10.0, 0.9), (0.05, "squared", 8.0, 0.6), (1.0, "squared", 7.0, 0.4),
+                               (0.05, "log_ratio", 2.0, 0.5)):
+        for uid in ("a", "b"):
+            below += [{"kl_coef": beta, "estimator": est, "split": "id", "measure": m, "uid": uid, "value": v}
+                      for m, v in (("true_kl", kl), ("per_input_ead", ead))]
+    out = claims.estimator_comparisons(cfg, pd.DataFrame(below), ["id"], metrics=("ead",))
+    assert [round(o["value"], 6) for o in out] == [-0.35, -0.2]
+    assert "7.00 nats; k2 at kl_coef 1, k1 interpolated" in out[0]["comparison"]
+    # with no run inside the other's range (k1's only run at the shared 0's KL is impossible; here
+    # k1 at 0.05 ends above the run at 0, k2's below it), C7 names the split and both estimators' runs
+    apart = [dict(r, value=12.0) if r["estimator"] == "log_ratio" and r["measure"] == "true_kl" else r for r in below]
+    assert claims.estimator_comparisons(cfg, pd.DataFrame(apart), ["id"]) == []
+    assert claims.estimator_uncompared(cfg, pd.DataFrame(apart), ["id"]) == [
+        "id: no run of one estimator ends within the other's range of true KL (k2 7.00 at 1, 8.00 at 0.05, "
+        "10.00 at 0; k1 10.00 at 0, 12.00 at 0.05; nats at kl_coef)"]
+    assert claims.estimator_uncompared(load_profile("tldr"), pd.DataFrame(apart), ["id"]) == []

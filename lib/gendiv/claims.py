@@ -242,9 +242,12 @@ def evidence(cfg: Config) -> tuple[pd.DataFrame, dict[str, str]]:
     # C7: k2 against k1 at equal true KL to SFT, on every split and per-input diversity metric.
     for e in estimator_comparisons(cfg, sweep_per_input, splits):
         add("C7", e["comparison"], e["value"], e["ci_low"], e["ci_high"], -1)
-    notes["C7"] = ("logs/kl_sweep_per_input.csv; the main estimator's per-input diversity is interpolated "
-                   "linearly in true KL between its two runs around the other estimator's run, the weight "
-                   "held fixed in the bootstrap over inputs" if cfg.ppo.sweep_estimators else
+    uncompared = estimator_uncompared(cfg, sweep_per_input, splits)
+    notes["C7"] = ("logs/kl_sweep_per_input.csv; one estimator's per-input diversity is interpolated "
+                   "linearly in true KL between its two runs around a run of the other, the weight held "
+                   "fixed in the bootstrap over inputs"
+                   + ("; not compared: " + "; ".join(uncompared) if uncompared else "")
+                   if cfg.ppo.sweep_estimators else
                    "not measured: the sweep ran one estimator (ppo.sweep_estimators is empty)")
 
     # C1 and C4 asked of each other alignment method (chapter 9), as of PPO above.
@@ -267,44 +270,87 @@ def _run_values(values: pd.DataFrame, estimator: str, kl_coef: float) -> pd.Seri
     return sel.drop_duplicates("uid").set_index("uid")["value"]
 
 
+def _runs_by_estimator(cfg: Config, per_input: pd.DataFrame, split: str) -> dict[str, list[tuple[float, float]]]:
+    """On ``split``: {"squared": [(true KL, kl_coef), ...], "log_ratio": [...]}, each estimator's
+    sweep runs sorted by their true KL to SFT (the mean over inputs), the run at 0 (no penalty,
+    shared) in both."""
+    part = per_input[(per_input["split"] == split) & (per_input["measure"] == "true_kl")]
+    kl = part.groupby(["estimator", "kl_coef"])["value"].mean()
+    return {e: sorted({(k, beta) for (est, beta), k in kl.items() if est == e or beta == 0})
+            for e in ("squared", "log_ratio")}
+
+
+def _bracket(frontier: list[tuple[float, float]], k: float) -> tuple[float, float, float] | None:
+    """(kl_coef below, kl_coef above, weight of the one above) of the two runs of ``frontier``
+    whose true KL brackets ``k`` (the nearest on each side), or None outside its range."""
+    below = [f for f in frontier if f[0] <= k]
+    above = [f for f in frontier if f[0] >= k]
+    if not below or not above:
+        return None
+    (k_a, b_a), (k_b, b_b) = below[-1], above[0]
+    return b_a, b_b, 0.0 if k_b == k_a else (k - k_a) / (k_b - k_a)
+
+
+def _has_estimator_axis(cfg: Config) -> bool:
+    return {cfg.ppo.kl_estimator, *cfg.ppo.sweep_estimators} >= {"squared", "log_ratio"}
+
+
 def estimator_comparisons(cfg: Config, per_input: pd.DataFrame, splits: list[str],
                           metrics: tuple[str, ...] = ("ead", "sbert")) -> list[dict]:
     """k2 minus k1 in per-input diversity at equal true KL to SFT (claim C7), one row per split,
-    metric and run of the estimator axis: the run of the other estimator (k1 when the profile
-    trains with k2, or the reverse) sits at true KL K; the profile's estimator is read at K by
-    linear interpolation between its two runs whose true KL brackets K (runs outside its range
-    give no comparison). Paired over the diversity inputs, the interpolation weight held fixed."""
-    main = cfg.ppo.kl_estimator
-    if not {main, *cfg.ppo.sweep_estimators} >= {"squared", "log_ratio"}:
+    metric and penalised run that the other estimator's runs bracket: a run of one estimator sits
+    at true KL K; the other estimator is read at K by linear interpolation between its two runs
+    whose true KL brackets K (the run at 0 belongs to both). k1's runs are read against k2's; on a
+    split where none falls inside k2's range of true KL, k2's runs are read against k1's instead
+    (on `tiny`, k1 at 0.05 ends closer to SFT than every k2 run). Runs outside the other's
+    range give none (:func:`estimator_uncompared` names them). Paired over the diversity inputs,
+    the interpolation weight held fixed."""
+    if not _has_estimator_axis(cfg):
         return []
-    other = "log_ratio" if main == "squared" else "squared"
     out = []
     for split in splits:
         part = per_input[per_input["split"] == split]
-        kl = part[part["measure"] == "true_kl"].groupby(["estimator", "kl_coef"])["value"].mean()
-        frontier = sorted((k, beta) for (est, beta), k in kl.items() if est == main or beta == 0)
-        for (est, beta), k in kl.items():
-            if est != other or beta == 0:
-                continue
-            below = [f for f in frontier if f[0] <= k]
-            above = [f for f in frontier if f[0] >= k]
-            if not below or not above:
-                continue
-            (k_a, b_a), (k_b, b_b) = below[-1], above[0]
-            w = 0.0 if k_b == k_a else (k - k_a) / (k_b - k_a)
-            for metric in metrics:
-                values = part[part["measure"] == f"per_input_{metric}"]
-
-                at_k = (1 - w) * _run_values(values, main, b_a) + w * _run_values(values, main, b_b)
-                theirs = _run_values(values, other, beta)
-                common = at_k.dropna().index.intersection(theirs.index)
-                if not len(common):
+        runs_of, before = _runs_by_estimator(cfg, per_input, split), len(out)
+        for probe, read in (("log_ratio", "squared"), ("squared", "log_ratio")):
+            if len(out) > before:
+                break  # k1's runs were read against k2's: k2's are read against k1's only where none was
+            for k, beta in runs_of[probe]:
+                where = _bracket(runs_of[read], k) if beta != 0 else None
+                if where is None:
                     continue
-                k2, k1 = (at_k[common], theirs[common]) if main == "squared" else (theirs[common], at_k[common])
-                d, lo, hi = stats.paired_difference(k2.to_numpy(), k1.to_numpy(), seed=cfg.seed)
-                out.append({"comparison": f"{split} per-input {metric}: k2 minus k1 at equal true KL "
-                                          f"({k:.2f} nats; {ESTIMATOR_LABELS[other]} at kl_coef {beta:g})",
-                            "value": d, "ci_low": lo, "ci_high": hi})
+                b_a, b_b, w = where
+                for metric in metrics:
+                    values = part[part["measure"] == f"per_input_{metric}"]
+                    at_k = (1 - w) * _run_values(values, read, b_a) + w * _run_values(values, read, b_b)
+                    theirs = _run_values(values, probe, beta)
+                    common = at_k.dropna().index.intersection(theirs.index)
+                    if not len(common):
+                        continue
+                    k2, k1 = (theirs[common], at_k[common]) if probe == "squared" else (at_k[common], theirs[common])
+                    d, lo, hi = stats.paired_difference(k2.to_numpy(), k1.to_numpy(), seed=cfg.seed)
+                    out.append({"comparison": f"{split} per-input {metric}: k2 minus k1 at equal true KL "
+                                              f"({k:.2f} nats; {ESTIMATOR_LABELS[probe]} at kl_coef {beta:g}, "
+                                              f"{ESTIMATOR_LABELS[read]} interpolated)",
+                                "value": d, "ci_low": lo, "ci_high": hi})
+    return out
+
+
+def estimator_uncompared(cfg: Config, per_input: pd.DataFrame, splits: list[str]) -> list[str]:
+    """The splits on which :func:`estimator_comparisons` finds no run of either estimator inside
+    the other's range of true KL to SFT, one phrase each with both ranges, so that C7 says why it
+    has no evidence there rather than reading nothing as no evidence."""
+    if not _has_estimator_axis(cfg):
+        return []
+    out = []
+    for split in splits:
+        runs_of = _runs_by_estimator(cfg, per_input, split)
+        if not all(runs_of.values()) or any(
+                beta != 0 and _bracket(runs_of[read], k) is not None
+                for probe, read in (("log_ratio", "squared"), ("squared", "log_ratio")) for k, beta in runs_of[probe]):
+            continue
+        k2, k1 = (", ".join(f"{k:.2f} at {beta:g}" for k, beta in runs_of[e]) for e in ("squared", "log_ratio"))
+        out.append(f"{split}: no run of one estimator ends within the other's range of true KL "
+                   f"(k2 {k2}; k1 {k1}; nats at kl_coef)")
     return out
 
 
@@ -322,7 +368,7 @@ def scorecard(cfg: Config, ev: pd.DataFrame | None = None, notes: dict[str, str]
         if claim == "C2":  # the gaps are reported beside the comparison, as evidence of their own
             text = "; ".join(t for t in (text, note) if t)
         elif note:
-            text = f"{text} ({note})"
+            text = f"{text} ({note})" if text else note
         rows.append({"claim": claim, "statement": statement, "evidence": text, "verdict": verdict[claim],
                      "task": task_name(cfg)})
     return pd.DataFrame(rows, columns=CLAIMS_COLUMNS)
