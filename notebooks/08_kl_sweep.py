@@ -173,9 +173,9 @@ _ = plots.scatter(
 # for every run whichever estimator trained it). Does k2 trace the same frontier of diversity
 # and gold utility against true KL as k1, or does it lose diversity at equal KL (claim C7)? The
 # run without a penalty (coefficient 0) is one run for every estimator, so each line starts there.
-# Chapter 10 reads each k1 run against k2's line, linearly between the two k2 runs whose true KL
-# brackets it; where k1's runs all end outside k2's range (k2's coefficient may barely move its
-# true KL), it reads each k2 run against k1's line instead.
+# Chapter 10 reads every run of one estimator whose true KL lies between two runs of the other
+# against the other's line, linearly between those two runs, and averages k2 minus k1 over these
+# points.
 
 # %%
 axis = sweep.by_estimator(everything, cfg)

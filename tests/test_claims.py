@@ -161,7 +161,18 @@ def test_c7_reads_k2_at_k1s_true_kl_by_interpolation():
     out = claims.estimator_comparisons(cfg, pd.DataFrame(rows), ["id"], metrics=("ead",))
     assert len(out) == 1
     assert out[0]["value"] == pytest.approx(-0.1)
-    assert "6.00 nats" in out[0]["comparison"] and "k1 at kl_coef 0.05" in out[0]["comparison"]
+    # one row per split and metric whatever the runs' KL (so that seeds pool it); the note says where
+    assert out[0]["comparison"] == "id per-input ead: k2 minus k1 at equal true KL"
+    assert claims.estimator_point_notes(cfg, pd.DataFrame(rows), ["id"]) == [
+        "id: k1 at 0.05 (6.00 nats) on k2's line"]
+    # a second seed whose k1 run ends elsewhere (5 nats) makes the same comparison, and the two pool
+    other_seed = [dict(r, value=5.0) if r["estimator"] == "log_ratio" and r["measure"] == "true_kl" else r
+                  for r in rows]
+    out_b = claims.estimator_comparisons(cfg, pd.DataFrame(other_seed), ["id"], metrics=("ead",))
+    as_evidence = [pd.DataFrame([{"claim": "C7", **o, "null": 0.0, "sign": -1, "outcome": "supports"}])
+                   for o in (out[0], out_b[0])]
+    pooled = claims.pool_evidence({0: as_evidence[0], 1: as_evidence[1]})
+    assert list(pooled["comparison"]) == ["id per-input ead: k2 minus k1 at equal true KL"]
     # a k1 run beyond k2's range of KL gives no comparison; without the estimator axis, none at all
     beyond = [dict(r, value=20.0) if r["estimator"] == "log_ratio" and r["measure"] == "true_kl" else r for r in rows]
     assert claims.estimator_comparisons(cfg, pd.DataFrame(beyond), ["id"]) == []
@@ -170,7 +181,7 @@ def test_c7_reads_k2_at_k1s_true_kl_by_interpolation():
     # k1 at 0.05 ends at 2 nats, below every k2 run (10, 8, 7; EAD 0.9, 0.6, 0.4; k1's 0.5): k2's
     # runs are read on k1's line from 0 (10 nats, 0.9) to 0.05 (2 nats, 0.5). k2 at 0.05 (8 nats)
     # is 3/4 of the way from 2 to 10: k1 there 0.5 + 0.75 x 0.4 = 0.8, so k2 minus k1 = -0.2; k2 at
-    # 1 (7 nats): 0.5 + 5/8 x 0.4 = 0.75 against 0.4, -0.35
+    # 1 (7 nats): 0.5 + 5/8 x 0.4 = 0.75 against 0.4, -0.35; C7's row is their mean, -0.275
     below = []
     for beta, est, kl, ead in ((0.0, "squared", 10.0, 0.9), (0.05, "squared", 8.0, 0.6), (1.0, "squared", 7.0, 0.4),
                                (0.05, "log_ratio", 2.0, 0.5)):
@@ -178,10 +189,11 @@ def test_c7_reads_k2_at_k1s_true_kl_by_interpolation():
             below += [{"kl_coef": beta, "estimator": est, "split": "id", "measure": m, "uid": uid, "value": v}
                       for m, v in (("true_kl", kl), ("per_input_ead", ead))]
     out = claims.estimator_comparisons(cfg, pd.DataFrame(below), ["id"], metrics=("ead",))
-    assert [round(o["value"], 6) for o in out] == [-0.35, -0.2]
-    assert "7.00 nats; k2 at kl_coef 1, k1 interpolated" in out[0]["comparison"]
-    # with no run inside the other's range (k1's only run at the shared 0's KL is impossible; here
-    # k1 at 0.05 ends above the run at 0, k2's below it), C7 names the split and both estimators' runs
+    assert len(out) == 1 and out[0]["value"] == pytest.approx(-0.275)
+    assert claims.estimator_point_notes(cfg, pd.DataFrame(below), ["id"]) == [
+        "id: k2 at 1 (7.00 nats) on k1's line, k2 at 0.05 (8.00 nats) on k1's line"]
+    # with no run inside the other's range (k1 at 0.05 ends above the shared run at 0, every k2 run
+    # below it), C7 has no row there and names the split with both estimators' runs
     apart = [dict(r, value=12.0) if r["estimator"] == "log_ratio" and r["measure"] == "true_kl" else r for r in below]
     assert claims.estimator_comparisons(cfg, pd.DataFrame(apart), ["id"]) == []
     assert claims.estimator_uncompared(cfg, pd.DataFrame(apart), ["id"]) == [

@@ -243,9 +243,10 @@ def evidence(cfg: Config) -> tuple[pd.DataFrame, dict[str, str]]:
     for e in estimator_comparisons(cfg, sweep_per_input, splits):
         add("C7", e["comparison"], e["value"], e["ci_low"], e["ci_high"], -1)
     uncompared = estimator_uncompared(cfg, sweep_per_input, splits)
-    notes["C7"] = ("logs/kl_sweep_per_input.csv; one estimator's per-input diversity is interpolated "
-                   "linearly in true KL between its two runs around a run of the other, the weight held "
-                   "fixed in the bootstrap over inputs"
+    notes["C7"] = ("logs/kl_sweep_per_input.csv; each row is the mean over the runs of one estimator whose "
+                   "true KL lies between two runs of the other, that other read at the run's KL by linear "
+                   "interpolation, paired over inputs with the weights held fixed: "
+                   + "; ".join(estimator_point_notes(cfg, sweep_per_input, splits))
                    + ("; not compared: " + "; ".join(uncompared) if uncompared else "")
                    if cfg.ppo.sweep_estimators else
                    "not measured: the sweep ran one estimator (ppo.sweep_estimators is empty)")
@@ -292,61 +293,83 @@ def _bracket(frontier: list[tuple[float, float]], k: float) -> tuple[float, floa
 
 
 def _has_estimator_axis(cfg: Config) -> bool:
+    """Does the sweep train both k2 and k1 (the main estimator or the estimator axis)?"""
     return {cfg.ppo.kl_estimator, *cfg.ppo.sweep_estimators} >= {"squared", "log_ratio"}
+
+
+def estimator_points(cfg: Config, per_input: pd.DataFrame, split: str) -> list[tuple[str, float, float, str]]:
+    """On ``split``, the points where k2's and k1's lines of the sweep overlap in true KL to SFT:
+    (estimator of a penalised run, its kl_coef, its true KL, the estimator read at that KL), for
+    every run of either estimator whose true KL lies between two runs of the other (the run at 0,
+    no penalty, is on both lines). Sorted by true KL."""
+    if not _has_estimator_axis(cfg):
+        return []
+    runs_of = _runs_by_estimator(cfg, per_input, split)
+    points = [(probe, beta, k, read) for probe, read in (("log_ratio", "squared"), ("squared", "log_ratio"))
+              for k, beta in runs_of[probe] if beta != 0 and _bracket(runs_of[read], k) is not None]
+    return sorted(points, key=lambda p: p[2])
 
 
 def estimator_comparisons(cfg: Config, per_input: pd.DataFrame, splits: list[str],
                           metrics: tuple[str, ...] = ("ead", "sbert")) -> list[dict]:
-    """k2 minus k1 in per-input diversity at equal true KL to SFT (claim C7), one row per split,
-    metric and penalised run that the other estimator's runs bracket: a run of one estimator sits
-    at true KL K; the other estimator is read at K by linear interpolation between its two runs
-    whose true KL brackets K (the run at 0 belongs to both). k1's runs are read against k2's; on a
-    split where none falls inside k2's range of true KL, k2's runs are read against k1's instead
-    (on `tiny`, k1 at 0.05 ends closer to SFT than every k2 run). Runs outside the other's
-    range give none (:func:`estimator_uncompared` names them). Paired over the diversity inputs,
-    the interpolation weight held fixed."""
-    if not _has_estimator_axis(cfg):
-        return []
+    """k2 minus k1 in per-input diversity at equal true KL to SFT (claim C7), one row per split
+    and metric. At each point of :func:`estimator_points` a run of one estimator sits at true KL
+    K and the other estimator is read at K by linear interpolation between its two runs whose
+    true KL brackets K; the row is the mean of k2 minus k1 over those points, paired over the
+    diversity inputs (the interpolation weights held fixed). Where k1 at the paper's coefficient
+    ends closer to SFT than every k2 run (`tiny`), the points are k2's runs read on k1's line. One
+    row per split and metric whatever the runs' KL, so several seeds pool it (:func:`pool_evidence`);
+    :func:`estimator_point_notes` says which runs and KL each row averages."""
     out = []
     for split in splits:
         part = per_input[per_input["split"] == split]
-        runs_of, before = _runs_by_estimator(cfg, per_input, split), len(out)
-        for probe, read in (("log_ratio", "squared"), ("squared", "log_ratio")):
-            if len(out) > before:
-                break  # k1's runs were read against k2's: k2's are read against k1's only where none was
-            for k, beta in runs_of[probe]:
-                where = _bracket(runs_of[read], k) if beta != 0 else None
-                if where is None:
-                    continue
-                b_a, b_b, w = where
-                for metric in metrics:
-                    values = part[part["measure"] == f"per_input_{metric}"]
-                    at_k = (1 - w) * _run_values(values, read, b_a) + w * _run_values(values, read, b_b)
-                    theirs = _run_values(values, probe, beta)
-                    common = at_k.dropna().index.intersection(theirs.index)
-                    if not len(common):
-                        continue
-                    k2, k1 = (theirs[common], at_k[common]) if probe == "squared" else (at_k[common], theirs[common])
-                    d, lo, hi = stats.paired_difference(k2.to_numpy(), k1.to_numpy(), seed=cfg.seed)
-                    out.append({"comparison": f"{split} per-input {metric}: k2 minus k1 at equal true KL "
-                                              f"({k:.2f} nats; {ESTIMATOR_LABELS[probe]} at kl_coef {beta:g}, "
-                                              f"{ESTIMATOR_LABELS[read]} interpolated)",
-                                "value": d, "ci_low": lo, "ci_high": hi})
+        runs_of = _runs_by_estimator(cfg, per_input, split)
+        points = estimator_points(cfg, per_input, split)
+        for metric in metrics:
+            values = part[part["measure"] == f"per_input_{metric}"]
+            k2s, k1s = [], []
+            for probe, beta, k, read in points:
+                b_a, b_b, w = _bracket(runs_of[read], k)
+                at_k = (1 - w) * _run_values(values, read, b_a) + w * _run_values(values, read, b_b)
+                theirs = _run_values(values, probe, beta)
+                k2s.append(theirs if probe == "squared" else at_k)
+                k1s.append(at_k if probe == "squared" else theirs)
+            if not k2s:
+                continue
+            k2, k1 = pd.concat(k2s, axis=1).dropna(), pd.concat(k1s, axis=1).dropna()
+            common = k2.index.intersection(k1.index)
+            if not len(common):
+                continue
+            d, lo, hi = stats.paired_difference(k2.loc[common].mean(axis=1).to_numpy(),
+                                                k1.loc[common].mean(axis=1).to_numpy(), seed=cfg.seed)
+            out.append({"comparison": f"{split} per-input {metric}: k2 minus k1 at equal true KL",
+                        "value": d, "ci_low": lo, "ci_high": hi})
+    return out
+
+
+def estimator_point_notes(cfg: Config, per_input: pd.DataFrame, splits: list[str]) -> list[str]:
+    """For each split with points (:func:`estimator_points`), which runs C7's row averages over,
+    at which true KL, on which estimator's line."""
+    out = []
+    for split in splits:
+        points = estimator_points(cfg, per_input, split)
+        if points:
+            out.append(f"{split}: " + ", ".join(
+                f"{ESTIMATOR_LABELS[probe]} at {beta:g} ({k:.2f} nats) on {ESTIMATOR_LABELS[read]}'s line"
+                for probe, beta, k, read in points))
     return out
 
 
 def estimator_uncompared(cfg: Config, per_input: pd.DataFrame, splits: list[str]) -> list[str]:
-    """The splits on which :func:`estimator_comparisons` finds no run of either estimator inside
-    the other's range of true KL to SFT, one phrase each with both ranges, so that C7 says why it
-    has no evidence there rather than reading nothing as no evidence."""
+    """The splits on which no run of either estimator lies inside the other's range of true KL to
+    SFT (no :func:`estimator_points`), one phrase each with both lines' runs, so that C7 says why
+    it has no evidence there rather than reading nothing as no evidence."""
     if not _has_estimator_axis(cfg):
         return []
     out = []
     for split in splits:
         runs_of = _runs_by_estimator(cfg, per_input, split)
-        if not all(runs_of.values()) or any(
-                beta != 0 and _bracket(runs_of[read], k) is not None
-                for probe, read in (("log_ratio", "squared"), ("squared", "log_ratio")) for k, beta in runs_of[probe]):
+        if not all(runs_of.values()) or estimator_points(cfg, per_input, split):
             continue
         k2, k1 = (", ".join(f"{k:.2f} at {beta:g}" for k, beta in runs_of[e]) for e in ("squared", "log_ratio"))
         out.append(f"{split}: no run of one estimator ends within the other's range of true KL "
