@@ -141,7 +141,10 @@ glue("key_result", fig, display=False)
 # the paper's $k_2$ that estimate reads low where a policy sharpens its distribution, so the true
 # KL on the test outputs (`true_kl` in `kl_sweep.csv`; the next section's table where the sweep has
 # an estimator axis) can differ from it. Chapter 10's check that
-# the runs end apart uses the true KL.
+# the runs end apart uses the true KL. The first table also gives each run's mean per-token
+# entropy over the same last fifth (`train_entropy`; SFT's is the first step's in each run's log):
+# a penalty that holds the policy near SFT keeps its entropy near SFT's, one that sharpens the
+# policy lowers it.
 
 # %%
 train = (

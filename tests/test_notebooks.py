@@ -244,6 +244,11 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
     true_kl = true_kl[true_kl["method"] == "ppo"]
     assert len(true_kl) == 3 * len(data.SPLITS) and true_kl["value"].notna().all()
     assert (run_dir / "manifests" / "ppo_kl0.5_log_ratio.json").exists()
+    # each run's entropy over the last fifth of its training, from its own step log
+    log = pd.read_csv(run_dir / "logs" / "ppo_kl0.5_log_ratio.csv")
+    entropy = sweep[(sweep["measure"] == "train_entropy") & (sweep["estimator"] == "log_ratio")]
+    assert list(entropy["kl_coef"]) == [0.5]
+    assert entropy["value"].iloc[0] == pytest.approx(log["entropy"].tail(max(1, len(log) // 5)).mean())
     # chapter 10's spread check reads the main estimator's true KL on ID (0.05 over 0.5 in smoke),
     # not the penalty's own estimate at the end of training
     spread = pd.read_csv(results / "competence.csv").set_index("check").loc[

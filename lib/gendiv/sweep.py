@@ -81,8 +81,10 @@ def build_kl_sweep(cfg: Config, force: bool = False) -> dict[str, Path]:
     (:func:`gendiv.artifacts.sweep_runs`: every kl_coef of the grid with the profile's estimator,
     and the estimator axis), then measure on every split: win rate against the reference (world
     judge), gold utility, proxy RM score and the true sequence KL to SFT (:func:`true_kl`) of one
-    sample per evaluation input, and per-input diversity of K samples on the diversity inputs.
-    The run at the profile's own kl_coef and estimator reuses chapters 4 and 7's samples. Writes
+    sample per evaluation input, and per-input diversity of K samples on the diversity inputs;
+    and from each run's step log, the mean over the last fifth of training of the penalty's own KL
+    estimate, the proxy reward and the policy's per-token entropy (``train_*``, split id). The
+    run at the profile's own kl_coef and estimator reuses chapters 4 and 7's samples. Writes
     ``results/kl_sweep.csv`` and the per-input values (``logs/kl_sweep_per_input.csv``). Each
     run is sampled as chapters 4 and 7 sample PPO: one sample per evaluation input with the run's
     seed, K per diversity input with diversity's seed."""
@@ -102,7 +104,7 @@ def build_kl_sweep(cfg: Config, force: bool = False) -> dict[str, Path]:
             tag = f"kl {kl_coef:g}" + ("" if estimator == cfg.ppo.kl_estimator else f" ({estimator})")
             log = pd.read_csv(paths["log"])
             tail = log.tail(max(1, len(log) // 5))
-            for measure in ("kl", "proxy_reward"):
+            for measure in ("kl", "proxy_reward", "entropy"):
                 rows.append({"kl_coef": kl_coef, "split": "id", "measure": f"train_{measure}",
                              "value": float(tail[measure].mean()), "ci_low": float("nan"), "ci_high": float("nan"),
                              "estimator": estimator, "method": "ppo"})
