@@ -143,7 +143,7 @@ def test_each_profile_names_its_task():
         "alpacafarm": "instruction following"}
 
 
-def test_c7_reads_k2_at_k1s_true_kl_by_interpolation():
+def test_c7_reads_each_estimators_runs_on_the_others_line_and_pools_across_seeds():
     """k2 runs at kl_coef 0, 0.05, 1 end at true KL 10, 4, 1 nats; k1 at 0.05 ends at 6. k2 at 6
     nats is 1/3 of the way from its run at 4 to its run at 10: per-input EAD 0.6 + (0.9 - 0.6) / 3
     = 0.7 against k1's 0.8, so k2 is 0.1 less diverse at equal KL."""
