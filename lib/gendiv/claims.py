@@ -297,16 +297,19 @@ def _has_estimator_axis(cfg: Config) -> bool:
     return {cfg.ppo.kl_estimator, *cfg.ppo.sweep_estimators} >= {"squared", "log_ratio"}
 
 
-def estimator_points(cfg: Config, per_input: pd.DataFrame, split: str) -> list[tuple[str, float, float, str]]:
+def estimator_points(cfg: Config, per_input: pd.DataFrame,
+                     split: str) -> list[tuple[str, float, float, str, tuple[float, float, float]]]:
     """On ``split``, the points where k2's and k1's lines of the sweep overlap in true KL to SFT:
-    (estimator of a penalised run, its kl_coef, its true KL, the estimator read at that KL), for
-    every run of either estimator whose true KL lies between two runs of the other (the run at 0,
-    no penalty, is on both lines). Sorted by true KL."""
+    (estimator of a penalised run, its kl_coef, its true KL, the estimator read at that KL, and
+    where on that estimator's line: :func:`_bracket`), for every run of either estimator whose
+    true KL lies between two runs of the other (the run at 0, no penalty, is on both lines).
+    Sorted by true KL."""
     if not _has_estimator_axis(cfg):
         return []
     runs_of = _runs_by_estimator(cfg, per_input, split)
-    points = [(probe, beta, k, read) for probe, read in (("log_ratio", "squared"), ("squared", "log_ratio"))
-              for k, beta in runs_of[probe] if beta != 0 and _bracket(runs_of[read], k) is not None]
+    points = [(probe, beta, k, read, where) for probe, read in (("log_ratio", "squared"), ("squared", "log_ratio"))
+              for k, beta in runs_of[probe]
+              if beta != 0 and (where := _bracket(runs_of[read], k)) is not None]
     return sorted(points, key=lambda p: p[2])
 
 
@@ -323,13 +326,11 @@ def estimator_comparisons(cfg: Config, per_input: pd.DataFrame, splits: list[str
     out = []
     for split in splits:
         part = per_input[per_input["split"] == split]
-        runs_of = _runs_by_estimator(cfg, per_input, split)
         points = estimator_points(cfg, per_input, split)
         for metric in metrics:
             values = part[part["measure"] == f"per_input_{metric}"]
             k2s, k1s = [], []
-            for probe, beta, k, read in points:
-                b_a, b_b, w = _bracket(runs_of[read], k)
+            for probe, beta, _, read, (b_a, b_b, w) in points:
                 at_k = (1 - w) * _run_values(values, read, b_a) + w * _run_values(values, read, b_b)
                 theirs = _run_values(values, probe, beta)
                 k2s.append(theirs if probe == "squared" else at_k)
@@ -356,7 +357,7 @@ def estimator_point_notes(cfg: Config, per_input: pd.DataFrame, splits: list[str
         if points:
             out.append(f"{split}: " + ", ".join(
                 f"{ESTIMATOR_LABELS[probe]} at {beta:g} ({k:.2f} nats) on {ESTIMATOR_LABELS[read]}'s line"
-                for probe, beta, k, read in points))
+                for probe, beta, k, read, _ in points))
     return out
 
 
