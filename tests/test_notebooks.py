@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import ROOT
-from gendiv import claims, cli, data, outputs, reward, runs
+from gendiv import claims, cli, data, outputs, reward, runs, stats
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 NOTEBOOK_SOURCES = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
@@ -331,6 +331,15 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
         low = by_kind["ci_low"].get(split, float("nan"))
         assert (r["value"] == round(low, 4) and r["passed"] == (low > 0.5)) or (pd.isna(low) and not r["passed"])
     assert scorecard.count("Not yet a finding") == len(verdicts)
+    # PPO against SFT in gold utility, paired over the ID inputs: PPO's outputs minus SFT's (not
+    # BoN's, not the other way round, not another split), the interval's lower end above zero
+    ppo_over = checks.set_index("check").loc[claims.PPO_OVER_SFT]
+    ppo_u, sft_u = (outputs.expected_utilities(runs.read_jsonl(run_dir / "samples" / f"{m}_id.jsonl"))
+                    for m in ("ppo", "sft"))
+    _, low, _ = stats.paired_difference(ppo_u, sft_u, seed=yaml.safe_load(
+        (run_dir / "config.yaml").read_text())["seed"])
+    assert ppo_over["split"] == "id" and ppo_over["value"] == pytest.approx(round(low, 4))
+    assert ppo_over["passed"] == (low > 0) and ppo_over["claims"] == claims.ALL_CLAIMS
     # chapter 3 sets the RM beside the judge, part by part of the gold utility (smoke's few OOD
     # pairs may all be judge ties: in distribution at least)
     by_part = pd.read_csv(run_dir / "logs" / "rm_agreement_by_part.csv")
