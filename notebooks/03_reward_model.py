@@ -161,8 +161,15 @@ plots.curves(
     cfg=cfg,
     xlabel="optimiser step",
     ylabel="Bradley-Terry loss / batch accuracy",
-    title="Reward-model training (TRL RewardTrainer)",
+    title="Reward-model training ("
+    + (
+        "TRL RewardTrainer"
+        if cfg.reward.body == reward.SFT_BODY
+        else "cross-encoder, gendiv's loop"
+    )
+    + ")",
 )
+display(Markdown(reward.describe_plateau(rm_log)))
 normalisation = json.loads((reward_paths["rm"] / "normalisation.json").read_text())
 print(
     f"Normalisation on {normalisation['n']} held-out {words['outputs']}: mean "

@@ -3,6 +3,7 @@
 import random
 
 import numpy as np
+import pandas as pd
 
 import pytest
 from conftest import CORPUS, micro_reward_model
@@ -113,3 +114,19 @@ def test_scored_once_scores_each_pair_once_and_normalises_with_the_current_stats
     assert (inner.mean, inner.std) == (11.0, 2.0)
     np.testing.assert_allclose(rm.score(["p", "pp"], ["a", "bb"]), [0.0, 5.5])
     assert len(inner.seen) == 3
+
+
+def test_left_log2_at_reads_the_running_mean_over_steps_not_rows():
+    log2 = np.log(2.0)
+    # one row a step: the mean over steps 1-4 first falls 0.05 below log 2 at step 4 (0.4 drop / 4 = 0.1)
+    assert reward.left_log2_at([1, 2, 3, 4, 5], [log2, log2, log2, log2 - 0.4, log2], window=4) == 4
+    # a single low step whose window mean is only 0.04 below: not yet (the margin is 0.05)
+    assert reward.left_log2_at([1, 2, 3, 4], [log2, log2, log2, log2 - 0.16], window=4) is None
+    # TRL logs every 5 steps: a 10-step window holds two rows; the summary row (no loss) is skipped
+    steps, loss = [5, 10, 15, 20, 20], [log2, log2, log2 - 0.08, log2 - 0.2, np.nan]
+    assert reward.left_log2_at(steps, loss, window=10) == 20  # step 15's window (rows 10, 15): 0.04 below
+    assert reward.left_log2_at([1, 2, 3], [0.1, 0.1, 0.1], window=5) is None  # fewer steps than the window
+    with pytest.raises(ValueError, match="window"):
+        reward.left_log2_at([1], [0.1], window=0)
+    frame = pd.DataFrame({"step": [1, 2, 3, 4], "loss": [log2] * 4})
+    assert "never fell" in reward.describe_plateau(frame) and "in 4 steps" in reward.describe_plateau(frame)
