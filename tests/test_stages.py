@@ -87,3 +87,21 @@ def test_a_stage_cache_follows_its_sections_and_ignores_what_it_should():
     assert runs.stage_hash(base, "sft") == runs.stage_hash(load_profile("smoke", **{"ppo.lr": 0.5}), "sft")
     assert runs.stage_hash(base, "kl_sweep") != runs.stage_hash(load_profile("smoke", **{"ppo.kl_grid": [0.3]}),
                                                                 "kl_sweep")
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_the_kl_sweep_never_retrains_chapter_4s_run(monkeypatch, tmp_path, force):
+    # the sweep reads chapter 4's run's samples (ppo_eval, diversity): a forced sweep that retrained
+    # it would measure samples of a policy it had replaced; the other runs train when not done or forced
+    from gendiv import sweep
+    cfg = load_profile("smoke", run_dir=str(tmp_path))
+    done = {sweep.artifacts.ppo_stage(cfg, 0.5, cfg.ppo.kl_estimator)}  # trained and cached; the others not
+    monkeypatch.setattr(sweep.runs, "stage_to_run", lambda c, name: name not in done)
+    queued = {}
+    monkeypatch.setattr(sweep.runs, "side_by_side", lambda c, jobs: queued.update(jobs) or {})
+    trained = sweep.train_runs(cfg, force=force)
+    everything = {sweep.artifacts.ppo_stage(cfg, b, e) for b, e in sweep.artifacts.sweep_runs(cfg)}
+    assert "ppo" in everything and done < everything and "ppo" not in queued
+    assert set(queued) == (everything - {"ppo"} if force else everything - {"ppo"} - done)
+    assert sorted(trained) == sorted(r for r in sweep.artifacts.sweep_runs(cfg)
+                                     if sweep.artifacts.ppo_stage(cfg, *r) in queued)

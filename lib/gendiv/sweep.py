@@ -65,12 +65,14 @@ def policy_measures(cfg: Config, rm, world, metrics: Metrics, model, sft, sft_to
 
 
 def train_runs(cfg: Config, force: bool = False) -> list[tuple[float, str]]:
-    """Train the sweep's PPO runs that are not done yet (all with ``force``; chapter 4's own run is
-    left to chapter 4 unless forced) side by side on the cores this part has
-    (:func:`gendiv.runs.side_by_side`); returns the (kl_coef, estimator) pairs it trained. Each run
-    is the same cached stage, with the same seed and data, as when trained alone."""
+    """Train the sweep's PPO runs that are not done yet (all with ``force``) side by side on the
+    cores this part has (:func:`gendiv.runs.side_by_side`); returns the (kl_coef, estimator) pairs
+    it trained. Each run is the same cached stage, with the same seed and data, as when trained
+    alone. Chapter 4's own run is chapter 4's, even with ``force``: the sweep reads that run's
+    samples from chapters 4 and 7, which a retrained policy would no longer match (and a forced
+    book would train it twice)."""
     todo = {artifacts.ppo_stage(cfg, b, e): (b, e) for b, e in artifacts.sweep_runs(cfg)}
-    todo = {name: run for name, run in todo.items() if force or (name != "ppo" and runs.stage_to_run(cfg, name))}
+    todo = {name: run for name, run in todo.items() if name != "ppo" and (force or runs.stage_to_run(cfg, name))}
     runs.side_by_side(cfg, {name: partial(build_ppo, cfg, force=force, kl_coef=b, estimator=e)
                             for name, (b, e) in todo.items()})
     return list(todo.values())
@@ -97,10 +99,9 @@ def build_kl_sweep(cfg: Config, force: bool = False) -> dict[str, Path]:
         device = pick_device(cfg.model.device)
         sft_path = artifacts.sft_path(cfg)
         sft, sft_tok = load_causal_lm(sft_path, device).eval(), load_tokenizer(sft_path)
-        trained = train_runs(cfg, force)
+        train_runs(cfg, force)
         for kl_coef, estimator in artifacts.sweep_runs(cfg):
-            paths = build_ppo(cfg, force=force and (kl_coef, estimator) not in trained, kl_coef=kl_coef,
-                              estimator=estimator)
+            paths = build_ppo(cfg, kl_coef=kl_coef, estimator=estimator)  # trained above, or cached
             tag = f"kl {kl_coef:g}" + ("" if estimator == cfg.ppo.kl_estimator else f" ({estimator})")
             log = pd.read_csv(paths["log"])
             tail = log.tail(max(1, len(log) // 5))
