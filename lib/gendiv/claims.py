@@ -551,10 +551,17 @@ def competence(cfg: Config) -> pd.DataFrame:
         check("SFT win rate against the reference", r.split, r.win_rate, f">= {least:.2f}", r.win_rate >= least,
               POLICY_CLAIMS)
     outputs = artifacts.method_outputs(cfg)
-    if cfg.data.source in data.WORLD_SOURCES:
-        for split in splits:  # both sample the same inputs in the same order (artifacts.method_outputs)
-            _, lo, _ = stats.paired_difference(expected_utilities(outputs["sft"][split]),
-                                               expected_utilities(outputs["base"][split]), seed=cfg.seed)
+    world = cfg.data.source in data.WORLD_SOURCES  # the gold judge scores every output
+
+    def gold_gain_low(method: str, over: str, split: str) -> float:
+        """Lower end of ``method`` minus ``over`` in gold utility, paired over the inputs (both sample
+        the same inputs in the same order: :func:`gendiv.artifacts.method_outputs`)."""
+        return stats.paired_difference(expected_utilities(outputs[method][split]),
+                                       expected_utilities(outputs[over][split]), seed=cfg.seed)[1]
+
+    if world:
+        for split in splits:
+            lo = gold_gain_low("sft", "base", split)
             check("SFT minus base gold utility (interval's lower end)", split, lo, "> 0", lo > 0, POLICY_CLAIMS)
     rm = pd.read_csv(runs.artifact(cfg, "reward", "rm_accuracy"))
     for r in rm.itertuples():
@@ -570,9 +577,8 @@ def competence(cfg: Config) -> pd.DataFrame:
             low = float(ranks.get(split, float("nan")))
             check("RM accuracy on two SFT samples (what BoN and PPO rank), interval's lower end", split, low,
                   f"> {RM_RANKS_SFT:.2f}", low > RM_RANKS_SFT, POLICY_CLAIMS)
-    if cfg.data.source in data.WORLD_SOURCES:  # PPO's own outputs, paired with SFT's on the same inputs
-        _, lo, _ = stats.paired_difference(expected_utilities(outputs["ppo"]["id"]),
-                                           expected_utilities(outputs["sft"]["id"]), seed=cfg.seed)
+    if world:
+        lo = gold_gain_low("ppo", "sft", "id")
         check(PPO_OVER_SFT, "id", lo, "> 0", lo > 0, ALL_CLAIMS)
     log = pd.read_csv(runs.artifact(cfg, "ppo", "log"))
     if len(log) >= 5:

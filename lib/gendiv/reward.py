@@ -232,8 +232,8 @@ def left_log2_at(steps, loss, window: int = PLATEAU_WINDOW, margin: float = PLAT
     the length cap."""
     if window < 1:
         raise ValueError(f"window must be at least 1 step, got {window}.")
-    frame = pd.DataFrame({"step": np.asarray(steps, dtype=float), "loss": np.asarray(loss, dtype=float)}).dropna()
-    s, v = frame["step"].to_numpy(), frame["loss"].to_numpy()
+    s, v = np.asarray(steps, dtype=float), np.asarray(loss, dtype=float)
+    s, v = s[~np.isnan(v)], v[~np.isnan(v)]  # TRL's last row: the run's summary, no loss
     for k in range(len(s)):
         if s[k] >= window and v[(s > s[k] - window) & (s <= s[k])].mean() < np.log(2.0) - margin:
             return int(s[k])
@@ -245,11 +245,11 @@ def describe_plateau(log: pd.DataFrame) -> str:
     if "loss" not in log or not log["loss"].notna().any():
         return "The RM's training log holds no loss, so when it left log 2 cannot be read."
     at, total = left_log2_at(log["step"], log["loss"]), int(log["step"].max())
-    head = (f"The loss's mean over {PLATEAU_WINDOW} steps first fell {PLATEAU_MARGIN:g} below log 2 "
-            f"({np.log(2.0):.3f}, the loss of an RM that scores both responses of a pair alike)")
+    head = (f"The loss's mean over {PLATEAU_WINDOW} steps {'never' if at is None else 'first'} fell "
+            f"{PLATEAU_MARGIN:g} below log 2 ({np.log(2.0):.3f}, the loss of an RM that scores both responses "
+            "of a pair alike)")
     if at is None:
-        return (f"{head.replace('first fell', 'never fell')} in {total} steps: this RM has learnt little, "
-                "and Best-of-N and PPO have little to follow.")
+        return f"{head} in {total} steps: this RM has learnt little, and Best-of-N and PPO have little to follow."
     return f"{head} at step {at} of {total} ({at / total:.0%} of the way through training)."
 
 
