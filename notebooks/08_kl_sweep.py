@@ -241,3 +241,49 @@ else:
         xlabel="true KL to SFT (nats/sequence)",
         title="In distribution: each estimator's runs against their true KL",
     )
+
+# %% [markdown]
+# ## Does the coefficient set how far PPO goes?
+#
+# The objective above promises that a larger $\beta$ keeps the policy closer to SFT. That holds for
+# the penalty whose policy gradient is the gradient of the KL: $k_1$, used as a per-token reward
+# inside the return, as PPO uses every penalty here. The paper's $k_2$, used the same way, gives
+# $\mathbb{E}_\pi[\nabla \log \pi(a)\, \tfrac{1}{2} d(a)^2]$ with $d = \log \pi - \log \pi_\text{SFT}$:
+# second order in $d$, so near SFT it has no pull back at all, and it lowers every token whose
+# $|d|$ is above average, including the tokens the policy has already made rarer than SFT does
+# ($d < 0$), which then grow rarer still. On its own it moves a sharpened SFT further away, to SFT
+# truncated to its likeliest tokens (`tests/test_ppo_math.py` follows that flow exactly). So on
+# $k_2$'s line a larger coefficient need not mean a smaller KL. Below, each line's true KL to SFT
+# on the ID test outputs, by coefficient (the run at 0 is on every line); chapter 10 checks that
+# each line ends apart, and asks C6 of each line that spans the grid (`C6` on the paper's $k_2$,
+# `C6[log_ratio]` on $k_1$).
+
+# %%
+true_kl = axis[(axis["measure"] == "true_kl") & (axis["split"] == "id")]
+kl_table = true_kl.pivot_table(index="kl_coef", columns="estimator", values="value")
+kl_table.columns = [claims.ESTIMATOR_LABELS[c] for c in kl_table.columns]
+display(kl_table.round(2))
+lines = []
+for estimator in claims.sweep_lines(cfg):
+    label = claims.ESTIMATOR_LABELS[estimator]
+    kl = (
+        true_kl[true_kl["estimator"] == estimator]
+        .sort_values("kl_coef")["value"]
+        .to_numpy()
+    )
+    falling = all(a > b for a, b in zip(kl, kl[1:]))
+    lines.append(
+        f"- {label}: from {kl[0]:.2f} nats at the smallest coefficient to "
+        f"{kl[-1]:.2f} at the largest ({kl[0] / kl[-1]:.2f} times), "
+        + (
+            "falling at every step."
+            if falling
+            else "**not** falling at every step."
+        )
+    )
+display(
+    Markdown(
+        "True KL to SFT in distribution along each line of the sweep:\n\n"
+        + "\n".join(lines)
+    )
+)

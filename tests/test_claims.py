@@ -114,6 +114,14 @@ def test_each_verdict_names_the_failed_checks_it_rests_on():
         {"check": "diversity inputs", "split": "id", "passed": False, "claims": claims.DIVERSITY_CLAIMS}])
     assert claims.caveats(card, checks) == {"C1": ["SFT win rate (id)"], "C4": ["diversity inputs (id)"],
                                             "C6": ["SFT win rate (id)", "diversity inputs (id)"]}
+    # a sweep line's spread check carries C6 on its own line only; chapter 9's claims rest on their base's
+    lines = pd.DataFrame([
+        {"check": claims.spread_check("squared"), "split": "id", "passed": False, "claims": "C6 C7"},
+        {"check": claims.spread_check("log_ratio"), "split": "id", "passed": True, "claims": "C6[log_ratio] C7"},
+        {"check": "RM accuracy", "split": "id", "passed": False, "claims": claims.POLICY_CLAIMS}])
+    assert claims.caveats(pd.DataFrame({"claim": ["C6", "C6[log_ratio]", "C7", "C1[dpo_beta0.1]"]}), lines) == {
+        "C6": [f"{claims.spread_check('squared')} (id)", "RM accuracy (id)"], "C6[log_ratio]": ["RM accuracy (id)"],
+        "C7": [f"{claims.spread_check('squared')} (id)"], "C1[dpo_beta0.1]": ["RM accuracy (id)"]}
     html = claims.scorecard_html(card.assign(statement="s", evidence="e", verdict="supported"), checks)
     assert "1 of 3 checks pass" in html and html.count("Not yet a finding") == 3
     # the scorecard names the task its verdicts are on
@@ -200,3 +208,18 @@ def test_c7_reads_each_estimators_runs_on_the_others_line_and_pools_across_seeds
         "id: no run of one estimator ends within the other's range of true KL (k2 7.00 at 1, 8.00 at 0.05, "
         "10.00 at 0; k1 10.00 at 0, 12.00 at 0.05; nats at kl_coef)"]
     assert claims.estimator_uncompared(load_profile("tldr"), pd.DataFrame(apart), ["id"]) == []
+
+
+def test_c6_is_asked_of_each_estimator_whose_runs_span_the_grid():
+    """C6 compares the grid's largest coefficient with its smallest; an estimator of the sweep's
+    estimator axis has a line of its own only where it ran at both (the run at 0 serves all)."""
+    from gendiv.config import load_profile
+
+    tiny = load_profile("tiny")
+    assert claims.sweep_lines(tiny) == ["squared", "log_ratio"]
+    assert "C6[log_ratio]" in claims.statements(tiny)
+    assert claims.sweep_lines(load_profile("tiny", **{"ppo.sweep_estimator_betas": [0.05]})) == ["squared"]
+    assert claims.sweep_lines(load_profile("smoke", **{"ppo.sweep_estimator_betas": [0.5]})) == ["squared"]
+    assert claims.sweep_lines(load_profile("smoke", **{"ppo.sweep_estimator_betas": []})) == ["squared", "log_ratio"]
+    assert claims.sweep_lines(load_profile("tldr")) == ["squared"]
+    assert [claims.line_claim(tiny, e) for e in claims.sweep_lines(tiny)] == ["C6", "C6[log_ratio]"]

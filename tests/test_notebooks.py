@@ -242,21 +242,23 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
     assert set(sweep[sweep["method"] == "ppo"]["estimator"]) == {"squared", "log_ratio"}
     true_kl = sweep[sweep["measure"] == "true_kl"]
     true_kl = true_kl[true_kl["method"] == "ppo"]
-    assert len(true_kl) == 3 * len(data.SPLITS) and true_kl["value"].notna().all()
+    assert len(true_kl) == 4 * len(data.SPLITS) and true_kl["value"].notna().all()
     assert (run_dir / "manifests" / "ppo_kl0.5_log_ratio.json").exists()
     # each run's entropy over the last fifth of its training, from its own step log
     log = pd.read_csv(run_dir / "logs" / "ppo_kl0.5_log_ratio.csv")
     entropy = sweep[(sweep["measure"] == "train_entropy") & (sweep["estimator"] == "log_ratio")]
-    assert list(entropy["kl_coef"]) == [0.5]
-    assert entropy["value"].iloc[0] == pytest.approx(log["entropy"].tail(max(1, len(log) // 5)).mean())
-    # chapter 10's spread check reads the main estimator's true KL on ID (0.05 over 0.5 in smoke),
-    # not the penalty's own estimate at the end of training
-    spread = pd.read_csv(results / "competence.csv").set_index("check").loc[
-        "KL sweep: true KL to SFT at the smallest coefficient over at the largest"]
-    main = true_kl[(true_kl["estimator"] == "squared") & (true_kl["split"] == "id")].set_index("kl_coef")["value"]
-    expected = main[0.05] / main[0.5] if main[0.5] > 0 else float("inf")
-    assert spread["value"] == pytest.approx(round(expected, 4))
-    assert spread["passed"] == (expected >= claims.KL_SPREAD and main[0.05] > main[0.5])
+    assert list(entropy["kl_coef"]) == [0.05, 0.5]
+    assert entropy["value"].iloc[1] == pytest.approx(log["entropy"].tail(max(1, len(log) // 5)).mean())
+    # chapter 10's spread checks read each line's true KL on ID (0.05 over 0.5 in smoke), not the
+    # penalty's own estimate at the end of training; each carries C6 on its own line (and C7)
+    competence = pd.read_csv(results / "competence.csv").set_index("check")
+    for est, claim in (("squared", "C6"), ("log_ratio", "C6[log_ratio]")):
+        spread = competence.loc[claims.spread_check(est)]
+        line = true_kl[(true_kl["estimator"] == est) & (true_kl["split"] == "id")].set_index("kl_coef")["value"]
+        expected = line[0.05] / line[0.5] if line[0.5] > 0 else float("inf")
+        assert spread["value"] == pytest.approx(round(expected, 4))
+        assert spread["passed"] == (expected >= claims.KL_SPREAD and line[0.05] > line[0.5])
+        assert spread["claims"] == f"{claim} C7"
     assert (run_dir / "figures" / "kl_estimator_frontier.png").exists()
     winrates = pd.read_csv(results / "winrates.csv")
     others = {"dpo_beta0.1", "rloo", "grpo"}  # chapter 9's methods, in the same tables
@@ -286,7 +288,14 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
     assert measured["value"].notna().all() and {"per_input", "across_input"} == set(measured["scope"])
     verdicts = pd.read_csv(results / "claims.csv")
     method_claims = [f"{c}[{m}]" for m in ("dpo_beta0.1", "rloo", "grpo") for c in ("C1", "C4")]
-    assert list(verdicts["claim"]) == claims.ALL_CLAIMS.split() + method_claims
+    assert list(verdicts["claim"]) == claims.ALL_CLAIMS.split() + ["C6[log_ratio]"] + method_claims
+    # C6 on k1's line: at 0.5 minus at 0.05, paired over inputs, from k1's own runs
+    per_input = pd.read_csv(run_dir / "logs" / "kl_sweep_per_input.csv")
+    gold = per_input[(per_input["estimator"] == "log_ratio") & (per_input["split"] == "id")
+                     & (per_input["measure"] == "gold_utility")].pivot(index="uid", columns="kl_coef", values="value")
+    row = pd.read_csv(results / "claims_evidence.csv").set_index(["claim", "comparison"]).loc[
+        ("C6[log_ratio]", "id performance (gold utility) at kl_coef 0.5 - at 0.05")]
+    assert row["value"] == pytest.approx((gold[0.5] - gold[0.05]).mean())
     assert set(verdicts["verdict"]) <= set(claims.VERDICTS)
     # every verdict follows from its comparisons (results/claims_evidence.csv) by the claim's rule
     evidence = pd.read_csv(results / "claims_evidence.csv")

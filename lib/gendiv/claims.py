@@ -64,6 +64,33 @@ RULES = {"C1": "all", "C2": "all", "C3": "all", "C4": "all", "C5": "any", "C6": 
 VERDICTS = ("supported", "not supported", "mixed", "inconclusive")
 
 
+ESTIMATOR_LABELS = {"squared": "k2", "log_ratio": "k1", "k3": "k3"}
+LINE_CLAIM = ("C6 with the {label} penalty in place of the paper's k2: raising {label}'s coefficient lowers "
+              "performance and also lowers per-input diversity (not a claim of the paper: k2, used as PPO uses it, "
+              "as a per-token reward, does not pull the policy back toward SFT, so its coefficient need not set "
+              "how far the policy goes; the deviations page).")
+"""C6 asked of another estimator's line of the KL sweep (``C6[<estimator>]``, :func:`sweep_lines`)."""
+
+
+def sweep_lines(cfg: Config) -> list[str]:
+    """The estimators whose runs span the KL sweep's grid, from its smallest coefficient to its
+    largest (the run at 0 serves every estimator): the profile's own first (the paper's C6), then
+    each of ``ppo.sweep_estimators`` that runs at both ends (:func:`gendiv.artifacts.sweep_runs`)."""
+    p = cfg.ppo
+    ends = {float(min(p.kl_grid)), float(max(p.kl_grid))}
+    lines = [p.kl_estimator]
+    for est in p.sweep_estimators:
+        betas = {0.0, *(float(b) for b in (p.sweep_estimator_betas or p.kl_grid))}
+        if est not in lines and ends <= betas:
+            lines.append(est)
+    return lines
+
+
+def line_claim(cfg: Config, estimator: str) -> str:
+    """C6's id on one line of the sweep: 'C6' on the profile's estimator, 'C6[log_ratio]' on another."""
+    return "C6" if estimator == cfg.ppo.kl_estimator else f"C6[{estimator}]"
+
+
 def base_claim(claim: str) -> str:
     """The paper's claim a claim id follows: 'C1' for 'C1' and for 'C1[dpo_beta0.1]'."""
     return claim.split("[", 1)[0]
@@ -78,6 +105,8 @@ def statements(cfg: Config) -> dict[str, str]:
     """Every claim this run's scorecard judges: the paper's C1-C6 and C7 (:data:`STATEMENTS`), then
     C1 and C4 asked of each method of ``align.methods`` (:data:`METHOD_CLAIMS`)."""
     out = dict(STATEMENTS)
+    for estimator in sweep_lines(cfg)[1:]:
+        out[line_claim(cfg, estimator)] = LINE_CLAIM.format(label=ESTIMATOR_LABELS[estimator])
     for method_id in align.method_ids(cfg):
         for claim, text in METHOD_CLAIMS.items():
             out[method_claim(claim, method_id)] = text.format(label=align.label(method_id))
@@ -224,20 +253,24 @@ def evidence(cfg: Config) -> tuple[pd.DataFrame, dict[str, str]]:
         for r in effective.itertuples()) if len(effective) else "")
     notes["C5"] = "diversity_vs_sft.csv, paired bootstrap over inputs"
 
-    # C6: the largest kl_coef against the smallest, paired over inputs, on every split.
+    # C6: the largest kl_coef against the smallest, paired over inputs, on every split; on the
+    # profile's estimator (the paper's), then on each other estimator's line that spans the grid.
     sweep_per_input = pd.read_csv(runs.artifact(cfg, "kl_sweep", "per_input"))
-    per_input = sweep_per_input[sweep_per_input["estimator"] == cfg.ppo.kl_estimator]
     lo_k, hi_k = min(cfg.ppo.kl_grid), max(cfg.ppo.kl_grid)
-    for split in splits:
-        for measure, label in (("gold_utility", "performance (gold utility)"), ("per_input_ead", "per-input EAD"),
-                               ("per_input_sbert", "per-input Sentence-BERT")):
-            v = per_input[(per_input["split"] == split) & (per_input["measure"] == measure)]
-            wide = v.pivot_table(index="uid", columns="kl_coef", values="value")
-            if lo_k not in wide or hi_k not in wide:
-                continue
-            d, lo, hi = stats.paired_difference(wide[hi_k].to_numpy(), wide[lo_k].to_numpy(), seed=cfg.seed)
-            add("C6", f"{split} {label} at kl_coef {hi_k:g} - at {lo_k:g}", d, lo, hi, -1)
-    notes["C6"] = "logs/kl_sweep_per_input.csv"
+    for estimator in sweep_lines(cfg):
+        claim = line_claim(cfg, estimator)
+        for split in splits:
+            for measure, label in (("gold_utility", "performance (gold utility)"),
+                                   ("per_input_ead", "per-input EAD"), ("per_input_sbert", "per-input Sentence-BERT")):
+                v = sweep_per_input[(sweep_per_input["split"] == split) & (sweep_per_input["measure"] == measure)]
+                hi_v, lo_v = _run_values(v, estimator, hi_k), _run_values(v, estimator, lo_k)
+                common = hi_v.index.intersection(lo_v.index)
+                if not len(hi_v) or not len(lo_v) or not len(common):
+                    continue
+                d, lo, hi = stats.paired_difference(hi_v[common].to_numpy(), lo_v[common].to_numpy(), seed=cfg.seed)
+                add(claim, f"{split} {label} at kl_coef {hi_k:g} - at {lo_k:g}", d, lo, hi, -1)
+        notes[claim] = "logs/kl_sweep_per_input.csv" + (
+            "" if claim == "C6" else f"; {ESTIMATOR_LABELS[estimator]}'s runs, from the shared run at 0")
 
     # C7: k2 against k1 at equal true KL to SFT, on every split and per-input diversity metric.
     for e in estimator_comparisons(cfg, sweep_per_input, splits):
@@ -260,9 +293,6 @@ def evidence(cfg: Config) -> tuple[pd.DataFrame, dict[str, str]]:
         less_diverse(c4, method_id, "per_input", ("ead", "sbert"))
         notes[c4] = "diversity_vs_sft.csv, paired over inputs"
     return pd.DataFrame(rows, columns=EVIDENCE_COLUMNS), notes
-
-
-ESTIMATOR_LABELS = {"squared": "k2", "log_ratio": "k1", "k3": "k3"}
 
 
 def _run_values(values: pd.DataFrame, estimator: str, kl_coef: float) -> pd.Series:
@@ -511,11 +541,15 @@ MIN_EVAL_INPUTS, MIN_DIVERSITY_INPUTS, MIN_K = 200, 50, 8
 """Least inputs per split for the evaluation (paper: 500), inputs per split and samples per input
 for per-input diversity."""
 KL_SPREAD = 2.0
-"""The KL sweep's runs end at clearly different KL: each larger coefficient ends at a lower KL to
-SFT, and the smallest coefficient's KL is at least this many times the largest's. The KL is the true
-sequence KL measured on the ID test outputs (:func:`gendiv.sweep.true_kl`), not the penalty's own
-estimate at the end of training: the paper's k2 reads low where a policy sharpens its distribution
-(in the book of 421edf4 the runs at 0.05 and 1 read 4.23 and 2.51 by k2, 4.20 and 4.06 in true KL)."""
+"""The KL sweep's runs end at clearly different KL: on each line of the sweep (:func:`sweep_lines`),
+each larger coefficient ends at a lower KL to SFT, and the smallest coefficient's KL is at least
+this many times the largest's. The KL is the true sequence KL measured on the ID test outputs
+(:func:`gendiv.sweep.true_kl`), not the penalty's own estimate at the end of training: the paper's
+k2 reads low where a policy sharpens its distribution (in the book of 421edf4 the runs at 0.05 and 1
+read 4.23 and 2.51 by k2, 4.20 and 4.06 in true KL). On `tiny` k2's line fails it on every seed
+tried: k2, as a per-token reward, has no first-order pull back toward SFT and pushes tokens the
+policy already made rarer rarer still (``tests/test_ppo.py``), so its coefficient does not set how
+far PPO goes; hence the k1 line and C6 asked of it (``C6[log_ratio]``)."""
 PPO_OVER_SFT = "PPO minus SFT gold utility in distribution (interval's lower end)"
 """PPO beats SFT in the judge's gold utility on the inputs it was trained for, paired over the ID
 test inputs: a PPO that does not has optimised the proxy and nothing else (on `tiny` with three RM
@@ -587,13 +621,14 @@ def competence(cfg: Config) -> pd.DataFrame:
               trend["last_rise"] / trend["rise"] if trend["rise"] > 0 else float("nan"),
               "< 0.20 (flattened)", trend["flattened"], ALL_CLAIMS)
     sweep = pd.read_csv(runs.artifact(cfg, "kl_sweep", "kl_sweep"))
-    sweep = sweep[(sweep["estimator"] == cfg.ppo.kl_estimator) & (sweep.get("method", "ppo") == "ppo")]
-    kl = sweep[(sweep["measure"] == "true_kl") & (sweep["split"] == "id")].sort_values("kl_coef")["value"].to_numpy()
-    if len(kl) >= 2:
-        ratio = kl[0] / kl[-1] if kl[-1] > 0 else float("inf")
-        check("KL sweep: true KL to SFT at the smallest coefficient over at the largest", "id", ratio,
-              f">= {KL_SPREAD:g}, falling as the coefficient rises",
-              ratio >= KL_SPREAD and all(a > b for a, b in zip(kl, kl[1:])), "C6 C7")
+    sweep = sweep[(sweep.get("method", "ppo") == "ppo") & (sweep["measure"] == "true_kl") & (sweep["split"] == "id")]
+    for estimator in sweep_lines(cfg):
+        line = sweep[(sweep["estimator"] == estimator) | (sweep["kl_coef"] == 0)].drop_duplicates("kl_coef")
+        kl = line.sort_values("kl_coef")["value"].to_numpy()
+        if len(kl) >= 2:
+            ratio = kl[0] / kl[-1] if kl[-1] > 0 else float("inf")
+            check(spread_check(estimator), "id", ratio, f">= {KL_SPREAD:g}, falling as the coefficient rises",
+                  ratio >= KL_SPREAD and all(a > b for a, b in zip(kl, kl[1:])), f"{line_claim(cfg, estimator)} C7")
     for split in splits:
         n = len(outputs["sft"][split])
         check("evaluation inputs", split, n, f">= {MIN_EVAL_INPUTS}", n >= MIN_EVAL_INPUTS, POLICY_CLAIMS)
@@ -606,10 +641,27 @@ def competence(cfg: Config) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COMPETENCE_COLUMNS)
 
 
+SPREAD_CHECK = "KL sweep ({label}): true KL to SFT at the smallest coefficient over at the largest"
+
+
+def spread_check(estimator: str) -> str:
+    """The name of the check that one estimator's line of the KL sweep ends apart (:data:`KL_SPREAD`)."""
+    return SPREAD_CHECK.format(label=ESTIMATOR_LABELS[estimator])
+
+
+def carries(check: str, carried: str, claim: str) -> bool:
+    """Does a verdict on ``claim`` rest on ``check``, which carries the claims ``carried``? A check
+    carries the claims it names and the claims asked in their place (chapter 9's ``C1[dpo]`` rests
+    on what ``C1`` rests on), except that a sweep line's spread check (:func:`spread_check`) carries
+    only the claims it names: C6 on k2's line does not rest on k1's line ending apart."""
+    named = carried.split()
+    return claim in named or (base_claim(claim) in named and not check.startswith(SPREAD_CHECK.split("{")[0]))
+
+
 def caveats(card: pd.DataFrame, checks: pd.DataFrame) -> dict[str, list[str]]:
-    """{claim: the failed checks its verdict rests on} ("check (split)")."""
+    """{claim: the failed checks its verdict rests on} ("check (split)", :func:`carries`)."""
     failed = checks[~checks["passed"]]
-    return {c: [f"{r.check} ({r.split})" for r in failed.itertuples() if base_claim(c) in r.claims.split()]
+    return {c: [f"{r.check} ({r.split})" for r in failed.itertuples() if carries(r.check, r.claims, c)]
             for c in card["claim"]}
 
 

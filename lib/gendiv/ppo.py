@@ -49,7 +49,12 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: s
     * ``log_ratio`` (k1, Schulman 2020, "Approximating KL divergence"): log pi - log pi_ref;
       unbiased, but any single token can be negative.
     * ``squared`` (k2): 0.5 * (log pi_ref - log pi)^2, the estimator of the paper's code
-      (rlvsil); never negative, low variance, biased for large divergences.
+      (rlvsil); never negative, low variance, biased for large divergences. Used as a per-token
+      reward (:func:`token_rewards`), its policy gradient is second order in the log-ratio, so
+      near pi_ref it does not pull the policy back, and it pushes tokens the policy already made
+      rarer than pi_ref rarer still: from a sharpened pi_ref it moves away, to pi_ref truncated
+      to its likeliest tokens (``tests/test_ppo_math.py``). So a larger ``kl_coef`` need not
+      mean a policy closer to SFT (the KL sweep, chapter 8).
     * ``k3``: (r - 1) - log r with r = pi_ref / pi; unbiased and never negative (the form GRPO
       uses as a loss).
 
