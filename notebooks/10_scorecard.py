@@ -19,8 +19,9 @@
 # # 10. The claims scorecard
 #
 # *The book's verdict on the paper's claims C1-C6 (Kirk et al. 2024, Secs. 5-6), on C7 (the KL
-# penalty's form, chapter 8), and on C1 and C4 asked of each alignment method of chapter 9,
-# computed from this run's results by stated rules.*
+# penalty's form, chapter 8), on C6 asked of the k1 penalty's line of the KL sweep where the
+# sweep runs k1 across its grid (`C6[log_ratio]`, chapter 8), and on C1 and C4 asked of each
+# alignment method of chapter 9, computed from this run's results by stated rules.*
 
 # %% [markdown]
 # ```{glue} scorecard

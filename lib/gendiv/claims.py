@@ -548,7 +548,7 @@ this many times the largest's. The KL is the true sequence KL measured on the ID
 k2 reads low where a policy sharpens its distribution (in the book of 421edf4 the runs at 0.05 and 1
 read 4.23 and 2.51 by k2, 4.20 and 4.06 in true KL). On `tiny` k2's line fails it on every seed
 tried: k2, as a per-token reward, has no first-order pull back toward SFT and pushes tokens the
-policy already made rarer rarer still (``tests/test_ppo.py``), so its coefficient does not set how
+policy already made rarer rarer still (``tests/test_ppo_math.py``), so its coefficient does not set how
 far PPO goes; hence the k1 line and C6 asked of it (``C6[log_ratio]``)."""
 PPO_OVER_SFT = "PPO minus SFT gold utility in distribution (interval's lower end)"
 """PPO beats SFT in the judge's gold utility on the inputs it was trained for, paired over the ID
