@@ -250,7 +250,7 @@ else:
 # inside the return, as PPO uses every penalty here. The paper's $k_2$, used the same way, gives
 # $\mathbb{E}_\pi[\nabla \log \pi(a)\, \tfrac{1}{2} d(a)^2]$ with $d = \log \pi - \log \pi_\text{SFT}$:
 # second order in $d$, so near SFT it has no pull back at all, and it lowers every token whose
-# $|d|$ is above average, including the tokens the policy has already made rarer than SFT does
+# $d^2$ is above its mean under $\pi$, including the tokens the policy has already made rarer than SFT does
 # ($d < 0$), which then grow rarer still. On its own it moves a sharpened SFT further away, to SFT
 # truncated to its likeliest tokens (`tests/test_ppo_math.py` follows that flow exactly). So on
 # $k_2$'s line a larger coefficient need not mean a smaller KL. Below, each line's true KL to SFT

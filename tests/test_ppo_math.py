@@ -197,7 +197,7 @@ def test_the_k2_penalty_as_a_reward_pulls_a_sharpened_policy_further_from_the_re
     As a per-token reward, k1's policy gradient is the gradient of -KL(pi || pi_ref): first order in
     the log-ratio d, so a policy near the reference is pulled back to it. k2 = d^2 / 2 gives
     E[grad log pi * d^2 / 2]: second order, with no first-order pull, and it lowers every token
-    whose |d| is above average, including those the policy already made rarer than the reference
+    whose d^2 is above its mean under pi, including those the policy already made rarer than the reference
     (d < 0), which then grow rarer. From a sharpened reference the flow ends on the reference
     truncated to its likeliest tokens (pi / pi_ref constant there, zero elsewhere): a fixed point
     of k2 with a larger KL and less entropy than where it started."""
