@@ -264,17 +264,12 @@ kl_table = true_kl.pivot_table(index="kl_coef", columns="estimator", values="val
 kl_table.columns = [claims.ESTIMATOR_LABELS[c] for c in kl_table.columns]
 display(kl_table.round(2))
 lines = []
-for estimator in claims.sweep_lines(cfg):
-    label = claims.ESTIMATOR_LABELS[estimator]
-    kl = (
-        true_kl[true_kl["estimator"] == estimator]
-        .sort_values("kl_coef")["value"]
-        .to_numpy()
-    )
-    falling = all(a > b for a, b in zip(kl, kl[1:]))
+for estimator in sweep.lines(cfg):
+    kl = sweep.line_true_kl(everything, cfg, estimator)
+    ratio, falling = sweep.spread(kl)
     lines.append(
-        f"- {label}: from {kl[0]:.2f} nats at the smallest coefficient to "
-        f"{kl[-1]:.2f} at the largest ({kl[0] / kl[-1]:.2f} times), "
+        f"- {claims.ESTIMATOR_LABELS[estimator]}: from {kl[0]:.2f} nats at the "
+        f"smallest coefficient to {kl[-1]:.2f} at the largest ({ratio:.2f} times), "
         + (
             "falling at every step."
             if falling

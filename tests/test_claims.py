@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from gendiv import claims
+from gendiv import claims, sweep
 
 
 @pytest.mark.parametrize("low,high,sign,expected", [
@@ -216,10 +216,10 @@ def test_c6_is_asked_of_each_estimator_whose_runs_span_the_grid():
     from gendiv.config import load_profile
 
     tiny = load_profile("tiny")
-    assert claims.sweep_lines(tiny) == ["squared", "log_ratio"]
+    assert sweep.lines(tiny) == ["squared", "log_ratio"]
     assert "C6[log_ratio]" in claims.statements(tiny)
-    assert claims.sweep_lines(load_profile("tiny", **{"ppo.sweep_estimator_betas": [0.05]})) == ["squared"]
-    assert claims.sweep_lines(load_profile("smoke", **{"ppo.sweep_estimator_betas": [0.5]})) == ["squared"]
-    assert claims.sweep_lines(load_profile("smoke", **{"ppo.sweep_estimator_betas": []})) == ["squared", "log_ratio"]
-    assert claims.sweep_lines(load_profile("tldr")) == ["squared"]
-    assert [claims.line_claim(tiny, e) for e in claims.sweep_lines(tiny)] == ["C6", "C6[log_ratio]"]
+    assert sweep.lines(load_profile("tiny", **{"ppo.sweep_estimator_betas": [0.05]})) == ["squared"]
+    assert sweep.lines(load_profile("smoke", **{"ppo.sweep_estimator_betas": [0.5]})) == ["squared"]
+    assert sweep.lines(load_profile("smoke", **{"ppo.sweep_estimator_betas": []})) == ["squared", "log_ratio"]
+    assert sweep.lines(load_profile("tldr")) == ["squared"]
+    assert [claims.line_claim(tiny, e) for e in sweep.lines(tiny)] == ["C6", "C6[log_ratio]"]

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gendiv import align, artifacts, data, ppo, runs, stats
+from gendiv import align, artifacts, data, ppo, runs, stats, sweep
 from gendiv.config import Config, task_name
 from gendiv.diversity import EFFECTIVE
 from gendiv.outputs import expected_utilities
@@ -69,21 +69,7 @@ LINE_CLAIM = ("C6 with the {label} penalty in place of the paper's k2: raising {
               "performance and also lowers per-input diversity (not a claim of the paper: k2, used as PPO uses it, "
               "as a per-token reward, does not pull the policy back toward SFT, so its coefficient need not set "
               "how far the policy goes; the deviations page).")
-"""C6 asked of another estimator's line of the KL sweep (``C6[<estimator>]``, :func:`sweep_lines`)."""
-
-
-def sweep_lines(cfg: Config) -> list[str]:
-    """The estimators whose runs span the KL sweep's grid, from its smallest coefficient to its
-    largest (the run at 0 serves every estimator): the profile's own first (the paper's C6), then
-    each of ``ppo.sweep_estimators`` that runs at both ends (:func:`gendiv.artifacts.sweep_runs`)."""
-    p = cfg.ppo
-    ends = {float(min(p.kl_grid)), float(max(p.kl_grid))}
-    lines = [p.kl_estimator]
-    for est in p.sweep_estimators:
-        betas = {0.0, *(float(b) for b in (p.sweep_estimator_betas or p.kl_grid))}
-        if est not in lines and ends <= betas:
-            lines.append(est)
-    return lines
+"""C6 asked of another estimator's line of the KL sweep (``C6[<estimator>]``, :func:`gendiv.sweep.lines`)."""
 
 
 def line_claim(cfg: Config, estimator: str) -> str:
@@ -105,7 +91,7 @@ def statements(cfg: Config) -> dict[str, str]:
     """Every claim this run's scorecard judges: the paper's C1-C6 and C7 (:data:`STATEMENTS`), then
     C1 and C4 asked of each method of ``align.methods`` (:data:`METHOD_CLAIMS`)."""
     out = dict(STATEMENTS)
-    for estimator in sweep_lines(cfg)[1:]:
+    for estimator in sweep.lines(cfg)[1:]:
         out[line_claim(cfg, estimator)] = LINE_CLAIM.format(label=ESTIMATOR_LABELS[estimator])
     for method_id in align.method_ids(cfg):
         for claim, text in METHOD_CLAIMS.items():
@@ -257,7 +243,7 @@ def evidence(cfg: Config) -> tuple[pd.DataFrame, dict[str, str]]:
     # profile's estimator (the paper's), then on each other estimator's line that spans the grid.
     sweep_per_input = pd.read_csv(runs.artifact(cfg, "kl_sweep", "per_input"))
     lo_k, hi_k = min(cfg.ppo.kl_grid), max(cfg.ppo.kl_grid)
-    for estimator in sweep_lines(cfg):
+    for estimator in sweep.lines(cfg):
         claim = line_claim(cfg, estimator)
         for split in splits:
             for measure, label in (("gold_utility", "performance (gold utility)"),
@@ -265,7 +251,7 @@ def evidence(cfg: Config) -> tuple[pd.DataFrame, dict[str, str]]:
                 v = sweep_per_input[(sweep_per_input["split"] == split) & (sweep_per_input["measure"] == measure)]
                 hi_v, lo_v = _run_values(v, estimator, hi_k), _run_values(v, estimator, lo_k)
                 common = hi_v.index.intersection(lo_v.index)
-                if not len(hi_v) or not len(lo_v) or not len(common):
+                if not len(common):
                     continue
                 d, lo, hi = stats.paired_difference(hi_v[common].to_numpy(), lo_v[common].to_numpy(), seed=cfg.seed)
                 add(claim, f"{split} {label} at kl_coef {hi_k:g} - at {lo_k:g}", d, lo, hi, -1)
@@ -541,7 +527,7 @@ MIN_EVAL_INPUTS, MIN_DIVERSITY_INPUTS, MIN_K = 200, 50, 8
 """Least inputs per split for the evaluation (paper: 500), inputs per split and samples per input
 for per-input diversity."""
 KL_SPREAD = 2.0
-"""The KL sweep's runs end at clearly different KL: on each line of the sweep (:func:`sweep_lines`),
+"""The KL sweep's runs end at clearly different KL: on each line of the sweep (:func:`gendiv.sweep.lines`),
 each larger coefficient ends at a lower KL to SFT, and the smallest coefficient's KL is at least
 this many times the largest's. The KL is the true sequence KL measured on the ID test outputs
 (:func:`gendiv.sweep.true_kl`), not the penalty's own estimate at the end of training: the paper's
@@ -620,15 +606,13 @@ def competence(cfg: Config) -> pd.DataFrame:
         check("PPO proxy reward: last fifth's rise over the whole rise", "id",
               trend["last_rise"] / trend["rise"] if trend["rise"] > 0 else float("nan"),
               "< 0.20 (flattened)", trend["flattened"], ALL_CLAIMS)
-    sweep = pd.read_csv(runs.artifact(cfg, "kl_sweep", "kl_sweep"))
-    sweep = sweep[(sweep.get("method", "ppo") == "ppo") & (sweep["measure"] == "true_kl") & (sweep["split"] == "id")]
-    for estimator in sweep_lines(cfg):
-        line = sweep[(sweep["estimator"] == estimator) | (sweep["kl_coef"] == 0)].drop_duplicates("kl_coef")
-        kl = line.sort_values("kl_coef")["value"].to_numpy()
+    sweep_frame = sweep.load(runs.artifact(cfg, "kl_sweep", "kl_sweep"))
+    for estimator in sweep.lines(cfg):
+        kl = sweep.line_true_kl(sweep_frame, cfg, estimator)
         if len(kl) >= 2:
-            ratio = kl[0] / kl[-1] if kl[-1] > 0 else float("inf")
+            ratio, falling = sweep.spread(kl)
             check(spread_check(estimator), "id", ratio, f">= {KL_SPREAD:g}, falling as the coefficient rises",
-                  ratio >= KL_SPREAD and all(a > b for a, b in zip(kl, kl[1:])), f"{line_claim(cfg, estimator)} C7")
+                  ratio >= KL_SPREAD and falling, f"{line_claim(cfg, estimator)} C7")
     for split in splits:
         n = len(outputs["sft"][split])
         check("evaluation inputs", split, n, f">= {MIN_EVAL_INPUTS}", n >= MIN_EVAL_INPUTS, POLICY_CLAIMS)

@@ -155,6 +155,30 @@ def main_estimator(frame: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     return frame[frame["estimator"] == cfg.ppo.kl_estimator]
 
 
+def lines(cfg: Config) -> list[str]:
+    """The estimators whose runs span the sweep's grid, from its smallest coefficient to its
+    largest (:func:`gendiv.artifacts.sweep_runs`; the run at 0 serves every estimator): the
+    profile's own first (the paper's C6), then each of ``ppo.sweep_estimators`` that ran at both ends."""
+    trained = set(artifacts.sweep_runs(cfg))
+    ends = (min(cfg.ppo.kl_grid), max(cfg.ppo.kl_grid))
+    return [cfg.ppo.kl_estimator] + [e for e in dict.fromkeys(cfg.ppo.sweep_estimators) if e != cfg.ppo.kl_estimator
+                                     and all(b == 0 or (float(b), e) in trained for b in ends)]
+
+
+def line_true_kl(frame: pd.DataFrame, cfg: Config, estimator: str, split: str = "id") -> np.ndarray:
+    """The true KL to SFT on ``split`` of one estimator's line (:func:`by_estimator`: with the
+    shared run at 0), in order of kl_coef."""
+    line = by_estimator(frame, cfg)
+    line = line[(line["estimator"] == estimator) & (line["measure"] == "true_kl") & (line["split"] == split)]
+    return line.sort_values("kl_coef")["value"].to_numpy()
+
+
+def spread(kl: np.ndarray) -> tuple[float, bool]:
+    """A line's true KL at its smallest coefficient over at its largest (inf where the largest's
+    is not above 0), and whether it falls at every step up the grid."""
+    return (kl[0] / kl[-1] if kl[-1] > 0 else float("inf")), bool(all(a > b for a, b in zip(kl, kl[1:])))
+
+
 def by_estimator(frame: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     """The sweep's rows with the run at kl_coef 0 (no penalty: one run for every estimator)
     repeated under each estimator of the estimator axis, so each estimator's line starts there."""
