@@ -98,7 +98,9 @@ def test_bodies_the_cross_encoder_cannot_use_are_refused(tok, tmp_path):
     for key, value, message in (("reward.body", " ", "reward.body must be 'sft'"),
                                 ("reward.warmup_share", 1.0, r"reward.warmup_share must lie in \[0, 1\)"),
                                 ("reward.head_lr_scale", 0.0, r"reward.head_lr_scale must be > 0 .*got 0.0"),
-                                ("reward.score_batch_size", 0, "reward.score_batch_size must be >= 1, got 0")):
+                                ("reward.score_batch_size", 0, "reward.score_batch_size must be >= 1, got 0"),
+                                ("reward.freeze_fraction", 1.0,
+                                 r"reward.freeze_fraction must lie in \[0, 1\) .*got 1.0")):
         with pytest.raises(ConfigError, match=message):
             load_profile("smoke", **{key: value})
 
@@ -151,3 +153,41 @@ def test_bf16_scores_follow_fp32_and_reach_the_stages(trained, tmp_path):
     assert not torch.equal(trained_b.model.bert.encoder.layer[5].output.dense.weight,
                            start.bert.encoder.layer[5].output.dense.weight)
     assert trained_b.model.bert.encoder.layer[5].output.dense.weight.dtype == torch.float32
+
+
+def test_a_frozen_bottom_is_computed_once_and_gives_the_full_forward_pass(tmp_path):
+    # reward.freeze_fraction 0.5: the bottom three of MiniLM's six blocks stay as pretrained, and
+    # training reads their output from a cache. The cache must give the scores of a full forward
+    # pass (a mask or an off-by-one block would not), the bottom blocks must not move and the top
+    # ones must, and the RM must still learn to read the post.
+    cpu = torch.device("cpu")
+    model, tok = models.load_cross_encoder(ENCODER, device=cpu, freeze_fraction=0.5)
+    rm = models.CrossEncoderRewardModel(model.eval(), tok, max_length=64)
+    assert rm.frozen_blocks() == 3
+    assert models.CrossEncoderRewardModel(models.load_cross_encoder(ENCODER, device=cpu)[0], tok).frozen_blocks() == 0
+    pairs = _pairs(THINGS, random.Random(2), 9)
+    prompts, texts = [p["prompt"] for p in pairs], [p["chosen"] + " and" * i for i, p in enumerate(pairs)]
+    states = rm.frozen_states(prompts, texts, 3, batch_size=4)
+    assert [len(s) for s in states] == rm.encode(prompts, texts)["attention_mask"].sum(1).tolist()
+    with torch.no_grad():
+        full = rm.logits(prompts, texts)
+        cached = rm.logits_from_states(states, 3)
+        assert not torch.allclose(full, full.mean().expand_as(full), atol=1e-6)  # not one score for all
+        torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(rm.logits_from_states(rm.frozen_states(prompts, texts, 2), 3), full, atol=1e-4)
+    rng = random.Random(0)
+    reward.train_cross_encoder_rm(ENCODER, _pairs(THINGS[:16], rng, 96), tmp_path / "rm", epochs=2, lr=1e-4,
+                                  batch_size=8, max_length=64, seed=0, freeze_fraction=0.5, device=cpu)
+    trained = models.RewardModel.load(tmp_path / "rm", cpu, max_length=64)
+    start, _ = models.load_cross_encoder(ENCODER, device=cpu)
+    for block in range(6):
+        same = torch.equal(trained.model.bert.encoder.layer[block].output.dense.weight,
+                           start.bert.encoder.layer[block].output.dense.weight)
+        assert same == (block < 3), block
+    heldout = _pairs(THINGS[16:], rng, 40)
+    prompts = [p["prompt"] for p in heldout]
+    right = trained.raw_scores(prompts, [p["chosen"] for p in heldout]) > trained.raw_scores(
+        prompts, [p["rejected"] for p in heldout])
+    assert right.mean() >= 0.85
+    with pytest.raises(ValueError, match=r"freeze_fraction of a cross-encoder RM must lie in \[0, 1\)"):
+        models.load_cross_encoder(ENCODER, device=cpu, freeze_fraction=1.0)

