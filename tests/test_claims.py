@@ -221,5 +221,6 @@ def test_c6_is_asked_of_each_estimator_whose_runs_span_the_grid():
     assert sweep.lines(load_profile("tiny", **{"ppo.sweep_estimator_betas": [0.05]})) == ["squared"]
     assert sweep.lines(load_profile("smoke", **{"ppo.sweep_estimator_betas": [0.5]})) == ["squared"]
     assert sweep.lines(load_profile("smoke", **{"ppo.sweep_estimator_betas": []})) == ["squared", "log_ratio"]
+    assert sweep.lines(load_profile("smol")) == ["squared", "log_ratio"]  # the GPU profile asks C6[log_ratio] too
     assert sweep.lines(load_profile("tldr")) == ["squared"]
     assert [claims.line_claim(tiny, e) for e in sweep.lines(tiny)] == ["C6", "C6[log_ratio]"]

@@ -409,10 +409,10 @@ class CrossEncoderRewardModel(RewardModel):
         mask = torch.zeros(hidden.shape[:2], dtype=torch.long, device=device)
         for row, state in enumerate(states):
             mask[row, : len(state)] = 1
-        bert = self.model.base_model
+        bert, call = self.model.base_model, self.model if model is None else model
         with _only_blocks(bert, blocks, len(bert.encoder.layer), embedded=True), \
                 torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            return (model or self.model)(inputs_embeds=hidden, attention_mask=mask).logits[:, 0].float()
+            return call(inputs_embeds=hidden, attention_mask=mask).logits[:, 0].float()
 
     @torch.no_grad()
     def raw_scores(self, prompts: list[str], completions: list[str], batch_size: int = 32,
