@@ -140,7 +140,7 @@ def train_cross_encoder_rm(encoder: str, comparisons: list[dict], out_dir: Path,
         optimizer, lambda k: min(1.0, (k + 1) / warmup if warmup else 1.0) * max(0.0, 1.0 - k / total))
     rm = CrossEncoderRewardModel(acc.unwrap_model(model), tok, max_length=max_length, bf16=bf16)
     # The frozen blocks' output, once per (prompt, response) before training: each step then runs
-    # only the blocks that train (on tiny, three of MiniLM's six). Without dropout in the frozen
+    # only the blocks that train (on tiny, four of MiniLM's six). Without dropout in the frozen
     # blocks, where a full forward pass in training mode would drop some of their activations.
     frozen, states = rm.frozen_blocks(), {}
     if frozen:
