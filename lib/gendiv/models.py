@@ -410,9 +410,15 @@ class CrossEncoderRewardModel(RewardModel):
         for row, state in enumerate(states):
             mask[row, : len(state)] = 1
         bert, call = self.model.base_model, self.model if model is None else model
-        with _only_blocks(bert, blocks, len(bert.encoder.layer), embedded=True), \
-                torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            return call(inputs_embeds=hidden, attention_mask=mask).logits[:, 0].float()
+        # The embeddings run on placeholder ids and their output is replaced by the cached states:
+        # the module (and its buffers, which a process-group wrapper syncs) stays in place.
+        handle = bert.embeddings.register_forward_hook(lambda module, args, output: hidden.to(output.dtype))
+        try:
+            with _only_blocks(bert, blocks, len(bert.encoder.layer)), \
+                    torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                return call(input_ids=torch.zeros_like(mask), attention_mask=mask).logits[:, 0].float()
+        finally:
+            handle.remove()
 
     @torch.no_grad()
     def raw_scores(self, prompts: list[str], completions: list[str], batch_size: int = 32,
@@ -433,25 +439,15 @@ class CrossEncoderRewardModel(RewardModel):
         return out
 
 
-class _Embedded(torch.nn.Module):
-    """In place of a BERT's embeddings: passes on the hidden states it is given as ``inputs_embeds``."""
-
-    def forward(self, inputs_embeds=None, **_):
-        return inputs_embeds
-
-
 @contextmanager
-def _only_blocks(bert, start: int, stop: int, embedded: bool = False):
-    """Within it, ``bert`` (a BERT-family encoder) runs only its blocks ``start`` to ``stop``, and
-    with ``embedded`` takes hidden states in place of its embeddings' output (``inputs_embeds``)."""
-    blocks, embeddings = bert.encoder.layer, bert.embeddings
+def _only_blocks(bert, start: int, stop: int):
+    """Within it, ``bert`` (a BERT-family encoder) runs only its blocks ``start`` to ``stop``."""
+    blocks = bert.encoder.layer
     bert.encoder.layer = torch.nn.ModuleList(list(blocks)[start:stop])
-    if embedded:
-        bert.embeddings = _Embedded()
     try:
         yield
     finally:
-        bert.encoder.layer, bert.embeddings = blocks, embeddings
+        bert.encoder.layer = blocks
 
 
 def _fp32_forward(linear: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
