@@ -60,6 +60,32 @@ def test_shared_prefill_gives_the_samples_of_the_plain_path(tok, tiny, n_samples
         assert shared == plain
 
 
+@pytest.mark.parametrize("n_samples,share", [(1, False), (3, True)])
+def test_the_static_cache_samples_the_tokens_of_the_growing_one(tok, tiny, n_samples, share):
+    """``generate`` samples into a cache allocated once (:func:`gendiv.lm.static_cache`), with or
+    without a shared prefill copied into it: under the same seed every row is token for token
+    what transformers' default cache (one that grows by concatenation) samples, prompts of
+    different lengths left-padded in one batch. A misplaced copy (states at the wrong positions,
+    a wrong count of positions filled) changes the logits, so the samples."""
+    prompts = ["SUBREDDIT: r/a\nTITLE: t\nPOST: p\nTL;DR:", CORPUS[2], CORPUS[5][:90]]
+    with lm.tokenizer_sides(tok, "left", "left"):
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    assert (mask == 0).any()
+    kw = dict(do_sample=True, max_new_tokens=8, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+              top_k=0, top_p=1.0)
+    with torch.no_grad():
+        cache = lm._shared_prefill(tiny, ids, mask, n_samples) if share else None
+        rows, rmask = ids.repeat_interleave(n_samples, 0), mask.repeat_interleave(n_samples, 0)
+        torch.manual_seed(11)
+        static = tiny.generate(input_ids=rows, attention_mask=rmask, **kw,
+                               **lm.generate_kwargs(tiny, rows, 8, cache))
+        torch.manual_seed(11)
+        growing = tiny.generate(input_ids=rows, attention_mask=rmask, **kw)
+    assert isinstance(lm.generate_kwargs(tiny, rows, 8)["cache"], lm.StaticCache)
+    assert static.shape == growing.shape and torch.equal(static, growing)
+
+
 def test_chunks_cover_every_sample_once():
     for n, bs in [(1, 64), (16, 64), (48, 64), (5, 2), (7, 3)]:
         seen = [(i, first + r) for idx, first, reps in lm._chunks(list(range(5)), n, bs)

@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from gendiv import artifacts, data, outputs, runs
 from gendiv.config import KL_ESTIMATORS, Config, ConfigError
-from gendiv.lm import (block_input, entropy_from_logits, frozen_blocks, gather_logprobs, response_outputs,
-                       tokenizer_sides)
+from gendiv.lm import (block_input, entropy_from_logits, frozen_blocks, gather_logprobs, generate_kwargs,
+                       response_outputs, tokenizer_sides)
 from gendiv.models import load_causal_lm, load_policy, pick_device, save_pretrained_atomic
 
 
@@ -240,7 +240,8 @@ def rollout(policy: PolicyWithValueHead, ref_lm, reward_model, tokenizer, prompt
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     out = policy.lm.generate(**enc, do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p,
-                             max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos)
+                             max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos,
+                             **generate_kwargs(policy.lm, enc["input_ids"], max_new_tokens))
     generation_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     response = out[:, enc["input_ids"].shape[1]:]
