@@ -78,6 +78,7 @@ def _job(tag: str, out: str, fail: bool = False):
 
     import torch
     start = time.time()
+    pathlib.Path(out, f"{tag}.started").touch()
     print(f"job {tag} says hello")
     time.sleep(1.0)
     if fail:
@@ -101,6 +102,48 @@ def test_side_by_side_runs_jobs_at_once_in_processes_of_their_own(tmp_path):
     assert {r["threads"] for r in two.values()} == {2}  # 4 threads, 2 jobs: two each
     many = runs.side_by_side(cfg, {str(i): functools.partial(_job, str(i), str(tmp_path)) for i in range(5)}, threads=2)
     assert len({r["pid"] for r in many.values()}) <= 4  # at most two jobs a thread at once
+
+
+def _freeing_job(tag: str, out: str, part: str, others: str):
+    """A side_by_side job that, once started, marks another part of the book as finished (removes
+    its file from the running parts' folder), then works until the jobs named in ``others`` have
+    started (or two minutes have passed)."""
+    import pathlib
+    import time
+    freed = time.time()
+    pathlib.Path(part).unlink()
+    deadline = freed + 120
+    while time.time() < deadline and not all(pathlib.Path(out, f"{o}.started").exists() for o in others):
+        time.sleep(0.1)
+    return {**_job(tag, out), "freed": freed}
+
+
+def test_a_part_beside_another_starts_more_jobs_once_the_other_finishes(tmp_path, monkeypatch):
+    """Two parts on two cores: this one has a thread, so its jobs start one at a time, in a worker
+    process; once the other part finishes (during job a), the freed core starts the rest at once,
+    before a has finished."""
+    import functools
+    import os
+    running = tmp_path / "parts"
+    running.mkdir()
+    for i in range(2):
+        (running / str(i)).touch()
+    monkeypatch.setenv(runs.RUNNING_PARTS, str(running))
+    monkeypatch.setattr(runs.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(runs, "PART_POLL_S", 0.1)
+    cfg = load_profile("smoke", run_dir=str(tmp_path / "run"), model={"device": "cpu"})
+    jobs = {"a": functools.partial(_freeing_job, "a", str(tmp_path), str(running / "1"), "bc"),
+            "b": functools.partial(_job, "b", str(tmp_path)), "c": functools.partial(_job, "c", str(tmp_path))}
+    out = runs.side_by_side(cfg, jobs)
+    assert os.getpid() not in {r["pid"] for r in out.values()}  # in worker processes, not in turn here
+    assert min(out["b"]["start"], out["c"]["start"]) >= out["a"]["freed"]  # one at a time until then
+    assert max(out["b"]["start"], out["c"]["start"]) < out["a"]["end"] - 1  # then the rest at once
+    assert {r["threads"] for r in out.values()} == {1}
+    # not a part beside others: one thread runs the jobs here, in turn, as before
+    monkeypatch.delenv(runs.RUNNING_PARTS)
+    monkeypatch.setattr(runs, "cores_now", lambda cores=None: 1)
+    alone = runs.side_by_side(cfg, {n: functools.partial(_job, n, str(tmp_path)) for n in "de"})
+    assert {r["pid"] for r in alone.values()} == {os.getpid()}
 
 
 def test_side_by_side_on_one_thread_runs_here_in_turn(tmp_path):

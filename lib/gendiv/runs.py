@@ -169,6 +169,11 @@ def _side_job(job: Callable[[], Any], log: str, threads: int) -> tuple[Any, floa
     return result, time.perf_counter() - start
 
 
+PART_POLL_S = 10.0
+"""How often :func:`side_by_side`, in a part run beside others, looks whether a part finished (its
+share of the cores then grows, and it starts more of its jobs at once)."""
+
+
 def side_by_side(cfg: Config, jobs: dict[str, Callable[[], Any]], threads: int | None = None) -> dict[str, Any]:
     """Run independent jobs (picklable callables: a stage's builder with its arguments, as
     ``functools.partial(build_ppo, cfg, kl_coef=0.0)``) side by side on a CPU, each in a process of
@@ -181,38 +186,57 @@ def side_by_side(cfg: Config, jobs: dict[str, Callable[[], Any]], threads: int |
     one after the other (the three extra PPO runs of ``tiny-instruct``'s KL sweep, 2 cores: 305 s
     side by side, about 360 s in turn, chapter 4's run taking 132 s). The jobs run here, one after
     the other, when there is one thread or one job, on a GPU (``model.device`` cuda, or auto with
-    one visible) and under a launcher. Each worker's output (progress bars, stage lines) goes to
-    ``logs/side_by_side/<name>.log``; a line here says when each job finishes. A job that fails
-    raises here after the others have finished, so their work is kept (each job is a cached
-    stage); rerunning redoes only what failed.
+    one visible) and under a launcher. In a part run beside others (``gendiv run`` with several
+    profiles) with one thread of its share, they run one at a time in a worker process instead, and
+    every ``PART_POLL_S`` seconds the part looks again: when another part has finished, the cores
+    it freed start more jobs at once (in the book of 14c09cb the summarisation part's last two
+    KL-sweep runs went on in turn on one core for 7 minutes after the other part had finished).
+    Each worker's output (progress bars, stage lines) goes to ``logs/side_by_side/<name>.log``; a
+    line here says when each job finishes. A job that fails raises here after the others have
+    finished, so their work is kept (each job is a cached stage); rerunning redoes only what failed.
     """
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    growing = threads is None and threads_for_next_notebook() is not None  # beside other parts
     threads = threads or cores_now()
-    # more jobs than threads: all at once on a thread each (the system shares the cores among
-    # single-threaded processes well: three trainings on two cores end sooner than two, then one
-    # on a single thread), up to two a thread
-    workers = min(len(jobs), 2 * threads)
     gpu = cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available())
-    if threads <= 1 or workers <= 1 or gpu or world_size() > 1:
+    if len(jobs) <= 1 or gpu or world_size() > 1 or (threads <= 1 and not growing):
         return {name: job() for name, job in jobs.items()}
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import ProcessPoolExecutor
 
-    each = max(1, threads // workers)
+    def at_once(threads: int) -> int:
+        # more jobs than threads: all at once on a thread each (the system shares the cores among
+        # single-threaded processes well: three trainings on two cores end sooner than two, then one
+        # on a single thread), up to two a thread
+        return 1 if threads <= 1 else min(len(jobs), 2 * threads)
+
     logs = run_dir(cfg) / "logs" / "side_by_side"
     logs.mkdir(parents=True, exist_ok=True)
-    print(f"{len(jobs)} jobs side by side, {workers} at a time on {each} thread(s) each (their output in "
-          f"logs/side_by_side/ of the run folder): {', '.join(jobs)}", flush=True)
-    results, errors = {}, {}
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_side_job, job, str(logs / f"{name}.log"), each): name for name, job in jobs.items()}
-        for future in as_completed(futures):
-            name = futures[future]
-            try:
-                results[name], seconds = future.result()
-                print(f"  {name} done in {seconds:.1f}s", flush=True)
-            except Exception as exc:  # the others go on; their work is kept
-                errors[name] = exc
-                print(f"  {name} FAILED ({type(exc).__name__}: {exc}); its output: {logs / f'{name}.log'}", flush=True)
+    print(f"{len(jobs)} jobs side by side, {at_once(threads)} at a time"
+          f"{' for now (more when another part finishes)' if growing else ''} on "
+          f"{max(1, threads // at_once(threads))} thread(s) each (their output in logs/side_by_side/ of the run "
+          f"folder): {', '.join(jobs)}", flush=True)
+    results, errors, pending, running = {}, {}, list(jobs.items()), {}
+    most = at_once(max(threads, os.cpu_count() or 1) if growing else threads)  # worker processes at most
+    with ProcessPoolExecutor(most, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while pending or running:
+            if growing:
+                threads = max(threads, cores_now())
+            while pending and len(running) < at_once(threads):
+                name, job = pending.pop(0)
+                each = max(1, threads // min(len(running) + len(pending) + 1, at_once(threads)))
+                running[pool.submit(_side_job, job, str(logs / f"{name}.log"), each)] = name
+            done, _ = wait(running, timeout=PART_POLL_S if growing else None, return_when=FIRST_COMPLETED)
+            for future in done:
+                name = running.pop(future)
+                try:
+                    results[name], seconds = future.result()
+                    print(f"  {name} done in {seconds:.1f}s", flush=True)
+                except Exception as exc:  # the others go on; their work is kept
+                    errors[name] = exc
+                    print(f"  {name} FAILED ({type(exc).__name__}: {exc}); its output: {logs / f'{name}.log'}",
+                          flush=True)
     if errors:
         name, exc = next(iter(errors.items()))
         raise RuntimeError(f"{len(errors)} of {len(jobs)} jobs run side by side failed ({', '.join(errors)}); "
