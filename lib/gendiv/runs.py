@@ -190,7 +190,7 @@ def side_by_side(cfg: Config, jobs: dict[str, Callable[[], Any]], threads: int |
     profiles) with one thread of its share, they run one at a time in a worker process instead, and
     every ``PART_POLL_S`` seconds the part looks again: when another part has finished, the cores
     it freed start more jobs at once (in the book of 14c09cb the summarisation part's last two
-    KL-sweep runs went on in turn on one core for 7 minutes after the other part had finished).
+    KL-sweep runs went on in turn on one core for nine minutes after the other part had finished).
     Each worker's output (progress bars, stage lines) goes to ``logs/side_by_side/<name>.log``; a
     line here says when each job finishes. A job that fails raises here after the others have
     finished, so their work is kept (each job is a cached stage); rerunning redoes only what failed.
