@@ -105,17 +105,23 @@ def test_side_by_side_runs_jobs_at_once_in_processes_of_their_own(tmp_path):
 
 
 def _freeing_job(tag: str, out: str, part: str, others: str):
-    """A side_by_side job that, once started, marks another part of the book as finished (removes
-    its file from the running parts' folder), then works until the jobs named in ``others`` have
+    """A side_by_side job that, once started, looks for five seconds whether any job of ``others``
+    starts beside it (``alone``: none did), then marks another part of the book as finished
+    (removes its file from the running parts' folder) and works until the jobs of ``others`` have
     started (or two minutes have passed)."""
     import pathlib
     import time
+
+    def started(o):
+        return pathlib.Path(out, f"{o}.started").exists()
+    time.sleep(5.0)
+    alone = not any(started(o) for o in others)
     freed = time.time()
     pathlib.Path(part).unlink()
     deadline = freed + 120
-    while time.time() < deadline and not all(pathlib.Path(out, f"{o}.started").exists() for o in others):
+    while time.time() < deadline and not all(started(o) for o in others):
         time.sleep(0.1)
-    return {**_job(tag, out), "freed": freed}
+    return {**_job(tag, out), "freed": freed, "alone": alone}
 
 
 def test_a_part_beside_another_starts_more_jobs_once_the_other_finishes(tmp_path, monkeypatch):
@@ -136,7 +142,7 @@ def test_a_part_beside_another_starts_more_jobs_once_the_other_finishes(tmp_path
             "b": functools.partial(_job, "b", str(tmp_path)), "c": functools.partial(_job, "c", str(tmp_path))}
     out = runs.side_by_side(cfg, jobs)
     assert os.getpid() not in {r["pid"] for r in out.values()}  # in worker processes, not in turn here
-    assert min(out["b"]["start"], out["c"]["start"]) >= out["a"]["freed"]  # one at a time until then
+    assert out["a"]["alone"] and min(out["b"]["start"], out["c"]["start"]) >= out["a"]["freed"]  # one at a time
     assert max(out["b"]["start"], out["c"]["start"]) < out["a"]["end"] - 1  # then the rest at once
     assert {r["threads"] for r in out.values()} == {1}
     # not a part beside others: one thread runs the jobs here, in turn, as before
