@@ -215,10 +215,12 @@ def test_c6_is_asked_of_each_estimator_whose_runs_span_the_grid():
     estimator axis has a line of its own only where it ran at both (the run at 0 serves all)."""
     from gendiv.config import load_profile
 
-    tiny = load_profile("tiny")
+    tiny = load_profile("tiny-full")
     assert sweep.lines(tiny) == ["squared", "log_ratio"]
     assert "C6[log_ratio]" in claims.statements(tiny)
-    assert sweep.lines(load_profile("tiny", **{"ppo.sweep_estimator_betas": [0.05]})) == ["squared"]
+    assert sweep.lines(load_profile("tiny-full", **{"ppo.sweep_estimator_betas": [0.05]})) == ["squared"]
+    assert sweep.lines(load_profile("tiny")) == ["squared"]  # the book's tiny leaves the axis out (budget)
+    assert "C6[log_ratio]" not in claims.statements(load_profile("tiny"))
     assert sweep.lines(load_profile("smoke", **{"ppo.sweep_estimator_betas": [0.5]})) == ["squared"]
     assert sweep.lines(load_profile("smoke", **{"ppo.sweep_estimator_betas": []})) == ["squared", "log_ratio"]
     assert sweep.lines(load_profile("smol")) == ["squared", "log_ratio"]  # the GPU profile asks C6[log_ratio] too

@@ -81,3 +81,42 @@ def test_section_hash_ignores_unrelated_sections():
     c = load_profile("smoke", **{"data.n_test": 3})
     assert a.section_hash("world", "data") == b.section_hash("world", "data")
     assert a.section_hash("world", "data") != c.section_hash("world", "data")
+
+
+def test_a_profile_extending_another_changes_only_the_keys_it_names(tmp_path):
+    """extends: the parent's sections with the child's keys replacing theirs one by one (not whole
+    sections), the child's name, a YAML parent relative to the child's folder, and chains."""
+    (tmp_path / "mid.yaml").write_text("extends: smoke\nppo:\n  steps: 7\nseed: 3\n")
+    (tmp_path / "leaf.yaml").write_text("extends: mid.yaml\nppo:\n  kl_coef: 0.2\nsft:\n  lr: 0.5\n")
+    smoke, leaf = load_profile("smoke"), load_profile(tmp_path / "leaf.yaml")
+    assert leaf.profile == "leaf" and leaf.seed == 3
+    assert (leaf.ppo.steps, leaf.ppo.kl_coef, leaf.sft.lr) == (7, 0.2, 0.5)
+    # every other key of the sections the children touched is the parent's, not the default
+    assert dataclasses.replace(leaf.ppo, steps=smoke.ppo.steps, kl_coef=smoke.ppo.kl_coef) == smoke.ppo
+    assert dataclasses.replace(leaf.sft, lr=smoke.sft.lr) == smoke.sft
+    assert leaf.data == smoke.data and leaf.align == smoke.align
+
+
+def test_the_full_tiny_profiles_add_only_what_the_book_leaves_out():
+    for name in ("tiny", "tiny-instruct"):
+        lean, full = load_profile(name), load_profile(f"{name}-full")
+        assert full.profile == f"{name}-full"
+        assert (lean.ppo.sweep_estimators, lean.align.methods) == ((), ())
+        assert (full.ppo.sweep_estimators, full.align.methods) == (("log_ratio",), ("dpo", "grpo"))
+        assert dataclasses.replace(full, profile=name, ppo=lean.ppo, align=lean.align) == lean
+        assert dataclasses.replace(full.ppo, sweep_estimators=()) == lean.ppo
+        assert dataclasses.replace(full.align, methods=()) == lean.align
+
+
+@pytest.mark.parametrize("text, message", [
+    ("extends: leaf.yaml\n", r"extends itself"),
+    ("extends: other.yaml\n", r"extends itself"),
+    ("extends: tinny\n", r"Unknown profile 'tinny'.*Did you mean 'tiny'"),
+    ("extends: 3\n", r"extends in profile 'leaf' must name a profile"),
+    ("extends: gone.yaml\n", r"gone.yaml' does not exist"),
+])
+def test_a_bad_extends_is_named(tmp_path, text, message):
+    (tmp_path / "other.yaml").write_text("extends: leaf.yaml\n")
+    (tmp_path / "leaf.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_profile(tmp_path / "leaf.yaml")

@@ -203,3 +203,55 @@ def test_a_stage_takes_the_cores_another_part_freed(tmp_path, monkeypatch):
         assert seen == [runs.part_threads(1)]  # every core, from this stage on
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_loop_takes_freed_cores_at_most_every_poll(tmp_path, monkeypatch):
+    """take_freed_cores (called at each batch of sampling, RM scoring and training steps): the part's
+    share of the cores now, looked at no more often than every PART_POLL_S seconds."""
+    import torch
+    running = tmp_path / "parts"
+    running.mkdir()
+    (running / "0").touch()
+    (running / "1").touch()
+    monkeypatch.setenv(runs.RUNNING_PARTS, str(running))
+    monkeypatch.setattr(runs.os, "cpu_count", lambda: 2)
+    clock = [1000.0]
+    monkeypatch.setattr(runs.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(runs, "_last_look", 0.0)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        runs.take_freed_cores()
+        assert torch.get_num_threads() == 1  # two parts on two cores: one each
+        (running / "1").unlink()  # the other part finished
+        clock[0] += runs.PART_POLL_S / 2
+        runs.take_freed_cores()
+        assert torch.get_num_threads() == 1  # not looked again yet
+        clock[0] += runs.PART_POLL_S / 2
+        runs.take_freed_cores()
+        assert torch.get_num_threads() == 2  # every core, in the middle of the stage
+    finally:
+        torch.set_num_threads(before)
+
+
+def _threads_job():
+    """A side_by_side job that does what each stage does first (take the part's cores now)."""
+    import torch
+
+    from gendiv import runs as r
+    r.take_cores_now()
+    r.take_freed_cores()
+    return torch.get_num_threads()
+
+
+def test_a_job_beside_others_keeps_the_threads_it_was_given(tmp_path, monkeypatch):
+    """Jobs run side by side keep the scheduler's threads even when their stage looks at the running
+    parts: two jobs on a thread each must not each take every core the part has."""
+    import os
+    running = tmp_path / "parts"
+    running.mkdir()
+    (running / "0").touch()  # the last part running: its share is every core of the machine
+    monkeypatch.setenv(runs.RUNNING_PARTS, str(running))
+    cfg = load_profile("smoke", run_dir=str(tmp_path / "run"), model={"device": "cpu"})
+    out = runs.side_by_side(cfg, {"a": _threads_job, "b": _threads_job}, threads=2)
+    assert out == {"a": 1, "b": 1}, f"{os.cpu_count()} cores"

@@ -489,21 +489,47 @@ def available_profiles() -> list[str]:
                   if p.name.endswith(".yaml"))
 
 
-def _read_profile(name_or_path: str | Path) -> tuple[str, dict]:
+def _read_profile(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> tuple[str, dict]:
+    """(name, raw mapping) of a profile, with ``extends: <profile>`` resolved: the named profile
+    (a shipped name, or a YAML path relative to this file's folder) is read first, and this one's
+    keys replace its keys section by section (``ppo: {steps: 10}`` changes one key of the parent's
+    ``ppo``); the parent's ``profile`` name is not inherited."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.exists():
             raise ConfigError(f"Profile file {str(path)!r} does not exist.")
-        return path.stem, yaml.safe_load(path.read_text()) or {}
-    name = str(name_or_path)
-    names = available_profiles()
-    if name not in names:
-        hint = difflib.get_close_matches(name, names, n=1)
-        did = f" Did you mean {hint[0]!r}?" if hint else ""
-        raise ConfigError(f"Unknown profile {name!r}.{did} Available profiles: {', '.join(names)}; "
-                          "or pass the path of a .yaml file.")
-    text = resources.files("gendiv.profiles").joinpath(f"{name}.yaml").read_text()
-    return name, yaml.safe_load(text) or {}
+        name, raw, here = path.stem, yaml.safe_load(path.read_text()) or {}, path.resolve().parent
+    else:
+        name = str(name_or_path)
+        names = available_profiles()
+        if name not in names:
+            hint = difflib.get_close_matches(name, names, n=1)
+            did = f" Did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(f"Unknown profile {name!r}.{did} Available profiles: {', '.join(names)}; "
+                              "or pass the path of a .yaml file.")
+        text = resources.files("gendiv.profiles").joinpath(f"{name}.yaml").read_text()
+        raw, here = yaml.safe_load(text) or {}, None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Profile {name!r} must be a mapping of keys to values, got {raw!r}.")
+    if "extends" not in raw:
+        return name, raw
+    raw = dict(raw)
+    parent = raw.pop("extends")
+    key = str(parent)
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"extends in profile {name!r} must name a profile or a .yaml path, got {parent!r}.")
+    if Path(parent).suffix in (".yaml", ".yml") and here is not None and not Path(parent).is_absolute():
+        parent = str(here / parent)
+        key = str(Path(parent).resolve())
+    if key in seen or key == name:
+        raise ConfigError(f"Profile {name!r} extends itself through {' -> '.join([*seen, name, key])}; "
+                          "remove one of these extends.")
+    _, base = _read_profile(parent, (*seen, name if here is None else str(path.resolve())))
+    merged = {k: v for k, v in base.items() if k != "profile"}
+    for k, v in raw.items():
+        both = isinstance(v, dict) and isinstance(merged.get(k), dict)
+        merged[k] = {**merged[k], **v} if both else v
+    return name, merged
 
 
 def _unknown(key: str, known: list[str], where: str) -> ConfigError:

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, StaticCache
 
-from gendiv import data
+from gendiv import data, runs
 from gendiv.config import Config
 
 
@@ -133,6 +133,7 @@ def generate(model, tokenizer, prompts: list[str], *, n_samples: int = 1, max_ne
         if temperature > 0 else dict(do_sample=False)
     bar = tqdm(total=len(prompts) * n_samples, desc=desc, leave=False)
     for b, (idx, first, repeats) in enumerate(chunks):
+        runs.take_freed_cores()
         with tokenizer_sides(tokenizer, "left", "left"):
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                             truncation=max_prompt_tokens is not None, max_length=max_prompt_tokens,

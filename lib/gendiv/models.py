@@ -317,6 +317,7 @@ class RewardModel:
         order = sorted(range(len(texts)), key=lambda i: -lengths[i])
         out = np.zeros(len(texts), dtype=np.float32)
         for i in range(0, len(texts), batch_size):
+            runs.take_freed_cores()
             idx = order[i:i + batch_size]
             with tokenizer_sides(tok, padding_side, "left"):
                 enc = tok([texts[j] for j in idx], return_tensors="pt", padding=True, truncation=True,
@@ -434,6 +435,7 @@ class CrossEncoderRewardModel(RewardModel):
         order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
         out = np.zeros(len(prompts), dtype=np.float32)
         for i in range(0, len(order), batch_size):
+            runs.take_freed_cores()
             idx = order[i:i + batch_size]
             out[idx] = self.logits([prompts[j] for j in idx], [completions[j] for j in idx]).float().cpu().numpy()
         return out

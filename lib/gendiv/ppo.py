@@ -424,6 +424,7 @@ class PPOTrainer:
         steps = self.ppo.steps if steps is None else steps
         bar = tqdm(total=steps, initial=self.step, desc=desc, disable=not self.accelerator.is_main_process)
         while self.step < steps:
+            runs.take_freed_cores()
             row = self.train_step()
             bar.update(1)
             bar.set_postfix(reward=f"{row['proxy_reward']:.2f}", kl=f"{row['kl']:.2f}")

@@ -151,6 +151,7 @@ def train_cross_encoder_rm(encoder: str, comparisons: list[dict], out_dir: Path,
     rng, order, log = random.Random(seed), [], []
     model.train()
     for step in tqdm(range(total), desc="reward model", disable=not acc.is_main_process):
+        runs.take_freed_cores()
         if len(order) < step_pairs:
             fresh = list(range(len(comparisons)))
             rng.shuffle(fresh)

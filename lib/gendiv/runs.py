@@ -159,9 +159,28 @@ def take_cores_now() -> None:
         torch.set_num_threads(shared)
 
 
+_last_look = 0.0
+
+
+def take_freed_cores() -> None:
+    """:func:`take_cores_now` at most every ``PART_POLL_S`` seconds: long loops (sampling, RM
+    scoring, training steps) call it at each batch, so a part takes the cores another part freed in
+    the middle of a stage (in the book of 14c09cb the summarisation part's diversity stage, about six
+    minutes, could start on one thread just before the instruction part finished). Inside a job of
+    :func:`side_by_side` it does nothing: that job's threads are the scheduler's."""
+    global _last_look
+    now = time.monotonic()
+    if now - _last_look >= PART_POLL_S:
+        _last_look = now
+        take_cores_now()
+
+
 def _side_job(job: Callable[[], Any], log: str, threads: int) -> tuple[Any, float]:
     """One job of :func:`side_by_side` in its worker process: ``threads`` torch threads, its output
-    into ``log``; returns (what the job returned, its seconds)."""
+    into ``log``; returns (what the job returned, its seconds). The job does not look at the running
+    parts (each stage's :func:`take_cores_now`): two jobs on a thread each would otherwise take the
+    whole part's share each once the other part has finished, twice the cores there are."""
+    os.environ.pop(RUNNING_PARTS, None)
     torch.set_num_threads(threads)
     start = time.perf_counter()
     with open(log, "w", buffering=1) as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
