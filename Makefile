@@ -58,7 +58,7 @@ book-check: venv
 
 # Both parts run side by side, each in a process of its own, the cores shared among the parts still
 # running: the tiny models use a second thread poorly, so that is sooner than one part after the
-# other (a fresh-clone make book 41.4 min on 2 cores; about 54 in turn). BOOK_JOBS=1: one at a time.
+# other (a fresh-clone make book 49.5 min on 2 cores at 1d8578a's profiles). BOOK_JOBS=1: one at a time.
 BOOK_JOBS ?= 0
 notebooks: venv
 	$(BIN)/gendiv run --jobs $(BOOK_JOBS) --profile $(BOOK_PROFILES)
