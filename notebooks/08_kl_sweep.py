@@ -187,10 +187,9 @@ if len(estimators) < 2:
     display(
         Markdown(
             "This profile's sweep runs one estimator (`ppo.sweep_estimators` is "
-            "empty), so "
-            "there is no estimator axis to draw. The book's `tiny` profiles leave it "
-            "out for its time budget; `tiny-full`, `tiny-instruct-full` and `smol` "
-            "run k1 beside k2."
+            "empty), so there is no estimator axis to draw. The book's `tiny` "
+            "profiles leave it out for its time budget; `tiny-full`, "
+            "`tiny-instruct-full` and `smol` run k1 beside k2."
         )
     )
 else:

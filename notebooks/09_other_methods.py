@@ -93,9 +93,10 @@ if not ids:
         Markdown(
             f"Profile `{cfg.profile}` runs no other alignment method "
             "(`align.methods` is empty); the rest of this chapter has nothing to "
-            "show. The book's `tiny` profiles leave them out for its time budget; "
-            "`tiny-full` and `tiny-instruct-full` (the same profiles with DPO and GRPO) "
-            "and `smol` train them: `make book SUMMARISATION_PROFILE=tiny-full "
+            "show. The book's `tiny` profiles leave them out for its time "
+            "budget; `tiny-full` and `tiny-instruct-full` (the same profiles with "
+            "DPO and GRPO) and `smol` train them: `make book "
+            "SUMMARISATION_PROFILE=tiny-full "
             "INSTRUCTION_PROFILE=tiny-instruct-full`."
         )
     )

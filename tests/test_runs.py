@@ -70,6 +70,16 @@ def test_stage_run_before_its_inputs_names_what_to_run(tmp_path):
         data.load_split(cfg, "id", "test")
 
 
+def _running_parts(tmp_path, monkeypatch, n: int):
+    """The folder of parts running under ``gendiv run`` (RUNNING_PARTS), with ``n`` parts in it."""
+    running = tmp_path / "parts"
+    running.mkdir()
+    for i in range(n):
+        (running / str(i)).touch()
+    monkeypatch.setenv(runs.RUNNING_PARTS, str(running))
+    return running
+
+
 def _job(tag: str, out: str, fail: bool = False):
     """A side_by_side job: what process ran it, how many threads it had, and when (a file says it finished)."""
     import os
@@ -130,11 +140,7 @@ def test_a_part_beside_another_starts_more_jobs_once_the_other_finishes(tmp_path
     before a has finished."""
     import functools
     import os
-    running = tmp_path / "parts"
-    running.mkdir()
-    for i in range(2):
-        (running / str(i)).touch()
-    monkeypatch.setenv(runs.RUNNING_PARTS, str(running))
+    running = _running_parts(tmp_path, monkeypatch, 2)
     monkeypatch.setattr(runs.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(runs, "PART_POLL_S", 0.1)
     cfg = load_profile("smoke", run_dir=str(tmp_path / "run"), model={"device": "cpu"})
@@ -172,11 +178,7 @@ def test_a_job_that_fails_spares_the_others_and_is_named(tmp_path):
 
 
 def test_cores_now_is_the_part_share_of_the_cores(tmp_path, monkeypatch):
-    running = tmp_path / "parts"
-    running.mkdir()
-    for i in range(2):
-        (running / str(i)).touch()
-    monkeypatch.setenv(runs.RUNNING_PARTS, str(running))
+    running = _running_parts(tmp_path, monkeypatch, 2)
     assert runs.cores_now(cores=8) == 4
     (running / "1").unlink()
     assert runs.cores_now(cores=8) == 8  # the other part finished: every core
@@ -184,11 +186,7 @@ def test_cores_now_is_the_part_share_of_the_cores(tmp_path, monkeypatch):
 
 def test_a_stage_takes_the_cores_another_part_freed(tmp_path, monkeypatch):
     import torch
-    running = tmp_path / "parts"
-    running.mkdir()
-    (running / "0").touch()
-    (running / "1").touch()
-    monkeypatch.setenv(runs.RUNNING_PARTS, str(running))
+    running = _running_parts(tmp_path, monkeypatch, 2)
     cfg = load_profile("smoke", run_dir=str(tmp_path / "run"))
     before = torch.get_num_threads()
     seen = []
@@ -209,11 +207,7 @@ def test_a_loop_takes_freed_cores_at_most_every_poll(tmp_path, monkeypatch):
     """take_freed_cores (called at each batch of sampling, RM scoring and training steps): the part's
     share of the cores now, looked at no more often than every PART_POLL_S seconds."""
     import torch
-    running = tmp_path / "parts"
-    running.mkdir()
-    (running / "0").touch()
-    (running / "1").touch()
-    monkeypatch.setenv(runs.RUNNING_PARTS, str(running))
+    running = _running_parts(tmp_path, monkeypatch, 2)
     monkeypatch.setattr(runs.os, "cpu_count", lambda: 2)
     clock = [1000.0]
     monkeypatch.setattr(runs.time, "monotonic", lambda: clock[0])
@@ -248,10 +242,7 @@ def test_a_job_beside_others_keeps_the_threads_it_was_given(tmp_path, monkeypatc
     """Jobs run side by side keep the scheduler's threads even when their stage looks at the running
     parts: two jobs on a thread each must not each take every core the part has."""
     import os
-    running = tmp_path / "parts"
-    running.mkdir()
-    (running / "0").touch()  # the last part running: its share is every core of the machine
-    monkeypatch.setenv(runs.RUNNING_PARTS, str(running))
+    _running_parts(tmp_path, monkeypatch, 1)  # the last part running: its share is every core of the machine
     cfg = load_profile("smoke", run_dir=str(tmp_path / "run"), model={"device": "cpu"})
     out = runs.side_by_side(cfg, {"a": _threads_job, "b": _threads_job}, threads=2)
     assert out == {"a": 1, "b": 1}, f"{os.cpu_count()} cores"
