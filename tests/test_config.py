@@ -95,6 +95,10 @@ def test_a_profile_extending_another_changes_only_the_keys_it_names(tmp_path):
     assert dataclasses.replace(leaf.ppo, steps=smoke.ppo.steps, kl_coef=smoke.ppo.kl_coef) == smoke.ppo
     assert dataclasses.replace(leaf.sft, lr=smoke.sft.lr) == smoke.sft
     assert leaf.data == smoke.data and leaf.align == smoke.align
+    # a file named like the shipped profile it extends is not that profile
+    (tmp_path / "smoke.yaml").write_text("extends: smoke\nseed: 5\n")
+    mine = load_profile(tmp_path / "smoke.yaml")
+    assert (mine.profile, mine.seed, mine.ppo) == ("smoke", 5, smoke.ppo)
 
 
 def test_the_full_tiny_profiles_add_only_what_the_book_leaves_out():

@@ -515,16 +515,16 @@ def _read_profile(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> tuple
         return name, raw
     raw = dict(raw)
     parent = raw.pop("extends")
-    key = str(parent)
     if not isinstance(parent, str) or not parent:
         raise ConfigError(f"extends in profile {name!r} must name a profile or a .yaml path, got {parent!r}.")
-    if Path(parent).suffix in (".yaml", ".yml") and here is not None and not Path(parent).is_absolute():
-        parent = str(here / parent)
-        key = str(Path(parent).resolve())
-    if key in seen or key == name:
-        raise ConfigError(f"Profile {name!r} extends itself through {' -> '.join([*seen, name, key])}; "
+    if Path(parent).suffix in (".yaml", ".yml") and here is not None:
+        parent = str((here / parent).resolve())  # relative to this file's folder
+    # a profile is its file (a user's tiny.yaml may extend the shipped tiny), a shipped one its name
+    me = name if here is None else str(path.resolve())
+    if parent in (*seen, me):
+        raise ConfigError(f"Profile {name!r} extends itself through {' -> '.join([*seen, me, parent])}; "
                           "remove one of these extends.")
-    _, base = _read_profile(parent, (*seen, name if here is None else str(path.resolve())))
+    _, base = _read_profile(parent, (*seen, me))
     merged = {k: v for k, v in base.items() if k != "profile"}
     for k, v in raw.items():
         both = isinstance(v, dict) and isinstance(merged.get(k), dict)
