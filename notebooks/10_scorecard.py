@@ -147,10 +147,12 @@ times = runs.stage_times(cfg)
 display(times)
 per_notebook = times.groupby("notebook")["wall_time_s"].sum().round(1)
 display(per_notebook.to_frame("wall time (s)"))
+total, span = times["wall_time_s"].sum() / 60, runs.elapsed_s(times) / 60
 display(
     Markdown(
-        f"All stages together: {times['wall_time_s'].sum() / 60:.1f} minutes on "
-        f"{times['device'].iloc[0]}."
+        f"All stages together: {total:.1f} minutes on {times['device'].iloc[0]}; "
+        f"from the first stage's start to the last one's end, {span:.1f} "
+        "(stages that ran side by side overlap)."
     )
 )
 glue("run_info", HTML(runs.run_info_html(cfg)), display=False)

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from conftest import ROOT
 from gendiv import claims, cli, data, outputs, reward, runs, stats
+from gendiv.config import load_profile
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 NOTEBOOK_SOURCES = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
@@ -152,6 +153,7 @@ def test_a_part_takes_the_cores_of_the_parts_that_finished(tmp_path, monkeypatch
         return 0.0
 
     monkeypatch.setattr(cli, "execute_notebook", execute)
+    monkeypatch.setattr(cli, "run_ahead", lambda *a, **k: [])  # no stages run here
     monkeypatch.setenv("OMP_NUM_THREADS", "7")  # restored afterwards, as is MKL_NUM_THREADS
     monkeypatch.setenv("MKL_NUM_THREADS", "7")
     shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
@@ -216,10 +218,52 @@ def test_make_book_stops_before_running_when_the_book_could_not_be_built(tmp_pat
     cli.check_book_after(["smoke-instruct"], tmp_path)
 
 
+def test_gendiv_run_plans_the_stages_ahead_with_what_each_waits_for(tmp_path):
+    cfg = load_profile("smoke", run_dir=str(tmp_path))
+    jobs, after = cli.plan_ahead(cfg, cli.list_notebooks())
+    sweep = [s for s in jobs if s.startswith("ppo_kl")]
+    assert sweep and set(jobs) == {"data", "base", "sft", "sft_eval", "comparisons", "reward", "ppo", "ppo_eval",
+                                   "bon", "evaluation", "diversity", "kl_sweep", *sweep}  # not chapters 9, 10
+    assert after["kl_sweep"] == ("diversity", *sweep)
+    assert {after[s] for s in ["ppo", "bon", *sweep]} == {("reward",)}  # the trainings that run at once
+    # chapter 4 alone on a fresh run: what it waits for is neither done nor planned, so its notebook
+    # runs it (and says what to run first)
+    assert cli.plan_ahead(cfg, cli.select_notebooks(["04"])) == ({}, {})
+
+
+def test_a_notebook_starts_once_its_stages_ran_ahead_or_the_stages_ahead_ended(tmp_path):
+    import threading
+    from pathlib import Path
+    cfg = load_profile("smoke", run_dir=str(tmp_path))
+    times = {}
+
+    def ahead():  # the data stage after 0.5 s, then 1.5 s more of other stages
+        time.sleep(0.5)
+        runs.run_stage(cfg, "data", lambda root: {"x": runs.write_text(root / "x.txt", "x")})
+        times["data"] = time.perf_counter()
+        time.sleep(1.5)
+
+    thread = threading.Thread(target=ahead)
+    thread.start()
+    cli.wait_for_stages(cfg, Path("01_data_splits.ipynb"), thread, poll_s=0.05)
+    assert "data" in times and thread.is_alive()  # chapter 1 starts beside the stages still running
+    cli.wait_for_stages(cfg, Path("02_sft.ipynb"), thread, poll_s=0.05)
+    assert not thread.is_alive()  # its stages never ran ahead: it waits for the end, then runs them itself
+    assert time.perf_counter() - times["data"] >= 1.5
+
+
 @pytest.mark.slow
 def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
     _book_sources(tmp_path)
     run_dir = tmp_path / "runs" / "smoke"
+    # On two threads or more, `gendiv run` starts chapters 1-8's stages ahead of the notebooks, side by
+    # side; here on one, in turn, each allowed to read only the stages it waits for (Stage.after), so
+    # a prerequisite missing from the table fails it; the notebooks then read them from the cache.
+    ahead = cli.run_ahead(load_profile("smoke", run_dir=str(run_dir)), threads=1)
+    sweep = [s for s in ahead if s.startswith("ppo_kl")]
+    assert sweep and ahead == ["data", "base", "sft", "sft_eval", "comparisons", "reward", "ppo", "ppo_eval",
+                               "bon", "evaluation", "diversity", *sweep, "kl_sweep"]
+    assert all((run_dir / "manifests" / f"{s}.json").exists() for s in ahead)
     times = cli.run("smoke", root=tmp_path, run_dir=str(run_dir))
     assert set(times) == {nb.stem for nb in NOTEBOOKS}
 

@@ -177,6 +177,73 @@ def test_a_job_that_fails_spares_the_others_and_is_named(tmp_path):
     assert (tmp_path / "good").read_text() == "done"  # the other finished and kept its work
 
 
+def test_side_by_side_starts_a_job_once_those_it_waits_for_finished(tmp_path):
+    """c waits for a and b, d for c: a and b at once on a thread each; c alone after both, on both
+    threads; d after c. Given out of order, they still run in an order the waits allow."""
+    import functools
+    cfg = load_profile("smoke", run_dir=str(tmp_path / "run"), model={"device": "cpu"})
+    jobs = {n: functools.partial(_job, n, str(tmp_path)) for n in "dcab"}
+    after = {"c": ("a", "b"), "d": ("c",), "a": ("not a job",)}
+    out = runs.side_by_side(cfg, jobs, threads=2, after=after)
+    assert list(out) == list("dcab")
+    assert max(out["a"]["start"], out["b"]["start"]) < min(out["a"]["end"], out["b"]["end"])  # at once
+    assert out["c"]["start"] >= max(out["a"]["end"], out["b"]["end"]) and out["d"]["start"] >= out["c"]["end"]
+    assert (out["a"]["threads"], out["b"]["threads"], out["c"]["threads"]) == (1, 1, 2)
+    here = runs.side_by_side(cfg, jobs, threads=1, after=after)  # in turn here, in an order the waits allow
+    assert here["a"]["end"] <= here["c"]["start"] and here["b"]["end"] <= here["c"]["start"] <= here["d"]["start"]
+    with pytest.raises(ValueError, match="wait for each other: d -> c -> d"):
+        runs.side_by_side(cfg, jobs, threads=2, after={"c": ("d",), "d": ("c",)})
+
+
+def _growing_job(out: str):
+    """A side_by_side job that looks at the threads the scheduler gives it (as a stage's loops do at
+    each batch) until it has two, or 20 seconds have passed; returns the threads it had."""
+    import pathlib
+    import time
+
+    import torch
+
+    from gendiv import runs
+    seen = [torch.get_num_threads()]
+    pathlib.Path(out, "grow.started").touch()
+    deadline = time.time() + 20
+    while time.time() < deadline and seen[-1] < 2:
+        time.sleep(0.1)
+        runs.take_cores_now()
+        seen.append(torch.get_num_threads())
+    return seen
+
+
+def test_the_threads_of_a_job_that_finished_go_to_the_one_still_running(tmp_path):
+    import functools
+    cfg = load_profile("smoke", run_dir=str(tmp_path / "run"), model={"device": "cpu"})
+    out = runs.side_by_side(cfg, {"short": functools.partial(_job, "short", str(tmp_path)),
+                                  "long": functools.partial(_growing_job, str(tmp_path))}, threads=2)
+    assert out["short"]["threads"] == 1 and out["long"][0] == 1 and out["long"][-1] == 2
+
+
+def test_a_job_waiting_for_one_that_failed_does_not_run(tmp_path):
+    import functools
+    cfg = load_profile("smoke", run_dir=str(tmp_path / "run"), model={"device": "cpu"})
+    jobs = {"bad": functools.partial(_job, "bad", str(tmp_path), fail=True),
+            "next": functools.partial(_job, "next", str(tmp_path)),
+            "other": functools.partial(_job, "other", str(tmp_path))}
+    with pytest.raises(RuntimeError, match=r"2 of 3 jobs.*\(bad, next\)"):
+        runs.side_by_side(cfg, jobs, threads=2, after={"next": ("bad",)})
+    assert not (tmp_path / "next.started").exists() and (tmp_path / "other").read_text() == "done"
+
+
+def test_a_stage_run_ahead_reads_only_what_it_waits_for(tmp_path):
+    cfg = load_profile("smoke", run_dir=str(tmp_path))
+    runs.run_stage(cfg, "data", lambda root: {"x": runs.write_text(root / "x.txt", "x")})
+    with runs.reading_only({"sft", "data"}):
+        assert runs.artifact(cfg, "data", "x").read_text() == "x"
+        with pytest.raises(RuntimeError, match="read stage 'base'.*only data, sft.*Stage.after"):
+            runs.require_stage(cfg, "base")
+    with pytest.raises(runs.StageMissingError):  # outside: the usual message
+        runs.require_stage(cfg, "base")
+
+
 def test_cores_now_is_the_part_share_of_the_cores(tmp_path, monkeypatch):
     running = _running_parts(tmp_path, monkeypatch, 2)
     assert runs.cores_now(cores=8) == 4
@@ -228,14 +295,28 @@ def test_a_loop_takes_freed_cores_at_most_every_poll(tmp_path, monkeypatch):
         torch.set_num_threads(before)
 
 
-def _threads_job():
-    """A side_by_side job that does what each stage does first (take the part's cores now)."""
+def _threads_job(out: str, tag: str, other: str):
+    """A side_by_side job that does what each stage does first (take the part's cores now) while
+    the job ``other`` runs beside it (each waits for the other to start, then to have looked)."""
+    import pathlib
+    import time
+
     import torch
 
     from gendiv import runs as r
+
+    def wait_for(name):
+        deadline = time.time() + 60
+        while not pathlib.Path(out, name).exists() and time.time() < deadline:
+            time.sleep(0.05)
+    pathlib.Path(out, f"{tag}.started").touch()
+    wait_for(f"{other}.started")
     r.take_cores_now()
     r.take_freed_cores()
-    return torch.get_num_threads()
+    threads = torch.get_num_threads()
+    pathlib.Path(out, f"{tag}.looked").touch()
+    wait_for(f"{other}.looked")
+    return threads
 
 
 def test_a_job_beside_others_keeps_the_threads_it_was_given(tmp_path, monkeypatch):
@@ -244,5 +325,16 @@ def test_a_job_beside_others_keeps_the_threads_it_was_given(tmp_path, monkeypatc
     import os
     _running_parts(tmp_path, monkeypatch, 1)  # the last part running: its share is every core of the machine
     cfg = load_profile("smoke", run_dir=str(tmp_path / "run"), model={"device": "cpu"})
-    out = runs.side_by_side(cfg, {"a": _threads_job, "b": _threads_job}, threads=2)
+    import functools
+    out = runs.side_by_side(cfg, {"a": functools.partial(_threads_job, str(tmp_path), "a", "b"),
+                                  "b": functools.partial(_threads_job, str(tmp_path), "b", "a")}, threads=2)
     assert out == {"a": 1, "b": 1}, f"{os.cpu_count()} cores"
+
+
+def test_the_elapsed_time_of_stages_that_overlapped_is_less_than_their_sum():
+    import pandas as pd
+    # a: 10:00:00-10:00:10; b, beside it from 10:00:05, to 10:00:15: 15 s elapsed, 20 s of stages
+    times = pd.DataFrame({"wall_time_s": [10.0, 10.0],
+                          "finished_at": ["2026-12-07 10:00:10", "2026-12-07 10:00:15"]})
+    assert runs.elapsed_s(times) == 15.0 and times["wall_time_s"].sum() == 20.0
+    assert runs.elapsed_s(times.iloc[:0]) == 0.0

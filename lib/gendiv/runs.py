@@ -150,11 +150,28 @@ def cores_now(cores: int | None = None) -> int:
     return shared if shared is not None else torch.get_num_threads()
 
 
+JOB_THREADS = "GENDIV_JOB_THREADS"
+"""Environment variable of a job of :func:`side_by_side` in its worker: a file holding the threads
+the scheduler gives the job now (more when the jobs beside it finish)."""
+
+
+def _job_threads() -> int | None:
+    """The threads :func:`side_by_side` gives this job now; None outside its jobs."""
+    path = os.environ.get(JOB_THREADS)
+    if not path:
+        return None
+    try:
+        return max(1, int(Path(path).read_text()))
+    except (OSError, ValueError):  # being replaced: look again next time
+        return None
+
+
 def take_cores_now() -> None:
     """When parts run side by side, set torch's threads to this part's share of the cores now
     (:func:`threads_for_next_notebook`): each stage that runs calls it first, so a part takes the
-    cores another part freed at its next stage, not only at its next notebook."""
-    shared = threads_for_next_notebook()
+    cores another part freed at its next stage, not only at its next notebook. In a job of
+    :func:`side_by_side`, the threads the scheduler gives it now (:data:`JOB_THREADS`)."""
+    shared = _job_threads() if os.environ.get(JOB_THREADS) else threads_for_next_notebook()
     if shared is not None and shared != torch.get_num_threads():
         torch.set_num_threads(shared)
 
@@ -167,7 +184,7 @@ def take_freed_cores() -> None:
     scoring, training steps) call it at each batch, so a part takes the cores another part freed in
     the middle of a stage (in the book of 14c09cb the summarisation part's diversity stage, about six
     minutes, could start on one thread just before the instruction part finished). Inside a job of
-    :func:`side_by_side` it does nothing: that job's threads are the scheduler's."""
+    :func:`side_by_side`, the job takes the threads the jobs beside it freed."""
     global _last_look
     now = time.monotonic()
     if now - _last_look >= PART_POLL_S:
@@ -175,12 +192,14 @@ def take_freed_cores() -> None:
         take_cores_now()
 
 
-def _side_job(job: Callable[[], Any], log: str, threads: int) -> tuple[Any, float]:
-    """One job of :func:`side_by_side` in its worker process: ``threads`` torch threads, its output
-    into ``log``; returns (what the job returned, its seconds). The job does not look at the running
-    parts (each stage's :func:`take_cores_now`): two jobs on a thread each would otherwise take the
-    whole part's share each once the other part has finished, twice the cores there are."""
+def _side_job(job: Callable[[], Any], log: str, threads: int, threads_file: str) -> tuple[Any, float]:
+    """One job of :func:`side_by_side` in its worker process: ``threads`` torch threads to start
+    with, then what ``threads_file`` says (:data:`JOB_THREADS`), its output into ``log``; returns
+    (what the job returned, its seconds). The job does not look at the running parts: two jobs on a
+    thread each would otherwise take the whole part's share each once the other part has finished,
+    twice the cores there are; the scheduler shares the part's threads out among its jobs."""
     os.environ.pop(RUNNING_PARTS, None)
+    os.environ[JOB_THREADS] = threads_file
     torch.set_num_threads(threads)
     start = time.perf_counter()
     with open(log, "w", buffering=1) as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
@@ -188,41 +207,83 @@ def _side_job(job: Callable[[], Any], log: str, threads: int) -> tuple[Any, floa
     return result, time.perf_counter() - start
 
 
+def in_processes(cfg: Config, threads: int | None = None) -> bool:
+    """Whether :func:`side_by_side` runs its jobs in processes of their own now (``threads``: the
+    threads it is given; default this part's): on a CPU, not under a launcher, with two threads
+    or more, or with one in a part run beside others (it gets more when they finish)."""
+    gpu = cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available())
+    growing = threads is None and threads_for_next_notebook() is not None
+    return not gpu and world_size() == 1 and ((threads or cores_now()) > 1 or growing)
+
+
+_reads: frozenset[str] | None = None
+
+
+@contextlib.contextmanager
+def reading_only(names) -> Iterator[None]:
+    """Within it, :func:`require_stage` (every read of a stage's artifacts) refuses stages other
+    than ``names``: a stage run ahead of its notebook reads only what it waits for."""
+    global _reads
+    before, _reads = _reads, frozenset(names)
+    try:
+        yield
+    finally:
+        _reads = before
+
+
+def stage_job(job: Callable[[], Any], reads, seed: int) -> Any:
+    """A stage run ahead of its notebook (a picklable job for :func:`side_by_side`): every random
+    generator seeded with ``seed`` first, as each notebook does when it starts (and ``gendiv
+    stage``), then ``job()`` within :func:`reading_only` (``reads``). Seeded, it draws what it
+    draws in its notebook: SFT's LoRA adapters start from the generator the notebook seeded."""
+    seed_everything(seed)
+    with reading_only(reads):
+        return job()
+
+
 PART_POLL_S = 10.0
 """How often :func:`side_by_side`, in a part run beside others, looks whether a part finished (its
 share of the cores then grows, and it starts more of its jobs at once)."""
 
 
-def side_by_side(cfg: Config, jobs: dict[str, Callable[[], Any]], threads: int | None = None) -> dict[str, Any]:
+def side_by_side(cfg: Config, jobs: dict[str, Callable[[], Any]], threads: int | None = None,
+                 after: dict[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
     """Run independent jobs (picklable callables: a stage's builder with its arguments, as
     ``functools.partial(build_ppo, cfg, kl_coef=0.0)``) side by side on a CPU, each in a process of
     its own, the threads this part has (``threads``; default :func:`cores_now`) shared out among
-    them (one each when there are more jobs than threads, up to two jobs a thread at once); what
-    each returned comes back by name.
+    them (one each when there are more jobs than threads, up to two jobs a thread at once; a job
+    that starts alone gets them all, and those still running share out the threads of a job that
+    finished, from their next batch: :func:`take_freed_cores`); what each returned comes back by
+    name. ``after``: the jobs each job waits for ({name: names}; others are ignored); a job starts
+    once they have finished, and does not run if one failed.
 
     Why: the miniature's models use a second thread poorly (SFT on ``tiny``: 148 s on two threads,
     199 s on one), so trainings on a thread each finish before the same trainings on two threads
     one after the other (the three extra PPO runs of ``tiny-instruct``'s KL sweep, 2 cores: 305 s
     side by side, about 360 s in turn, chapter 4's run taking 132 s). The jobs run here, one after
-    the other, when there is one thread or one job, on a GPU (``model.device`` cuda, or auto with
-    one visible) and under a launcher. In a part run beside others (``gendiv run`` with several
-    profiles) with one thread of its share, they run one at a time in a worker process instead, and
-    every ``PART_POLL_S`` seconds the part looks again: when another part has finished, the cores
-    it freed start more jobs at once (in the book of 14c09cb the summarisation part's last two
-    KL-sweep runs went on in turn on one core for nine minutes after the other part had finished).
-    Each worker's output (progress bars, stage lines) goes to ``logs/side_by_side/<name>.log``; a
-    line here says when each job finishes. A job that fails raises here after the others have
-    finished, so their work is kept (each job is a cached stage); rerunning redoes only what failed.
+    the other (in an order ``after`` allows), when there is one thread or one job, on a GPU
+    (``model.device`` cuda, or auto with one visible) and under a launcher. In a part run beside
+    others (``gendiv run`` with several profiles) with one thread of its share, they run one at a
+    time in a worker process instead, and every ``PART_POLL_S`` seconds the part looks again: when
+    another part has finished, the cores it freed start more jobs at once (in the book of 14c09cb
+    the summarisation part's last two KL-sweep runs went on in turn on one core for nine minutes
+    after the other part had finished). Each worker's output (progress bars, stage lines) goes to
+    ``logs/side_by_side/<name>.log``; a line here says when each job finishes. A job that fails
+    raises here after the others have finished, so their work is kept (each job is a cached stage);
+    rerunning redoes only what failed.
     """
     from concurrent.futures import FIRST_COMPLETED, wait
 
+    waits = {name: tuple(d for d in (after or {}).get(name, ()) if d in jobs) for name in jobs}
+    order = in_order(waits)
     growing = threads is None and threads_for_next_notebook() is not None  # beside other parts
-    threads = threads or cores_now()
-    gpu = cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available())
-    if len(jobs) <= 1 or gpu or world_size() > 1 or (threads <= 1 and not growing):
-        return {name: job() for name, job in jobs.items()}
+    if len(jobs) <= 1 or not in_processes(cfg, threads):
+        done = {name: jobs[name]() for name in order}
+        return {name: done[name] for name in jobs}
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+
+    threads = threads or cores_now()
 
     def at_once(threads: int) -> int:
         # more jobs than threads: all at once on a thread each (the system shares the cores among
@@ -233,19 +294,37 @@ def side_by_side(cfg: Config, jobs: dict[str, Callable[[], Any]], threads: int |
     logs = run_dir(cfg) / "logs" / "side_by_side"
     logs.mkdir(parents=True, exist_ok=True)
     print(f"{len(jobs)} jobs side by side, {at_once(threads)} at a time"
-          f"{' for now (more when another part finishes)' if growing else ''} on "
+          f"{' for now (more when another part finishes)' if growing else ''}"
+          f"{', each once those it waits for have finished' if any(waits.values()) else ''} on "
           f"{max(1, threads // at_once(threads))} thread(s) each (their output in logs/side_by_side/ of the run "
-          f"folder): {', '.join(jobs)}", flush=True)
-    results, errors, pending, running = {}, {}, list(jobs.items()), {}
+          f"folder): {', '.join(order)}", flush=True)
+    results, errors, pending, running = {}, {}, list(order), {}
     most = at_once(max(threads, os.cpu_count() or 1) if growing else threads)  # worker processes at most
-    with ProcessPoolExecutor(most, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with tempfile.TemporaryDirectory(prefix=".threads-", dir=logs) as folder, \
+            ProcessPoolExecutor(most, mp_context=multiprocessing.get_context("spawn")) as pool:
+        shares = Path(folder)  # each running job's threads now (JOB_THREADS)
         while pending or running:
             if growing:
                 threads = max(threads, cores_now())
-            while pending and len(running) < at_once(threads):
-                name, job = pending.pop(0)
-                each = max(1, threads // min(len(running) + len(pending) + 1, at_once(threads)))
-                running[pool.submit(_side_job, job, str(logs / f"{name}.log"), each)] = name
+            for name in [n for n in pending if any(d in errors for d in waits[n])]:
+                pending.remove(name)
+                failed = ", ".join(d for d in waits[name] if d in errors)
+                errors[name] = RuntimeError(f"not run: it waits for {failed}, which failed")
+                print(f"  {name} NOT RUN: it waits for {failed}, which failed", flush=True)
+            ready = [n for n in pending if all(d in results for d in waits[n])]
+            while ready and len(running) < at_once(threads):
+                name = ready.pop(0)
+                pending.remove(name)
+                each = max(1, threads // min(len(running) + len(ready) + 1, at_once(threads)))
+                write_text(shares / name, str(each))
+                running[pool.submit(_side_job, jobs[name], str(logs / f"{name}.log"), each,
+                                    str(shares / name))] = name
+            if not running:
+                break
+            for name in running.values():  # the threads shared out among the jobs running now
+                share = str(max(1, threads // len(running)))
+                if (shares / name).read_text() != share:
+                    write_text(shares / name, share)
             done, _ = wait(running, timeout=PART_POLL_S if growing else None, return_when=FIRST_COMPLETED)
             for future in done:
                 name = running.pop(future)
@@ -262,6 +341,29 @@ def side_by_side(cfg: Config, jobs: dict[str, Callable[[], Any]], threads: int |
                            f"the first, {name}: {type(exc).__name__}: {exc}. Its output is in "
                            f"{logs / f'{name}.log'}; rerunning redoes only the failed ones.") from exc
     return {name: results[name] for name in jobs}
+
+
+def in_order(waits: dict[str, tuple[str, ...]]) -> list[str]:
+    """The jobs in their given order, each moved after the jobs it waits for; a ValueError naming
+    the jobs of a cycle."""
+    order: list[str] = []
+    placing: list[str] = []
+
+    def place(name: str) -> None:
+        if name in order:
+            return
+        if name in placing:
+            cycle = placing[placing.index(name):] + [name]
+            raise ValueError(f"Jobs that wait for each other: {' -> '.join(cycle)}.")
+        placing.append(name)
+        for d in waits[name]:
+            place(d)
+        placing.pop()
+        order.append(name)
+
+    for name in waits:
+        place(name)
+    return order
 
 
 @contextlib.contextmanager
@@ -373,6 +475,16 @@ def environment_report(cfg: Config) -> str:
             f"run folder: {run_dir(cfg)}\nversions: {versions}")
 
 
+def elapsed_s(times: pd.DataFrame) -> float:
+    """Seconds from the start of the first stage of :func:`stage_times` to the end of the last:
+    less than the sum of their wall times where stages ran side by side."""
+    if not len(times):
+        return 0.0
+    end = pd.to_datetime(times["finished_at"])
+    start = end - pd.to_timedelta(times["wall_time_s"], unit="s")
+    return float((end.max() - start.min()).total_seconds())
+
+
 def run_info_html(cfg: Config) -> str:
     """Which profile, seed, device and package versions produced this copy of the book, and the
     total wall time of its stages (from the manifests): the intro page shows it."""
@@ -414,7 +526,13 @@ def stage_is_done(cfg: Config, stage: str, config_hash: str) -> bool:
 
 
 def require_stage(cfg: Config, stage: str) -> Manifest:
-    """The manifest of a finished earlier stage, or a StageMissingError saying what to run."""
+    """The manifest of a finished earlier stage, or a StageMissingError saying what to run.
+    Within :func:`reading_only`, a stage it does not name is a RuntimeError: the table of stages
+    (``Stage.after``) misses a prerequisite."""
+    if _reads is not None and stage not in _reads:
+        raise RuntimeError(f"A stage run ahead of its notebook read stage {stage!r}, which it does not wait for "
+                           f"(it may read only {', '.join(sorted(_reads))}): add {stage!r} to its "
+                           "prerequisites (Stage.after in gendiv/stages.py).")
     m = load_manifest(cfg, stage)
     missing = [] if m is None else [rel for rel in m.artifacts.values() if not (run_dir(cfg) / rel).exists()]
     if m is None or missing:

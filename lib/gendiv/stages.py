@@ -41,41 +41,49 @@ class Stage:
     builder: str
     ignore: tuple[str, ...] = ()
     seed_offset: int = 0
+    after: tuple[str, ...] = ()
+    """The stages whose artifacts it reads, directly (the rest follow from theirs): ``gendiv run``
+    starts a stage ahead of its notebook once these are done (:func:`prerequisites`)."""
 
 
 STAGES = (
     Stage("data", "01_data_splits", ("world", "data"), "gendiv.data:build_splits"),
-    Stage("base", "02_sft", UPSTREAM, "gendiv.pretraining:build_base", ignore=NOT_THE_BASE),
-    Stage("sft", "02_sft", UPSTREAM + ("sft",), "gendiv.sft:build_sft"),
-    Stage("sft_eval", "02_sft", UPSTREAM + ("sft", "sampling"), "gendiv.sft:evaluate_sft"),
+    Stage("base", "02_sft", UPSTREAM, "gendiv.pretraining:build_base", ignore=NOT_THE_BASE, after=("data",)),
+    Stage("sft", "02_sft", UPSTREAM + ("sft",), "gendiv.sft:build_sft", after=("base",)),
+    Stage("sft_eval", "02_sft", UPSTREAM + ("sft", "sampling"), "gendiv.sft:evaluate_sft", after=("sft",)),
     # Comparison pairs on OOD prompts draw from the run's seed + 7 (ID prompts: + 0).
     Stage("comparisons", "03_reward_model", UPSTREAM + ("sft", "reward", "sampling"),
-          "gendiv.reward:build_comparisons", ignore=RM_TRAINING_ONLY),
-    Stage("reward", "03_reward_model", UPSTREAM + ("sft", "reward", "sampling"), "gendiv.reward:build_reward"),
+          "gendiv.reward:build_comparisons", ignore=RM_TRAINING_ONLY, after=("sft",)),
+    Stage("reward", "03_reward_model", UPSTREAM + ("sft", "reward", "sampling"), "gendiv.reward:build_reward",
+          after=("comparisons",)),
     # A PPO run does not depend on the sweep's grid or on how many test inputs are evaluated.
     Stage("ppo", "04_ppo", UPSTREAM + ("sft", "reward", "sampling", "ppo"), "gendiv.ppo:build_ppo",
-          ignore=SWEEP_ONLY + ("sampling.n_eval_inputs",)),
+          ignore=SWEEP_ONLY + ("sampling.n_eval_inputs",), after=("reward",)),
     Stage("ppo_eval", "04_ppo", UPSTREAM + ("sft", "reward", "sampling", "ppo"), "gendiv.ppo:evaluate_ppo",
-          ignore=SWEEP_ONLY),
+          ignore=SWEEP_ONLY, after=("ppo",)),
     Stage("bon", "05_best_of_n", UPSTREAM + ("sft", "reward", "sampling", "bon"), "gendiv.bon:build_best_of_n",
-          seed_offset=101),
+          seed_offset=101, after=("reward",)),
     Stage("evaluation", "06_evaluation", UPSTREAM + ("sft", "reward", "sampling", "bon", "ppo", "judge"),
-          "gendiv.evaluation:build_evaluation", ignore=SWEEP_ONLY),
+          "gendiv.evaluation:build_evaluation", ignore=SWEEP_ONLY, after=("sft_eval", "ppo_eval", "bon")),
     # Best-of-N outputs for per-input diversity draw from diversity's seed plus Best-of-N's offset.
     Stage("diversity", "07_diversity", UPSTREAM + ("sft", "reward", "sampling", "bon", "ppo", "diversity"),
-          "gendiv.diversity:build_diversity", ignore=SWEEP_ONLY, seed_offset=202),
+          "gendiv.diversity:build_diversity", ignore=SWEEP_ONLY, seed_offset=202,
+          after=("sft_eval", "ppo_eval", "bon")),
+    # The KL sweep also reads its PPO runs (ppo_kl<beta>, after reward), which the config names.
     Stage("kl_sweep", "08_kl_sweep", UPSTREAM + ("sft", "reward", "sampling", "bon", "ppo", "diversity"),
-          "gendiv.sweep:build_kl_sweep"),
+          "gendiv.sweep:build_kl_sweep", after=("diversity",)),
     Stage("dpo", "09_other_methods", UPSTREAM + ("sft", "reward", "sampling", "align"), "gendiv.align:build_dpo",
-          ignore=DPO_KEYS),
+          ignore=DPO_KEYS, after=("comparisons",)),
     Stage("rloo", "09_other_methods", UPSTREAM + ("sft", "reward", "sampling", "ppo", "align"),
-          "gendiv.align:build_rloo", ignore=ONLINE_KEYS),
+          "gendiv.align:build_rloo", ignore=ONLINE_KEYS, after=("reward",)),
     Stage("grpo", "09_other_methods", UPSTREAM + ("sft", "reward", "sampling", "ppo", "align"),
-          "gendiv.align:build_grpo", ignore=ONLINE_KEYS),
+          "gendiv.align:build_grpo", ignore=ONLINE_KEYS, after=("reward",)),
+    # The alignment stage also reads the methods' trainings (dpo, rloo, grpo), which the config names.
     Stage("alignment", "09_other_methods",
           UPSTREAM + ("sft", "reward", "sampling", "bon", "ppo", "judge", "diversity", "align"),
-          "gendiv.align:build_alignment", ignore=SWEEP_ONLY),
-    Stage("claims", "10_scorecard", tuple(SECTIONS), "gendiv.claims:build_claims"),
+          "gendiv.align:build_alignment", ignore=SWEEP_ONLY, after=("evaluation", "diversity")),
+    Stage("claims", "10_scorecard", tuple(SECTIONS), "gendiv.claims:build_claims",
+          after=("evaluation", "diversity", "kl_sweep", "alignment")),
 )
 BY_NAME = {s.name: s for s in STAGES}
 SWEEP_PREFIX = "ppo_kl"
@@ -96,7 +104,7 @@ def stage(name: str) -> Stage:
     """The table's row for ``name`` (a sweep run ``ppo_kl<beta>`` is a ``ppo`` stage run by notebook 08)."""
     if name.startswith(SWEEP_PREFIX):
         ppo = BY_NAME["ppo"]
-        return Stage(name, "08_kl_sweep", ppo.sections, ppo.builder, ppo.ignore, ppo.seed_offset)
+        return Stage(name, "08_kl_sweep", ppo.sections, ppo.builder, ppo.ignore, ppo.seed_offset, ppo.after)
     if name not in BY_NAME:
         raise KeyError(f"Unknown stage {name!r}; the stages are {', '.join(BY_NAME)}.")
     return BY_NAME[name]
@@ -112,3 +120,18 @@ def builder(name: str) -> Callable:
     """The function that builds stage ``name`` (imported on demand: the stage modules sit above)."""
     module, function = stage(name).builder.split(":")
     return getattr(importlib.import_module(module), function)
+
+
+def prerequisites(name: str, after: dict[str, tuple[str, ...]] | None = None) -> set[str]:
+    """Every stage ``name`` reads, directly or through the stages it reads (the table's ``after``,
+    followed down); ``after`` gives stages' direct prerequisites in place of the table's (a plan's:
+    the KL sweep's with its runs, which the config names)."""
+    after = after or {}
+    seen: set[str] = set()
+    todo = list(after.get(name, stage(name).after))
+    while todo:
+        s = todo.pop()
+        if s not in seen:
+            seen.add(s)
+            todo += after.get(s, stage(s).after)
+    return seen
