@@ -138,7 +138,8 @@ def test_parts_run_side_by_side_prefixed_and_a_failure_spares_the_other(tmp_path
 
 def test_a_part_takes_the_cores_of_the_parts_that_finished(tmp_path, monkeypatch):
     """Each notebook's kernel gets the cores shared among the parts running when it starts: two
-    parts on two cores, a thread each; once the other part is done, both cores."""
+    parts on two cores, a thread each; once the other part is done, both cores, and the stages of
+    the notebooks left start ahead of them."""
     running = tmp_path / "running"
     running.mkdir()
     (running / "0").touch()
@@ -153,12 +154,14 @@ def test_a_part_takes_the_cores_of_the_parts_that_finished(tmp_path, monkeypatch
         return 0.0
 
     monkeypatch.setattr(cli, "execute_notebook", execute)
-    monkeypatch.setattr(cli, "run_ahead", lambda *a, **k: [])  # no stages run here
+    ahead = []  # the notebooks whose stages start ahead (none run here)
+    monkeypatch.setattr(cli, "run_ahead", lambda cfg, notebooks: ahead.append([nb.stem for nb in notebooks]))
     monkeypatch.setenv("OMP_NUM_THREADS", "7")  # restored afterwards, as is MKL_NUM_THREADS
     monkeypatch.setenv("MKL_NUM_THREADS", "7")
     shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
     cli.run("smoke", stages=["01", "02"], root=tmp_path)
     assert seen == ["1", "2"]
+    assert ahead == [["02_sft"]]  # on one thread each notebook runs its stages; on two, the rest run ahead
     monkeypatch.delenv(runs.RUNNING_PARTS)
     assert runs.threads_for_next_notebook() is None  # not a part: the kernel keeps what it was given
 

@@ -209,10 +209,13 @@ def run(profile: str, stages: list[str] | None = None, force: bool = False, log_
     times = {}
     selected = select_notebooks(stages, root)
     ahead = None
-    if not force and runs.in_processes(cfg):  # a forced run redoes every stage in its notebook
-        ahead = threading.Thread(target=run_ahead, args=(cfg, selected), daemon=True)
-        ahead.start()
     for i, nb in enumerate(selected, 1):
+        # Once this part has two threads or more (alone, or when the parts beside it have finished),
+        # the stages of this notebook and the next start ahead of them, side by side; on one
+        # thread each notebook runs its own (a forced run too: it redoes every stage in its notebook).
+        if ahead is None and not force and runs.in_processes(cfg, runs.cores_now()):
+            ahead = threading.Thread(target=run_ahead, args=(cfg, selected[i - 1:]), daemon=True)
+            ahead.start()
         if ahead is not None:
             wait_for_stages(cfg, nb, ahead)
         threads = runs.threads_for_next_notebook()
