@@ -130,3 +130,22 @@ def test_left_log2_at_reads_the_running_mean_over_steps_not_rows():
         reward.left_log2_at([1], [0.1], window=0)
     frame = pd.DataFrame({"step": [1, 2, 3, 4], "loss": [log2] * 4})
     assert "never fell" in reward.describe_plateau(frame) and "in 4 steps" in reward.describe_plateau(frame)
+
+
+def test_the_sft_body_rm_is_the_same_whatever_drew_from_the_generator_before(tok, tmp_path):
+    """The RM's new head is drawn from torch's generator: the stage seeds it, so the RM trained in
+    its notebook (after the comparisons' sampling), by `gendiv stage` and ahead of the notebooks
+    are one RM."""
+    import torch
+    from gendiv import models
+    from transformers import AutoModelForSequenceClassification
+    torch.manual_seed(0)
+    models.save_pretrained_atomic(models.tiny_llama(tok, 32, 2, 2, 64, 128), tok, tmp_path / "sft")
+    pairs = [{"prompt": "the cat sat on the mat", "chosen": "a cat sat", "rejected": "a dog ran"}] * 4
+    heads = []
+    for before in (1, 2):
+        torch.manual_seed(before)
+        reward.train_reward_model(tmp_path / "sft", pairs, tmp_path / f"rm{before}", epochs=1, lr=1e-3,
+                                  batch_size=2, max_length=64, seed=0, device=torch.device("cpu"))
+        heads.append(AutoModelForSequenceClassification.from_pretrained(str(tmp_path / f"rm{before}")).score.weight)
+    assert torch.equal(heads[0], heads[1])

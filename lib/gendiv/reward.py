@@ -50,6 +50,10 @@ def train_reward_model(sft_path: Path, comparisons: list[dict], out_dir: Path, *
     from trl import RewardConfig, RewardTrainer  # heavy (~5 s): only training needs it, not cached reads
     device = device or pick_device()
     tok = load_tokenizer(sft_path)
+    # The new score head is drawn from torch's generator: seeded here, the RM is the same however the
+    # stage is run (its notebook after the comparisons' sampling, `gendiv stage reward`, or ahead of
+    # the notebooks), not one that depends on what drew from the generator before it.
+    torch.manual_seed(seed)
     # The new score head is reported as "missing" from the SFT checkpoint: expected, so not shown.
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
