@@ -295,8 +295,8 @@ def side_by_side(cfg: Config, jobs: dict[str, Callable[[], Any]], threads: int |
     logs.mkdir(parents=True, exist_ok=True)
     print(f"{len(jobs)} jobs side by side, {at_once(threads)} at a time"
           f"{' for now (more when another part finishes)' if growing else ''}"
-          f"{', each once those it waits for have finished' if any(waits.values()) else ''} on "
-          f"{max(1, threads // at_once(threads))} thread(s) each (their output in logs/side_by_side/ of the run "
+          f"{', each once those it waits for have finished,' if any(waits.values()) else ''} on "
+          f"{threads} thread(s) shared among those running (their output in logs/side_by_side/ of the run "
           f"folder): {', '.join(order)}", flush=True)
     results, errors, pending, running = {}, {}, list(order), {}
     most = at_once(max(threads, os.cpu_count() or 1) if growing else threads)  # worker processes at most
