@@ -26,12 +26,13 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from gendiv import claims, pretraining, runs, stages
+from gendiv import artifacts, claims, pretraining, runs, stages
 from gendiv.config import ALIGN_METHODS, ConfigError, available_profiles, load_profile, task_name
 
 
@@ -141,10 +142,6 @@ def plan_ahead(cfg, notebooks: list[Path]) -> tuple[dict[str, object], dict[str,
     as in its notebook and allowed to read only its prerequisites and what they read
     (:func:`gendiv.runs.stage_job`). A stage waiting for one that is neither done nor planned (a
     notebook not selected) is left to its notebook, which says what to run first."""
-    from functools import partial
-
-    from gendiv import artifacts
-
     chosen = {nb.stem for nb in notebooks if nb.stem <= AHEAD_THROUGH}
     names = [s.name for s in stages.STAGES if s.notebook in chosen]
     sweep = {artifacts.ppo_stage(cfg, b, e): (b, e) for b, e in artifacts.sweep_runs(cfg)}
@@ -234,8 +231,6 @@ def wait_for_stages(cfg, notebook: Path, ahead: threading.Thread, poll_s: float 
     """Wait until every stage ``notebook`` runs (the KL sweep's runs for chapter 8) is done, or
     ``ahead`` (:func:`run_ahead`, in a thread) has ended: each notebook then starts as soon as
     the stages it shows are ready, beside the stages still running ahead."""
-    from gendiv import artifacts
-
     own = [s.name for s in stages.STAGES if s.notebook == notebook.stem]
     if notebook.stem == stages.stage(f"{stages.SWEEP_PREFIX}0").notebook:
         own += [artifacts.ppo_stage(cfg, b, e) for b, e in artifacts.sweep_runs(cfg)]
