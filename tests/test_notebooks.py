@@ -227,7 +227,7 @@ def test_gendiv_run_plans_the_stages_ahead_with_what_each_waits_for(tmp_path):
     sweep = [s for s in jobs if s.startswith("ppo_kl")]
     assert sweep and set(jobs) == {"data", "base", "sft", "sft_eval", "comparisons", "reward", "ppo", "ppo_eval",
                                    "bon", "evaluation", "diversity", "kl_sweep", *sweep}  # not chapters 9, 10
-    assert after["kl_sweep"] == ("diversity", *sweep)
+    assert after["kl_sweep"] == ("ppo_eval", *sweep)  # not chapter 7: it runs beside it
     assert {after[s] for s in ["ppo", "bon", *sweep]} == {("reward",)}  # the trainings that run at once
     # chapter 4 alone on a fresh run: what it waits for is neither done nor planned, so its notebook
     # runs it (and says what to run first)
@@ -322,6 +322,18 @@ def test_notebooks_run_on_smoke_and_the_book_builds_strictly(tmp_path):
         assert r.difference == pytest.approx(div[r.method, r.split, r.scope, r.metric]
                                              - div["sft", r.split, r.scope, r.metric], abs=1e-9)
     assert set(winrates["split"]) == set(data.SPLITS)
+    # chapter 7's first BoN output of each input is chapter 5's (the best of the same scored candidates),
+    # and its PPO samples are the ones chapter 4 drew, which the sweep's run at 0.05 measures too
+    for split in data.SPLITS:
+        bon_k = runs.read_jsonl(run_dir / "samples" / f"bon_k2_{split}.jsonl")
+        assert [r["outputs"][0] for r in bon_k] == [r["output"] for r in
+                                                    runs.read_jsonl(run_dir / "samples" / f"bon_{split}.jsonl")][:4]
+    per_input = pd.read_csv(run_dir / "logs" / "diversity_per_input.csv")
+    swept = pd.read_csv(run_dir / "logs" / "kl_sweep_per_input.csv")
+    ppo_ead = per_input[(per_input["method"] == "ppo") & (per_input["metric"] == "ead")]
+    own_ead = swept[(swept["kl_coef"] == 0.05) & (swept["estimator"] == "squared")
+                    & (swept["measure"] == "per_input_ead")]
+    assert len(ppo_ead) == 12 and list(own_ead["value"]) == pytest.approx(list(ppo_ead["value"]))
     # each win rate is the mean of its per-input verdicts (logs/verdicts.csv), ties counting one half
     verdicts_per_input = pd.read_csv(run_dir / "logs" / "verdicts.csv")
     means = verdicts_per_input.groupby(["method", "split", "opponent", "judge"])["verdict"].mean()

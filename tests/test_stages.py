@@ -91,7 +91,7 @@ def test_a_stage_cache_follows_its_sections_and_ignores_what_it_should():
 
 @pytest.mark.parametrize("force", [False, True])
 def test_the_kl_sweep_never_retrains_chapter_4s_run(monkeypatch, tmp_path, force):
-    # the sweep reads chapter 4's run's samples (ppo_eval, diversity): a forced sweep that retrained
+    # the sweep reads chapter 4's run's samples (ppo_eval): a forced sweep that retrained
     # it would measure samples of a policy it had replaced; the other runs train when not done or forced
     from gendiv import sweep
     cfg = load_profile("smoke", run_dir=str(tmp_path))
@@ -100,7 +100,7 @@ def test_the_kl_sweep_never_retrains_chapter_4s_run(monkeypatch, tmp_path, force
     queued = {}
     monkeypatch.setattr(sweep.runs, "side_by_side", lambda c, jobs: queued.update(jobs) or {})
     trained = sweep.train_runs(cfg, force=force)
-    everything = {sweep.artifacts.ppo_stage(cfg, b, e) for b, e in sweep.artifacts.sweep_runs(cfg)}
+    everything = set(sweep.artifacts.sweep_stages(cfg))
     assert "ppo" in everything and done < everything and "ppo" not in queued
     assert set(queued) == (everything - {"ppo"} if force else everything - {"ppo"} - done)
     assert sorted(trained) == sorted(r for r in sweep.artifacts.sweep_runs(cfg)

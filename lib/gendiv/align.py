@@ -35,7 +35,7 @@ import pandas as pd
 from gendiv import artifacts, data, diversity, evaluation, outputs, runs, stages, stats, sweep
 from gendiv.config import Config, ConfigError
 from gendiv.diversity import Metrics
-from gendiv.lm import left_truncate, sample_policy, tokenizer_sides
+from gendiv.lm import left_truncate, tokenizer_sides
 from gendiv.models import load_causal_lm, load_policy, load_tokenizer, pick_device, save_pretrained_atomic, use_bf16
 
 LABELS = {"dpo": "DPO", "rloo": "RLOO", "grpo": "GRPO"}
@@ -267,16 +267,9 @@ def build_alignment(cfg: Config, force: bool = False) -> dict[str, Path]:
             paths.update(p)
             utility_rows += u
             mine[method_id] = {s: runs.read_jsonl(p[f"{method_id}_{s}"]) for s in splits}
-            model, tok = load_causal_lm(path, device).eval(), load_tokenizer(path)
-            samples[method_id] = {}
-            for split in splits:
-                texts = sample_policy(cfg, model, tok, div_tests[split], stages.seed(cfg, "diversity"),
-                                      f"{label(method_id)}: {cfg.diversity.k} samples on {split}",
-                                      n_samples=cfg.diversity.k).texts
-                samples[method_id][split] = [{"uid": r["uid"], "prompt": r["prompt"], "outputs": t}
-                                             for r, t in zip(div_tests[split], texts)]
-                runs.write_jsonl(root / "samples" / f"{method_id}_k{cfg.diversity.k}_{split}.jsonl",
-                                 samples[method_id][split])
+            k = outputs.sample_k(cfg, path, method_id, {s: div_tests[s] for s in splits},
+                                 stages.seed(cfg, "diversity"), root / "samples")
+            samples[method_id] = {s: runs.read_jsonl(k[f"{method_id}_k_{s}"]) for s in splits}
         # Per-input diversity as chapter 7 measures it (SFT's K samples are chapter 7's own).
         sft_k = {s: runs.read_jsonl(runs.artifact(cfg, "diversity", f"sft_{s}")) for s in splits}
         rows, per_input, long_rows, sensitivity = diversity.measure_per_input(

@@ -62,6 +62,13 @@ def sweep_runs(cfg: Config) -> list[tuple[float, str]]:
     return list(dict.fromkeys(out))
 
 
+def sweep_stages(cfg: Config) -> dict[str, tuple[float, str]]:
+    """The KL sweep's runs by stage name (:func:`ppo_stage`): {name: (kl_coef, estimator)}, in
+    :func:`sweep_runs`' order; the run at the profile's own coefficient and estimator is ``ppo``
+    (chapter 4's)."""
+    return {ppo_stage(cfg, b, e): (b, e) for b, e in sweep_runs(cfg)}
+
+
 def load_reward_model(cfg: Config) -> RewardModel:
     """The trained, normalised RM of chapter 3 (a sentence-encoder RM at ``reward.precision``)."""
     device = pick_device(cfg.model.device)

@@ -144,7 +144,7 @@ def plan_ahead(cfg, notebooks: list[Path]) -> tuple[dict[str, object], dict[str,
     notebook not selected) is left to its notebook, which says what to run first."""
     chosen = {nb.stem for nb in notebooks if nb.stem <= AHEAD_THROUGH}
     names = [s.name for s in stages.STAGES if s.notebook in chosen]
-    sweep = {artifacts.ppo_stage(cfg, b, e): (b, e) for b, e in artifacts.sweep_runs(cfg)}
+    sweep = artifacts.sweep_stages(cfg)
     sweep.pop("ppo", None)
     after = {n: stages.stage(n).after for n in names}
     if "kl_sweep" in after:
@@ -232,8 +232,8 @@ def wait_for_stages(cfg, notebook: Path, ahead: threading.Thread, poll_s: float 
     ``ahead`` (:func:`run_ahead`, in a thread) has ended: each notebook then starts as soon as
     the stages it shows are ready, beside the stages still running ahead."""
     own = [s.name for s in stages.STAGES if s.notebook == notebook.stem]
-    if notebook.stem == stages.stage(f"{stages.SWEEP_PREFIX}0").notebook:
-        own += [artifacts.ppo_stage(cfg, b, e) for b, e in artifacts.sweep_runs(cfg)]
+    if notebook.stem == stages.stage("kl_sweep").notebook:
+        own += list(artifacts.sweep_stages(cfg))
     while ahead.is_alive() and any(runs.stage_to_run(cfg, s) for s in own):
         time.sleep(poll_s)
 

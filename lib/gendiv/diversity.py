@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from gendiv import artifacts, data, runs, stages, stats
+from gendiv import artifacts, data, outputs, runs, stages, stats
 from gendiv.bon import best_of_n, score_candidates
 from gendiv.config import Config
 from gendiv.embeddings import sentence_model
@@ -272,48 +272,50 @@ class Metrics:
 def per_input_samples(cfg: Config, root: Path) -> dict[str, dict[str, list[dict]]]:
     """{method: {split: rows with K 'outputs'}} on the first diversity.n_inputs test inputs.
 
-    SFT's K samples are the first K of Best-of-N's candidates (chapter 5) when they were drawn at
-    the sampling temperature; base and PPO are sampled here; each of BoN's ``bon_k`` outputs is
-    the best of ``bon.n`` fresh SFT samples (drawn with diversity's seed plus Best-of-N's offset)."""
+    Base is sampled here (:func:`gendiv.outputs.sample_k`), PPO in chapter 4 (``ppo_eval``, with
+    the same seed, diversity's). SFT's K samples are the first K of Best-of-N's candidates (chapter
+    5) when they were drawn at the sampling temperature, else sampled here. Each of BoN's ``bon_k``
+    outputs is the best of ``bon.n`` SFT samples: the first is chapter 5's own output (the best of
+    its candidates, scored there), the others the best of fresh samples (drawn with diversity's
+    seed plus Best-of-N's offset). Every group is an independent draw of ``bon.n`` SFT samples, as
+    before chapter 5's was reused; chapter 5's candidates are on the first
+    ``sampling.n_eval_inputs`` inputs, so with more diversity inputs every group is fresh."""
     dv, k = cfg.diversity, cfg.diversity.k
     tests = artifacts.test_records(cfg, dv.n_inputs)
-    device = pick_device(cfg.model.device)
-    out: dict[str, dict[str, list[dict]]] = {}
-
-    def rows(records, texts):
-        return [{"uid": r["uid"], "prompt": r["prompt"], "outputs": t} for r, t in zip(records, texts)]
-
-    reuse = (cfg.bon.temperature == cfg.sampling.temperature and k <= cfg.bon.n
-             and dv.n_inputs <= cfg.sampling.n_eval_inputs)
-    for method, path in (("base", artifacts.base_path(cfg)), ("sft", artifacts.sft_path(cfg)),
-                         ("ppo", artifacts.ppo_path(cfg))):
-        out[method] = {}
-        model, tok = None, None
-        for split, records in tests.items():
-            if method == "sft" and reuse:
-                cands = runs.read_jsonl(runs.artifact(cfg, "bon", f"sft_candidates_{split}"))[: len(records)]
-                out[method][split] = rows(records, [c["outputs"][:k] for c in cands])
-                continue
-            if model is None:
-                model, tok = load_causal_lm(path, device), load_tokenizer(path)
-            texts = sample_policy(cfg, model, tok, records, stages.seed(cfg, "diversity"),
-                                  f"{method}: {k} samples on {split}", n_samples=k).texts
-            out[method][split] = rows(records, texts)
-    sft = artifacts.sft_path(cfg)
-    model, tok = load_causal_lm(sft, device), load_tokenizer(sft)
-    rm = artifacts.load_reward_model(cfg)
+    seed, samples = stages.seed(cfg, "diversity"), root / "samples"
+    covered = dv.n_inputs <= cfg.sampling.n_eval_inputs  # chapter 5's candidates cover these inputs
+    chapter5 = {s: runs.read_jsonl(runs.artifact(cfg, "bon", f"sft_candidates_{s}"))[: len(r)]
+                for s, r in tests.items()} if covered else {}
+    reuse = covered and cfg.bon.temperature == cfg.sampling.temperature and k <= cfg.bon.n
+    drawn = outputs.sample_k(cfg, artifacts.base_path(cfg), "base", tests, seed, samples)
+    if reuse:
+        drawn.update({f"sft_k_{s}": runs.write_jsonl(samples / f"sft_k{k}_{s}.jsonl", [
+            {"uid": r["uid"], "prompt": r["prompt"], "outputs": c["outputs"][:k]} for r, c in zip(rs, chapter5[s])])
+            for s, rs in tests.items()})
+    else:
+        drawn.update(outputs.sample_k(cfg, artifacts.sft_path(cfg), "sft", tests, seed, samples))
+    drawn.update({f"ppo_k_{s}": runs.artifact(cfg, "ppo_eval", f"ppo_k_{s}") for s in tests})
+    out = {m: {s: runs.read_jsonl(drawn[f"{m}_k_{s}"]) for s in tests} for m in ("base", "sft", "ppo")}
+    n, fresh = cfg.bon.n, dv.bon_k - (1 if covered else 0)
+    if fresh:
+        sft = artifacts.sft_path(cfg)
+        model, tok = load_causal_lm(sft, pick_device(cfg.model.device)), load_tokenizer(sft)
+        rm = artifacts.load_reward_model(cfg)
     out["bon"] = {}
     for split, records in tests.items():
-        n = cfg.bon.n
-        texts = sample_policy(cfg, model, tok, records, stages.seed(cfg, "diversity") + stages.stage("bon").seed_offset,
-                              f"BoN: {dv.bon_k} x {n} SFT samples on {split}", n_samples=dv.bon_k * n,
-                              temperature=cfg.bon.temperature).texts
-        scores = score_candidates(cfg, rm, records, texts).reshape(len(records), dv.bon_k, n)
-        kept = [[texts[i][g * n + int(j)] for g, j in enumerate(best_of_n(scores[i]))] for i in range(len(records))]
-        out["bon"][split] = rows(records, kept)
-    for method, by_split in out.items():
-        for split, r in by_split.items():
-            runs.write_jsonl(root / "samples" / f"{method}_k{len(r[0]['outputs'])}_{split}.jsonl", r)
+        texts = [list(c["outputs"]) for c in chapter5[split]] if covered else [[] for _ in records]
+        scores = [list(c["rm_scores"]) for c in chapter5[split]] if covered else [[] for _ in records]
+        if fresh:
+            new = sample_policy(cfg, model, tok, records, seed + stages.stage("bon").seed_offset,
+                                f"BoN: {fresh} x {n} SFT samples on {split}", n_samples=fresh * n,
+                                temperature=cfg.bon.temperature).texts
+            for i, row in enumerate(score_candidates(cfg, rm, records, new)):
+                texts[i] += new[i]
+                scores[i] += row.tolist()
+        kept = [[texts[i][g * n + int(j)] for g, j in enumerate(best_of_n(np.reshape(scores[i], (dv.bon_k, n))))]
+                for i in range(len(records))]
+        out["bon"][split] = [{"uid": r["uid"], "prompt": r["prompt"], "outputs": t} for r, t in zip(records, kept)]
+        runs.write_jsonl(samples / f"bon_k{dv.bon_k}_{split}.jsonl", out["bon"][split])
     return out
 
 

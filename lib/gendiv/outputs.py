@@ -57,6 +57,22 @@ def sample_outputs(cfg: Config, model_path: Path, method: str, tests: dict[str, 
     return paths, rows
 
 
+def sample_k(cfg: Config, model_path: Path, method: str, tests: dict[str, list[dict]], seed: int,
+             out_dir: Path) -> dict[str, Path]:
+    """``diversity.k`` samples of the model at ``model_path`` per test record and split, for
+    per-input diversity (chapter 7; the KL sweep's PPO run at the profile's coefficient, chapter 8),
+    written to ``out_dir/{method}_k{K}_{split}.jsonl`` as rows of ``uid``, ``prompt`` and
+    ``outputs``. Returns the paths by ``{method}_k_{split}``."""
+    k = cfg.diversity.k
+    model, tok = load_causal_lm(model_path, pick_device(cfg.model.device)), load_tokenizer(model_path)
+    paths = {}
+    for split, records in tests.items():
+        texts = sample_policy(cfg, model, tok, records, seed, f"{method}: {k} samples on {split}", n_samples=k).texts
+        paths[f"{method}_k_{split}"] = runs.write_jsonl(out_dir / f"{method}_k{k}_{split}.jsonl", [
+            {"uid": r["uid"], "prompt": r["prompt"], "outputs": t} for r, t in zip(records, texts)])
+    return paths
+
+
 def expected_utilities(rows: list[dict]) -> list[float]:
     """Each sampled row's estimate of the policy's gold utility on its input: ``mean_utility``
     over ``sampling.utility_samples`` samples, or the one sample's ``utility`` in runs written

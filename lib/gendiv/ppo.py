@@ -24,7 +24,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from gendiv import artifacts, data, outputs, runs
+from gendiv import artifacts, data, outputs, runs, stages
 from gendiv.config import KL_ESTIMATORS, Config, ConfigError
 from gendiv.lm import (block_input, entropy_from_logits, frozen_blocks, gather_logprobs, generate_kwargs,
                        response_outputs, tokenizer_sides)
@@ -515,13 +515,19 @@ def build_ppo(cfg: Config, force: bool = False, kl_coef: float | None = None,
 def evaluate_ppo(cfg: Config, force: bool = False) -> dict[str, Path]:
     """Stage ``ppo_eval`` (notebook 04): PPO samples on the same test inputs as chapter 2's SFT
     samples, with gold utilities averaged over ``sampling.utility_samples`` samples per input as
-    there (``logs/ppo_gold_utility.csv``); the first sample is the one chapter 6 judges."""
+    there (``logs/ppo_gold_utility.csv``); the first sample is the one chapter 6 judges. And
+    ``diversity.k`` samples on each of the first ``diversity.n_inputs`` (with diversity's seed), the
+    ones chapter 7 measures and chapter 8's sweep reuses for this run: drawn here, the sweep need not
+    wait for chapter 7 (:func:`gendiv.outputs.sample_k`)."""
     def body(root: Path) -> dict[str, Path]:
         world = data.world_or_none(cfg)
         paths, rows = outputs.sample_outputs(cfg, artifacts.ppo_path(cfg), "ppo", artifacts.test_records(cfg),
                                              root / "samples", world)
         paths["gold_utility"] = runs.write_csv(root / "logs" / "ppo_gold_utility.csv",
                                                outputs.gold_utility_frame(rows))
+        paths.update(outputs.sample_k(cfg, artifacts.ppo_path(cfg), "ppo",
+                                      artifacts.test_records(cfg, cfg.diversity.n_inputs),
+                                      stages.seed(cfg, "diversity"), root / "samples"))
         return paths
 
     return runs.run_stage(cfg, "ppo_eval", body, force=force)

@@ -207,12 +207,14 @@ def _side_job(job: Callable[[], Any], log: str, threads: int, threads_file: str)
     return result, time.perf_counter() - start
 
 
-def in_processes(cfg: Config, threads: int | None = None) -> bool:
+def in_processes(cfg: Config, threads: int | None = None, growing: bool | None = None) -> bool:
     """Whether :func:`side_by_side` runs its jobs in processes of their own now (``threads``: the
     threads it is given; default this part's): on a CPU, not under a launcher, with two threads
-    or more, or with one in a part run beside others (it gets more when they finish)."""
+    or more, or with one in a part run beside others (``growing``: it gets more when they finish;
+    found out here if not given)."""
     gpu = cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available())
-    growing = threads is None and threads_for_next_notebook() is not None
+    if growing is None:
+        growing = threads is None and threads_for_next_notebook() is not None
     return not gpu and world_size() == 1 and ((threads or cores_now()) > 1 or growing)
 
 
@@ -277,7 +279,7 @@ def side_by_side(cfg: Config, jobs: dict[str, Callable[[], Any]], threads: int |
     waits = {name: tuple(d for d in (after or {}).get(name, ()) if d in jobs) for name in jobs}
     order = in_order(waits)
     growing = threads is None and threads_for_next_notebook() is not None  # beside other parts
-    if len(jobs) <= 1 or not in_processes(cfg, threads):
+    if len(jobs) <= 1 or not in_processes(cfg, threads, growing):
         done = {name: jobs[name]() for name in order}
         return {name: done[name] for name in jobs}
     import multiprocessing

@@ -13,7 +13,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gendiv.config import SECTIONS, AlignConfig, PPOConfig
+from gendiv.config import SECTIONS, AlignConfig, DiversityConfig, PPOConfig
 
 UPSTREAM = ("world", "data", "model", "pretrain")
 """What every model stage depends on: the world, the data, the base model and how it was made."""
@@ -27,6 +27,10 @@ ONLINE_KEYS = (tuple(f"align.{k}" for k in AlignConfig.__dataclass_fields__ if k
 RM_TRAINING_ONLY = ("reward.body", "reward.lr", "reward.epochs", "reward.batch_size", "reward.warmup_share",
                     "reward.head_lr_scale", "reward.precision", "reward.score_batch_size", "reward.freeze_fraction")
 """Reward keys only the RM's training reads: the comparisons it trains on ignore them."""
+NOT_PER_INPUT_SAMPLES = tuple(f"diversity.{k}" for k in DiversityConfig.__dataclass_fields__
+                              if k not in ("k", "n_inputs"))
+"""Diversity keys that do not change which samples are drawn for per-input diversity (all but
+``k`` and ``n_inputs``): chapter 4, which draws PPO's, ignores them."""
 NOT_THE_BASE = ("model.adapter", "model.freeze_fraction", "model.lora_r", "model.lora_alpha", "model.device")
 """Model keys that change how the base is fine-tuned, not the base model itself."""
 
@@ -59,8 +63,9 @@ STAGES = (
     # A PPO run does not depend on the sweep's grid or on how many test inputs are evaluated.
     Stage("ppo", "04_ppo", UPSTREAM + ("sft", "reward", "sampling", "ppo"), "gendiv.ppo:build_ppo",
           ignore=SWEEP_ONLY + ("sampling.n_eval_inputs",), after=("reward",)),
-    Stage("ppo_eval", "04_ppo", UPSTREAM + ("sft", "reward", "sampling", "ppo"), "gendiv.ppo:evaluate_ppo",
-          ignore=SWEEP_ONLY, after=("ppo",)),
+    # PPO's samples for chapter 7 (and the sweep) are drawn here: diversity.k and n_inputs.
+    Stage("ppo_eval", "04_ppo", UPSTREAM + ("sft", "reward", "sampling", "ppo", "diversity"),
+          "gendiv.ppo:evaluate_ppo", ignore=SWEEP_ONLY + NOT_PER_INPUT_SAMPLES, after=("ppo",)),
     Stage("bon", "05_best_of_n", UPSTREAM + ("sft", "reward", "sampling", "bon"), "gendiv.bon:build_best_of_n",
           seed_offset=101, after=("reward",)),
     Stage("evaluation", "06_evaluation", UPSTREAM + ("sft", "reward", "sampling", "bon", "ppo", "judge"),
@@ -69,9 +74,10 @@ STAGES = (
     Stage("diversity", "07_diversity", UPSTREAM + ("sft", "reward", "sampling", "bon", "ppo", "diversity"),
           "gendiv.diversity:build_diversity", ignore=SWEEP_ONLY, seed_offset=202,
           after=("sft_eval", "ppo_eval", "bon")),
-    # The KL sweep also reads its PPO runs (ppo_kl<beta>, after reward), which the config names.
+    # The KL sweep also reads its PPO runs (ppo_kl<beta>, after reward), which the config names; of
+    # chapter 4's run, the samples of ppo_eval (those chapter 7 measures too).
     Stage("kl_sweep", "08_kl_sweep", UPSTREAM + ("sft", "reward", "sampling", "bon", "ppo", "diversity"),
-          "gendiv.sweep:build_kl_sweep", after=("diversity",)),
+          "gendiv.sweep:build_kl_sweep", after=("ppo_eval",)),
     Stage("dpo", "09_other_methods", UPSTREAM + ("sft", "reward", "sampling", "align"), "gendiv.align:build_dpo",
           ignore=DPO_KEYS, after=("comparisons",)),
     Stage("rloo", "09_other_methods", UPSTREAM + ("sft", "reward", "sampling", "ppo", "align"),

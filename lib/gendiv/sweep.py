@@ -69,10 +69,10 @@ def train_runs(cfg: Config, force: bool = False) -> list[tuple[float, str]]:
     cores this part has (:func:`gendiv.runs.side_by_side`); returns the (kl_coef, estimator) pairs
     it trained. Each run is the same cached stage, with the same seed and data, as when trained
     alone. Chapter 4's own run is chapter 4's, even with ``force``: the sweep reads that run's
-    samples from chapters 4 and 7, which a retrained policy would no longer match (and a forced
+    samples from chapter 4 (those chapter 7 measures too), which a retrained policy would no longer match (and a forced
     book would train it twice)."""
-    todo = {artifacts.ppo_stage(cfg, b, e): (b, e) for b, e in artifacts.sweep_runs(cfg)}
-    todo = {name: run for name, run in todo.items() if name != "ppo" and (force or runs.stage_to_run(cfg, name))}
+    todo = {name: run for name, run in artifacts.sweep_stages(cfg).items()
+            if name != "ppo" and (force or runs.stage_to_run(cfg, name))}
     runs.side_by_side(cfg, {name: partial(build_ppo, cfg, force=force, kl_coef=b, estimator=e)
                             for name, (b, e) in todo.items()})
     return list(todo.values())
@@ -86,10 +86,10 @@ def build_kl_sweep(cfg: Config, force: bool = False) -> dict[str, Path]:
     sample per evaluation input, and per-input diversity of K samples on the diversity inputs;
     and from each run's step log, the mean over the last fifth of training of the penalty's own KL
     estimate, the proxy reward and the policy's per-token entropy (``train_*``, split id). The
-    run at the profile's own kl_coef and estimator reuses chapters 4 and 7's samples. Writes
-    ``results/kl_sweep.csv`` and the per-input values (``logs/kl_sweep_per_input.csv``). Each
-    run is sampled as chapters 4 and 7 sample PPO: one sample per evaluation input with the run's
-    seed, K per diversity input with diversity's seed."""
+    run at the profile's own kl_coef and estimator reuses chapter 4's samples (``ppo_eval``: those
+    chapter 7 measures too). Writes ``results/kl_sweep.csv`` and the per-input values
+    (``logs/kl_sweep_per_input.csv``). Each run is sampled as chapter 4 samples PPO: one sample
+    per evaluation input with the run's seed, K per diversity input with diversity's seed."""
     def body(root: Path) -> dict[str, Path]:
         world = data.world_or_none(cfg)
         metrics = Metrics(cfg, world)
@@ -115,7 +115,8 @@ def build_kl_sweep(cfg: Config, force: bool = False) -> dict[str, Path]:
             for split, records in tests.items():
                 if own:
                     outputs = [r["output"] for r in runs.read_jsonl(runs.artifact(cfg, "ppo_eval", f"ppo_{split}"))]
-                    k_samples = [r["outputs"] for r in runs.read_jsonl(runs.artifact(cfg, "diversity", f"ppo_{split}"))]
+                    k_samples = [r["outputs"] for r in
+                                 runs.read_jsonl(runs.artifact(cfg, "ppo_eval", f"ppo_k_{split}"))]
                 else:
                     outputs = sample_policy(cfg, model, tok, records, cfg.seed, f"{tag}: {split}").first()
                     k_samples = sample_policy(cfg, model, tok, div_tests[split], stages.seed(cfg, "diversity"),
