@@ -18,6 +18,8 @@ def test_sft_loss_is_on_the_completion_only(tok, tiny):
     assert labels[: len(context)] == [-100] * len(context)  # the prompt comes first and is masked
     batch = trainer.data_collator([row])
     assert batch["labels"][0].tolist() == labels
+    # TRL turns gradient checkpointing on by default: on these models it only repeats forward passes
+    assert trainer.args.gradient_checkpointing is False
 
 
 def test_a_mixed_pretraining_document_is_trained_on_every_token(tok, tiny):

@@ -36,7 +36,8 @@ from gendiv import artifacts, data, diversity, evaluation, outputs, runs, stages
 from gendiv.config import Config, ConfigError
 from gendiv.diversity import Metrics
 from gendiv.lm import left_truncate, tokenizer_sides
-from gendiv.models import load_causal_lm, load_policy, load_tokenizer, pick_device, save_pretrained_atomic, use_bf16
+from gendiv.models import (load_causal_lm, load_policy, load_tokenizer, pick_device, save_pretrained_atomic,
+                           trainer_device_args)
 
 LABELS = {"dpo": "DPO", "rloo": "RLOO", "grpo": "GRPO"}
 KL_FORMS = {"dpo": "implicit", "rloo": "log_ratio", "grpo": "k3"}
@@ -109,7 +110,7 @@ def _train_log(method_id: str, history: list[dict]) -> pd.DataFrame:
 def _trainer_args(device, steps: int) -> dict:
     """What every trainer of this chapter shares: the device's precision, no checkpoints, no
     reporting, and about 50 log rows a run (every step of a short one)."""
-    return {"bf16": use_bf16(device), "fp16": False, "use_cpu": device.type == "cpu", "report_to": "none",
+    return {**trainer_device_args(device), "report_to": "none",
             "save_strategy": "no", "logging_steps": max(1, steps // 50), "logging_first_step": True,
             "disable_tqdm": False, "dataloader_num_workers": 0}
 

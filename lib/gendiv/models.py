@@ -58,6 +58,15 @@ def use_bf16(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
+def trainer_device_args(device: torch.device) -> dict:
+    """What every TRL trainer here takes from the device (SFT, the SFT-body RM, chapter 9's DPO,
+    RLOO and GRPO): bf16 only where :func:`use_bf16`, the CPU flag, and no gradient checkpointing.
+    TRL's configs turn checkpointing on by default, to save memory on large models; on ours it
+    only runs each block's forward pass again in the backward pass. The trained weights are the
+    same bit for bit (SFT on `tiny`, 100 steps; about 4% faster on one thread)."""
+    return {"bf16": use_bf16(device), "fp16": False, "use_cpu": device.type == "cpu", "gradient_checkpointing": False}
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 natively: a GPU with bf16, or a CPU with AVX512-BF16 or
     AMX (elsewhere a CPU emulates it, slower than fp32)."""

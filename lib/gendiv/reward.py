@@ -35,7 +35,7 @@ from gendiv.config import Config
 from gendiv.lm import completion_nll, left_truncate, sample_policy, tokenizer_sides
 from gendiv.models import (CrossEncoderRewardModel, RewardModel, add_lora, autocast_bf16, freeze_bottom,
                            load_causal_lm, load_cross_encoder, load_tokenizer, normalisation, pick_device,
-                           save_pretrained_atomic, use_bf16)
+                           save_pretrained_atomic, trainer_device_args)
 
 RM_ACCURACY_COLUMNS = ["split", "accuracy", "ci_low", "ci_high", "n"]
 
@@ -77,7 +77,7 @@ def train_reward_model(sft_path: Path, comparisons: list[dict], out_dir: Path, *
         warnings.simplefilter("ignore", FutureWarning)  # transformers' own deprecation notices
         args = RewardConfig(output_dir=scratch, num_train_epochs=epochs, learning_rate=lr,
                             per_device_train_batch_size=batch_size, max_length=max_length,
-                            bf16=use_bf16(device), fp16=False, use_cpu=device.type == "cpu",
+                            **trainer_device_args(device),
                             logging_steps=5, logging_first_step=True, save_strategy="no", report_to="none",
                             seed=seed,
                             data_seed=seed, lr_scheduler_type="linear", warmup_steps=0,

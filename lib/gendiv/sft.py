@@ -16,7 +16,8 @@ import pandas as pd
 from gendiv import artifacts, data, outputs, runs
 from gendiv.config import Config
 from gendiv.lm import left_truncate, tokenizer_sides
-from gendiv.models import load_causal_lm, load_policy, load_tokenizer, pick_device, save_pretrained_atomic, use_bf16
+from gendiv.models import (load_causal_lm, load_policy, load_tokenizer, pick_device, save_pretrained_atomic,
+                           trainer_device_args)
 
 
 def sft_dataset(tokenizer, records: list[dict], max_prompt_tokens: int):
@@ -51,8 +52,8 @@ def make_trainer(model, tokenizer, train_records: list[dict], val_records: list[
         args = SFTConfig(output_dir=output_dir, num_train_epochs=epochs, learning_rate=lr,
                          lr_scheduler_type=scheduler, warmup_steps=0, per_device_train_batch_size=batch_size,
                          per_device_eval_batch_size=batch_size, max_length=max_length,
-                         completion_only_loss=True, bf16=use_bf16(device), fp16=False,
-                         use_cpu=device.type == "cpu", logging_steps=5, logging_first_step=True, save_strategy="no",
+                         completion_only_loss=True, **trainer_device_args(device),
+                         logging_steps=5, logging_first_step=True, save_strategy="no",
                          eval_strategy="epoch" if val_records else "no", report_to="none", seed=seed,
                          data_seed=seed, disable_tqdm=False, dataloader_num_workers=0,
                          **_length_grouping(SFTConfig, group_by_length))
