@@ -277,9 +277,9 @@ def per_input_samples(cfg: Config, root: Path) -> dict[str, dict[str, list[dict]
     5) when they were drawn at the sampling temperature, else sampled here. Each of BoN's ``bon_k``
     outputs is the best of ``bon.n`` SFT samples: the first is chapter 5's own output (the best of
     its candidates, scored there), the others the best of fresh samples (drawn with diversity's
-    seed plus Best-of-N's offset). Every group is an independent draw of ``bon.n`` SFT samples, as
-    before chapter 5's was reused; chapter 5's candidates are on the first
-    ``sampling.n_eval_inputs`` inputs, so with more diversity inputs every group is fresh."""
+    seed plus Best-of-N's offset). Every group is an independent draw of ``bon.n`` SFT samples.
+    Chapter 5's candidates cover the first ``sampling.n_eval_inputs`` inputs; with more diversity
+    inputs than that, every group is fresh."""
     dv, k = cfg.diversity, cfg.diversity.k
     tests = artifacts.test_records(cfg, dv.n_inputs)
     seed, samples = stages.seed(cfg, "diversity"), root / "samples"
