@@ -87,6 +87,12 @@ def test_a_stage_cache_follows_its_sections_and_ignores_what_it_should():
     assert runs.stage_hash(base, "sft") == runs.stage_hash(load_profile("smoke", **{"ppo.lr": 0.5}), "sft")
     assert runs.stage_hash(base, "kl_sweep") != runs.stage_hash(load_profile("smoke", **{"ppo.kl_grid": [0.3]}),
                                                                 "kl_sweep")
+    # chapter 4 draws PPO's per-input samples: it follows diversity's k and n_inputs, nothing else of it
+    assert runs.stage_hash(base, "ppo_eval") != runs.stage_hash(load_profile("smoke", **{"diversity.k": 5}), "ppo_eval")
+    assert runs.stage_hash(base, "ppo_eval") != runs.stage_hash(load_profile("smoke", **{"diversity.n_inputs": 2}),
+                                                                "ppo_eval")
+    assert runs.stage_hash(base, "ppo_eval") == runs.stage_hash(load_profile("smoke", **{"diversity.n_boot": 7}),
+                                                                "ppo_eval")
 
 
 @pytest.mark.parametrize("force", [False, True])
