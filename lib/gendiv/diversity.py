@@ -289,19 +289,17 @@ def per_input_samples(cfg: Config, root: Path) -> dict[str, dict[str, list[dict]
     reuse = covered and cfg.bon.temperature == cfg.sampling.temperature and k <= cfg.bon.n
     drawn = outputs.sample_k(cfg, artifacts.base_path(cfg), "base", tests, seed, samples)
     if reuse:
-        drawn.update({f"sft_k_{s}": runs.write_jsonl(samples / f"sft_k{k}_{s}.jsonl", [
-            {"uid": r["uid"], "prompt": r["prompt"], "outputs": c["outputs"][:k]} for r, c in zip(rs, chapter5[s])])
-            for s, rs in tests.items()})
+        drawn.update({f"sft_k_{s}": outputs.write_k_samples(samples, "sft", s, rs,
+                                                            [c["outputs"][:k] for c in chapter5[s]])
+                      for s, rs in tests.items()})
     else:
         drawn.update(outputs.sample_k(cfg, artifacts.sft_path(cfg), "sft", tests, seed, samples))
     drawn.update({f"ppo_k_{s}": runs.artifact(cfg, "ppo_eval", f"ppo_k_{s}") for s in tests})
-    out = {m: {s: runs.read_jsonl(drawn[f"{m}_k_{s}"]) for s in tests} for m in ("base", "sft", "ppo")}
     n, fresh = cfg.bon.n, dv.bon_k - (1 if covered else 0)
     if fresh:
         sft = artifacts.sft_path(cfg)
         model, tok = load_causal_lm(sft, pick_device(cfg.model.device)), load_tokenizer(sft)
         rm = artifacts.load_reward_model(cfg)
-    out["bon"] = {}
     for split, records in tests.items():
         texts = [list(c["outputs"]) for c in chapter5[split]] if covered else [[] for _ in records]
         scores = [list(c["rm_scores"]) for c in chapter5[split]] if covered else [[] for _ in records]
@@ -314,9 +312,8 @@ def per_input_samples(cfg: Config, root: Path) -> dict[str, dict[str, list[dict]
                 scores[i] += row.tolist()
         kept = [[texts[i][g * n + int(j)] for g, j in enumerate(best_of_n(np.reshape(scores[i], (dv.bon_k, n))))]
                 for i in range(len(records))]
-        out["bon"][split] = [{"uid": r["uid"], "prompt": r["prompt"], "outputs": t} for r, t in zip(records, kept)]
-        runs.write_jsonl(samples / f"bon_k{dv.bon_k}_{split}.jsonl", out["bon"][split])
-    return out
+        drawn[f"bon_k_{split}"] = outputs.write_k_samples(samples, "bon", split, records, kept)
+    return {m: {s: runs.read_jsonl(drawn[f"{m}_k_{s}"]) for s in tests} for m in ("base", "sft", "ppo", "bon")}
 
 
 def measure_per_input(cfg: Config, metrics: Metrics, samples: dict[str, dict[str, list[dict]]],

@@ -68,9 +68,15 @@ def sample_k(cfg: Config, model_path: Path, method: str, tests: dict[str, list[d
     paths = {}
     for split, records in tests.items():
         texts = sample_policy(cfg, model, tok, records, seed, f"{method}: {k} samples on {split}", n_samples=k).texts
-        paths[f"{method}_k_{split}"] = runs.write_jsonl(out_dir / f"{method}_k{k}_{split}.jsonl", [
-            {"uid": r["uid"], "prompt": r["prompt"], "outputs": t} for r, t in zip(records, texts)])
+        paths[f"{method}_k_{split}"] = write_k_samples(out_dir, method, split, records, texts)
     return paths
+
+
+def write_k_samples(out_dir: Path, method: str, split: str, records: list[dict], texts: list[list[str]]) -> Path:
+    """Write each record's samples (the same number each) as rows of ``uid``, ``prompt`` and
+    ``outputs`` to ``out_dir/{method}_k{K}_{split}.jsonl``, the form :func:`sample_k` writes."""
+    return runs.write_jsonl(out_dir / f"{method}_k{len(texts[0]) if texts else 0}_{split}.jsonl", [
+        {"uid": r["uid"], "prompt": r["prompt"], "outputs": t} for r, t in zip(records, texts)])
 
 
 def expected_utilities(rows: list[dict]) -> list[float]:
